@@ -1,0 +1,301 @@
+//! Importers: one function per source layout, each turning one row into a canonical task.
+//!
+//! A row that cannot be imported becomes a [`RowError`] naming the file, the row (1-based line
+//! for JSONL, 1-based index for a JSON array) and the field; nothing is dropped silently.
+
+use std::path::{Path, PathBuf};
+
+use dllm_verifier::task::{Limits, StdioTest, TestSpec, TextComparator};
+use dllm_verifier::Task;
+use serde_json::Value;
+
+/// Source layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// SandboxFusion's MBPP rows: `content`, `canonical_solution`, `test_list`, `labels.test_setup_code`.
+    SandboxfusionMbpp,
+    /// SandboxFusion's CommonOJ rows (CodeContests): `content`, `test` = JSON list of
+    /// `{input: {stdin}, output: {stdout}}`.
+    SandboxfusionCommonOj,
+    /// rllm's LeetCode rows: `problem`, `solutions` (a `class Solution`), `tests.functional`.
+    RllmLeetcode,
+    /// rllm's stdin/stdout rows: `problem`, `tests` = `{inputs, outputs}`.
+    RllmStdio,
+    /// KodCode rows: `instruction`, `response`, `test_code` (pytest importing from `solution`).
+    Kodcode,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::SandboxfusionMbpp => "sandboxfusion-mbpp",
+            Format::SandboxfusionCommonOj => "sandboxfusion-commonoj",
+            Format::RllmLeetcode => "rllm-leetcode",
+            Format::RllmStdio => "rllm-stdio",
+            Format::Kodcode => "kodcode",
+        }
+    }
+
+    pub const ALL: [Format; 5] = [
+        Format::SandboxfusionMbpp,
+        Format::SandboxfusionCommonOj,
+        Format::RllmLeetcode,
+        Format::RllmStdio,
+        Format::Kodcode,
+    ];
+}
+
+/// Imports that LeetCode solutions assume without writing them (as LiveCodeBench's and rllm's
+/// harnesses prepend).
+pub const LEETCODE_PRELUDE: &str = "from typing import *\nfrom collections import *\nfrom functools import *\n\
+from itertools import *\nfrom heapq import *\nfrom bisect import *\nfrom math import *\nimport collections, heapq, \
+bisect, math, itertools, functools, string, re\n";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not valid JSON: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+}
+
+/// One row that could not be imported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowError {
+    pub file: PathBuf,
+    pub row: usize,
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for RowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: field `{}`: {}", self.file.display(), self.row, self.field, self.message)
+    }
+}
+
+/// The tasks of a file, and the rows that failed.
+#[derive(Debug, Default)]
+pub struct Imported {
+    pub tasks: Vec<Task>,
+    pub errors: Vec<RowError>,
+}
+
+type RowResult = Result<Task, (String, String)>;
+
+/// Reads `path` (JSONL, or a JSON array) in `format`.
+pub fn import_file(format: Format, path: &Path) -> Result<Imported, ImportError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ImportError::Read { path: path.into(), source })?;
+    let rows: Vec<(usize, Result<Value, serde_json::Error>)> = if text.trim_start().starts_with('[') {
+        let all: Vec<Value> =
+            serde_json::from_str(&text).map_err(|source| ImportError::Json { path: path.into(), source })?;
+        all.into_iter().enumerate().map(|(i, v)| (i + 1, Ok(v))).collect()
+    } else {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| (i + 1, serde_json::from_str(l)))
+            .collect()
+    };
+    let mut out = Imported::default();
+    for (row, value) in rows {
+        let result = match value {
+            Ok(v) => import_row(format, row, &v),
+            Err(e) => Err(("(row)".into(), format!("not valid JSON: {e}"))),
+        };
+        match result {
+            Ok(task) => out.tasks.push(task),
+            Err((field, message)) => out.errors.push(RowError { file: path.into(), row, field, message }),
+        }
+    }
+    Ok(out)
+}
+
+fn import_row(format: Format, row: usize, v: &Value) -> RowResult {
+    match format {
+        Format::SandboxfusionMbpp => mbpp(v),
+        Format::SandboxfusionCommonOj => common_oj(row, v),
+        Format::RllmLeetcode => leetcode(row, v),
+        Format::RllmStdio => rllm_stdio(row, v),
+        Format::Kodcode => kodcode(row, v),
+    }
+}
+
+fn field<'a>(v: &'a Value, name: &str) -> Result<&'a Value, (String, String)> {
+    v.get(name).ok_or_else(|| (name.to_owned(), "missing".to_owned()))
+}
+
+fn string(v: &Value, name: &str) -> Result<String, (String, String)> {
+    field(v, name)?.as_str().map(str::to_owned).ok_or_else(|| (name.to_owned(), "not a string".to_owned()))
+}
+
+fn strings(v: &Value, name: &str) -> Result<Vec<String>, (String, String)> {
+    let items = field(v, name)?.as_array().ok_or_else(|| (name.to_owned(), "not a list".to_owned()))?;
+    items
+        .iter()
+        .map(|s| s.as_str().map(str::to_owned).ok_or_else(|| (name.to_owned(), "not a list of strings".to_owned())))
+        .collect()
+}
+
+/// A field that is either JSON or a string holding JSON (SandboxFusion stores both ways).
+fn json_or_string(v: &Value, name: &str) -> Result<Value, (String, String)> {
+    match field(v, name)? {
+        Value::String(s) => serde_json::from_str(s).map_err(|e| (name.to_owned(), format!("not JSON: {e}"))),
+        other => Ok(other.clone()),
+    }
+}
+
+/// The function an assertion calls first: `assert name(` -> `name`.
+fn first_called_name(asserts: &[String]) -> Option<String> {
+    asserts.iter().find_map(|a| {
+        let rest = a.trim_start().strip_prefix("assert")?.trim_start();
+        let rest = rest.trim_start_matches(|c: char| c == '(' || c.is_whitespace());
+        let rest = rest.strip_prefix("not ").unwrap_or(rest).trim_start();
+        let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        (!name.is_empty() && rest[name.len()..].trim_start().starts_with('(')).then_some(name)
+    })
+}
+
+fn mbpp(v: &Value) -> RowResult {
+    let id = field(v, "id")?;
+    let tests = strings(v, "test_list")?;
+    let entry = first_called_name(&tests).ok_or_else(|| ("test_list".to_owned(), "no `assert f(...)` to name the function".to_owned()))?;
+    let labels = json_or_string(v, "labels")?;
+    let setup = labels.get("test_setup_code").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let content = string(v, "content")?;
+    // MBPP's prompt shows the tests (the function name and signature come from them).
+    let prompt = format!("{content}\nYour code should pass these tests:\n\n{}\n", tests.join("\n"));
+    Ok(Task {
+        id: format!("mbpp/{id}"),
+        source: Some("mbpp".into()),
+        prompt: Some(prompt),
+        reference: Some(string(v, "canonical_solution")?),
+        prelude: String::new(),
+        spec: TestSpec::Assert { entry_points: vec![entry], class_names: vec![], test_setup: setup, test_code: tests.join("\n") },
+        limits: Limits::default(),
+    })
+}
+
+fn stdio_tests(inputs: &[String], outputs: &[String], name: &str) -> Result<Vec<StdioTest>, (String, String)> {
+    if inputs.len() != outputs.len() {
+        return Err((name.into(), format!("{} inputs but {} outputs", inputs.len(), outputs.len())));
+    }
+    if inputs.is_empty() {
+        return Err((name.into(), "no tests".into()));
+    }
+    Ok(inputs.iter().zip(outputs).map(|(i, o)| StdioTest { stdin: i.clone(), stdout: o.clone() }).collect())
+}
+
+fn common_oj(row: usize, v: &Value) -> RowResult {
+    let tests = json_or_string(v, "test")?;
+    let tests = tests.as_array().ok_or_else(|| ("test".to_owned(), "not a list".to_owned()))?;
+    let mut inputs = Vec::new();
+    let mut outputs = Vec::new();
+    for t in tests {
+        let stdin = t.pointer("/input/stdin").and_then(Value::as_str);
+        let stdout = t.pointer("/output/stdout").and_then(Value::as_str);
+        let (Some(i), Some(o)) = (stdin, stdout) else {
+            return Err(("test".into(), "a case without input.stdin / output.stdout".into()));
+        };
+        inputs.push(i.to_owned());
+        outputs.push(o.to_owned());
+    }
+    let id = v.get("id").map_or_else(|| row.to_string(), |i| i.to_string());
+    Ok(Task {
+        id: format!("code_contests/{id}"),
+        source: Some("code_contests".into()),
+        prompt: Some(string(v, "content")?),
+        reference: v.get("canonical_solution").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned),
+        prelude: String::new(),
+        spec: TestSpec::Stdio { tests: stdio_tests(&inputs, &outputs, "test")?, comparator: TextComparator::Lines },
+        limits: Limits::default(),
+    })
+}
+
+fn leetcode(row: usize, v: &Value) -> RowResult {
+    let tests = field(v, "tests")?;
+    let functional = tests
+        .get("functional")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ("tests.functional".to_owned(), "missing or not a string".to_owned()))?;
+    Ok(Task {
+        id: format!("leetcode/{row}"),
+        source: Some("leetcode".into()),
+        prompt: Some(string(v, "problem")?),
+        reference: Some(string(v, "solutions")?),
+        prelude: LEETCODE_PRELUDE.into(),
+        spec: TestSpec::Assert {
+            entry_points: vec![],
+            class_names: vec!["Solution".into()],
+            test_setup: String::new(),
+            test_code: functional.to_owned(),
+        },
+        limits: Limits::default(),
+    })
+}
+
+fn rllm_stdio(row: usize, v: &Value) -> RowResult {
+    let tests = field(v, "tests")?;
+    let inputs = strings(tests, "inputs").map_err(|(f, m)| (format!("tests.{f}"), m))?;
+    let outputs = strings(tests, "outputs").map_err(|(f, m)| (format!("tests.{f}"), m))?;
+    Ok(Task {
+        id: format!("code_contests_rllm/{row}"),
+        source: Some("code_contests".into()),
+        prompt: Some(string(v, "problem")?),
+        reference: None,
+        prelude: String::new(),
+        spec: TestSpec::Stdio { tests: stdio_tests(&inputs, &outputs, "tests")?, comparator: TextComparator::Lines },
+        limits: Limits::default(),
+    })
+}
+
+fn kodcode(row: usize, v: &Value) -> RowResult {
+    let id = v
+        .pointer("/metadata/prompt_id")
+        .and_then(Value::as_str)
+        .map_or_else(|| row.to_string(), str::to_owned);
+    Ok(Task {
+        id: format!("kodcode/{id}"),
+        source: Some("kodcode".into()),
+        prompt: Some(string(v, "instruction")?),
+        reference: Some(string(v, "response")?),
+        prelude: String::new(),
+        spec: TestSpec::Pytest { entry_points: vec![], test_code: string(v, "test_code")? },
+        limits: Limits::default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_function_an_assertion_calls() {
+        let t = |s: &str| first_called_name(&[s.to_owned()]);
+        assert_eq!(t("assert remove_Occ(\"hello\",\"l\") == \"heo\""), Some("remove_Occ".into()));
+        assert_eq!(t("assert (sort_matrix([[1]])==[[1]])"), Some("sort_matrix".into()));
+        assert_eq!(t("assert not is_prime(4)"), Some("is_prime".into()));
+        assert_eq!(t("assert x == 1"), None);
+    }
+
+    #[test]
+    fn bad_rows_are_named_by_file_row_and_field() {
+        let dir = std::env::temp_dir().join(format!("dllm-import-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mbpp.jsonl");
+        std::fs::write(
+            &path,
+            "{\"id\": 1, \"content\": \"c\", \"canonical_solution\": \"def f(): pass\", \"labels\": {}, \"test_list\": [\"assert f() == None\"]}\n\
+             {\"id\": 2, \"content\": \"c\", \"labels\": {}, \"test_list\": 3}\nnot json\n",
+        )
+        .unwrap();
+        let got = import_file(Format::SandboxfusionMbpp, &path).unwrap();
+        assert_eq!(got.tasks.len(), 1);
+        assert_eq!(got.tasks[0].id, "mbpp/1");
+        assert_eq!(got.errors.len(), 2);
+        assert_eq!((got.errors[0].row, got.errors[0].field.as_str()), (2, "test_list"));
+        assert_eq!(got.errors[1].row, 3);
+        assert!(got.errors[0].to_string().contains("mbpp.jsonl:2: field `test_list`"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

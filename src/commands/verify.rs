@@ -1,0 +1,152 @@
+//! `dllm-rl verify`: judge completions (or the tasks' reference solutions) in a sandbox.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use dllm_verifier::{Completion, PreparedTask, Task, TaskVerdict, Verifier};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::VerifyArgs;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompletionLine {
+    task_id: String,
+    completion: String,
+}
+
+#[derive(Serialize)]
+struct VerdictLine<'a> {
+    /// Line of the completion in the completions file (1-based), or 0 for `--reference`.
+    line: usize,
+    task_id: &'a str,
+    verdict: &'a str,
+    #[serde(flatten)]
+    detail: &'a TaskVerdict,
+}
+
+/// Reads a JSONL file, naming the file and line of any bad record.
+pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Vec<(usize, T)>> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut items = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("{}:{}: cannot read", path.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let item = serde_json::from_str(&line).with_context(|| format!("{}:{}", path.display(), i + 1))?;
+        items.push((i + 1, item));
+    }
+    Ok(items)
+}
+
+pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let tasks: Vec<(usize, Task)> = read_jsonl(&args.tasks)?;
+    if tasks.is_empty() {
+        bail!("{}: no tasks", args.tasks.display());
+    }
+    let mut index = HashMap::new();
+    for (line, task) in &tasks {
+        if index.insert(task.id.clone(), index.len()).is_some() {
+            bail!("{}:{line}: duplicate task id {:?}", args.tasks.display(), task.id);
+        }
+    }
+    let (lines, completions): (Vec<usize>, Vec<Completion>) = match (&args.completions, args.reference) {
+        (Some(path), false) => {
+            let rows: Vec<(usize, CompletionLine)> = read_jsonl(path)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (line, row) in rows {
+                let Some(&task) = index.get(&row.task_id) else {
+                    bail!("{}:{line}: task_id {:?} is not in {}", path.display(), row.task_id, args.tasks.display());
+                };
+                out.push((line, Completion { task, text: row.completion }));
+            }
+            out.into_iter().unzip()
+        }
+        (None, true) => {
+            let mut out = Vec::new();
+            for (i, (line, task)) in tasks.iter().enumerate() {
+                match &task.reference {
+                    Some(code) => out.push((0, Completion { task: i, text: code.clone() })),
+                    None => tracing::warn!("{}:{line}: task {} has no reference solution; skipped", args.tasks.display(), task.id),
+                }
+            }
+            out.into_iter().unzip()
+        }
+        _ => bail!("give either --completions FILE or --reference"),
+    };
+
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let verifier = Verifier::new(args.backend.into(), jobs).context("cannot start the sandbox")?;
+    let prepared: Vec<PreparedTask> = verifier
+        .prepare_all(tasks.into_iter().map(|(_, t)| t).collect())
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .context("cannot prepare the tasks")?;
+
+    let bar = ProgressBar::new(completions.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} verify [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let start = Instant::now();
+    let verdicts = verifier.verify_batch(&prepared, &completions, &|_| bar.inc(1));
+    let seconds = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    if let Some(out) = &args.out {
+        let file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let mut w = BufWriter::new(file);
+        for (line, v) in lines.iter().zip(&verdicts) {
+            let row = VerdictLine { line: *line, task_id: &v.task_id, verdict: v.summary(), detail: v };
+            serde_json::to_writer(&mut w, &row)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+    }
+    print_summary(&verdicts, &prepared, &completions, seconds, verifier.backend_name(), args.reference);
+    let retryable = verdicts.iter().filter(|v| v.sandbox_error).count();
+    Ok(if retryable > 0 { ExitCode::from(3) } else { ExitCode::SUCCESS })
+}
+
+fn print_summary(
+    verdicts: &[TaskVerdict],
+    prepared: &[PreparedTask],
+    completions: &[Completion],
+    seconds: f64,
+    backend: &str,
+    reference: bool,
+) {
+    let passed = verdicts.iter().filter(|v| v.all_passed).count();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in verdicts {
+        *counts.entry(v.summary()).or_default() += 1;
+    }
+    let runs: usize = verdicts.iter().map(|v| v.tests.len()).sum();
+    let what = if reference { "reference solutions" } else { "completions" };
+    println!(
+        "{} {what} on {} tasks ({backend}): {passed} passed ({:.1}%)",
+        verdicts.len(),
+        prepared.len(),
+        100.0 * passed as f64 / verdicts.len().max(1) as f64
+    );
+    let mix: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!("verdicts: {}", mix.join(", "));
+    println!(
+        "{runs} tests in {seconds:.1} s: {:.1} completions/s, {:.1} tests/s",
+        verdicts.len() as f64 / seconds,
+        runs as f64 / seconds
+    );
+    for (v, c) in verdicts.iter().zip(completions).filter(|(v, _)| !v.all_passed).take(10) {
+        let first = v.tests.iter().find(|t| !t.verdict.passed());
+        let detail = first.map(|t| format!("{:?}", t.verdict)).unwrap_or_default();
+        println!("  not passed: {} ({}) {detail}", prepared[c.task].task.id, v.summary());
+    }
+}

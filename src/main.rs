@@ -1,0 +1,21 @@
+//! `dllm-rl`: reinforcement learning with verifiable rewards for diffusion language models.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+mod commands;
+mod telemetry;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    telemetry::init(cli.global.verbose, cli.global.quiet);
+    match commands::run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("dllm-rl: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

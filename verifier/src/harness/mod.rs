@@ -1,0 +1,176 @@
+//! The Python harness (`harness.py`, embedded in the binary) and the trusted process that
+//! rewrites and replays assertion tests.
+//!
+//! The trusted process never receives candidate code: it turns a task's assertion code into
+//! the version the sandbox runs (assertions reduced to their candidate calls) and, after the
+//! run, replays the assertions with the recorded values decoded into plain Python data.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::task::AssertionTests;
+
+/// The harness source, run with `python -I -c`.
+pub const HARNESS_SOURCE: &str = include_str!("harness.py");
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrustedError {
+    #[error("cannot start the trusted judge {python}: {source}")]
+    Spawn { python: String, source: std::io::Error },
+    #[error("trusted judge I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("trusted judge answered badly: {0}")]
+    Protocol(String),
+    /// The task's own test code is broken (does not parse, ...).
+    #[error("{0}")]
+    Tests(String),
+}
+
+/// The sandbox version of a task's assertion code.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChildTests {
+    /// Test code with each assertion reduced to its candidate calls.
+    pub child: String,
+    /// Number of `assert` statements: the tests of an `assert` task.
+    pub asserts: usize,
+    /// Number of test functions: the tests of a `pytest` task.
+    #[serde(default)]
+    pub functions: usize,
+}
+
+/// One test function's outcome in the replay (`pytest` tasks).
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionOutcome {
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// One assertion statement's outcome in the replay (a statement in a loop reports each time).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AssertOutcome {
+    pub index: usize,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Replay {
+    pub asserts: Vec<AssertOutcome>,
+    pub total: usize,
+    #[serde(default)]
+    pub functions: Vec<FunctionOutcome>,
+    /// The first exception raised outside any assertion (by the test code, or a candidate
+    /// exception replayed where no assertion catches it).
+    pub raised: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Request<'a> {
+    op: &'a str,
+    test_code: &'a str,
+    names: &'a [String],
+    class_names: &'a [String],
+    #[serde(skip_serializing_if = "str::is_empty")]
+    setup: &'a str,
+    records: &'a [Value],
+    runner: &'a str,
+}
+
+struct Process {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// A small pool of trusted judge processes (one per concurrent caller).
+pub struct TrustedJudge {
+    python: std::path::PathBuf,
+    idle: Mutex<Vec<Process>>,
+}
+
+impl TrustedJudge {
+    pub fn new(python: &Path) -> Self {
+        TrustedJudge { python: python.to_path_buf(), idle: Mutex::new(Vec::new()) }
+    }
+
+    fn spawn(&self) -> Result<Process, TrustedError> {
+        let mut child = Command::new(&self.python)
+            .args(["-I", "-c", HARNESS_SOURCE, "trusted"])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|source| TrustedError::Spawn { python: self.python.display().to_string(), source })?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        Ok(Process { child, stdin, stdout })
+    }
+
+    fn ask(&self, request: &Request<'_>) -> Result<Value, TrustedError> {
+        let popped = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut process = match popped {
+            Some(p) => p,
+            None => self.spawn()?,
+        };
+        let mut line = serde_json::to_vec(request).map_err(|e| TrustedError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        process.stdin.write_all(&line)?;
+        process.stdin.flush()?;
+        let mut reply = String::new();
+        if process.stdout.read_line(&mut reply)? == 0 {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+            return Err(TrustedError::Protocol("the trusted judge exited".into()));
+        }
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(process);
+        let reply: Value = serde_json::from_str(&reply).map_err(|e| TrustedError::Protocol(e.to_string()))?;
+        if let Some(err) = reply.get("error").and_then(Value::as_str) {
+            return Err(TrustedError::Tests(err.to_owned()));
+        }
+        Ok(reply)
+    }
+
+    /// Rewrites assertion code for the sandbox.
+    pub fn child_tests(&self, tests: &AssertionTests<'_>) -> Result<ChildTests, TrustedError> {
+        let reply = self.ask(&Request {
+            op: "transform",
+            test_code: tests.test_code,
+            names: tests.entry_points,
+            class_names: tests.class_names,
+            setup: "",
+            records: &[],
+            runner: tests.runner,
+        })?;
+        serde_json::from_value(reply).map_err(|e| TrustedError::Protocol(e.to_string()))
+    }
+
+    /// Replays the assertions on the recorded call-site values.
+    pub fn replay(&self, tests: &AssertionTests<'_>, records: &[Value]) -> Result<Replay, TrustedError> {
+        let reply = self.ask(&Request {
+            op: "replay",
+            test_code: tests.test_code,
+            names: tests.entry_points,
+            class_names: tests.class_names,
+            setup: tests.test_setup,
+            records,
+            runner: tests.runner,
+        })?;
+        serde_json::from_value(reply).map_err(|e| TrustedError::Protocol(e.to_string()))
+    }
+}
+
+impl Drop for TrustedJudge {
+    fn drop(&mut self) {
+        for mut p in self.idle.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}

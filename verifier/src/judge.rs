@@ -1,0 +1,311 @@
+//! The judge: turns a task and a completion into sandbox runs and decides each test in the
+//! trusted parent.
+//!
+//! Rules that make the verdict hard to fool:
+//! - the exit status never means "passed"; every test needs exactly one well-formed result,
+//!   and a missing, repeated or malformed one is a failure;
+//! - the sandbox sees inputs, never expected values: stdout and returned values are compared
+//!   here, and assertion tests are replayed here on the recorded values (see `harness`);
+//! - values cross as plain data, so a candidate object cannot answer `==` for itself.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::compare::{text_matches, value_matches};
+use crate::extract::extract_code;
+use crate::harness::{ChildTests, TrustedError, TrustedJudge};
+use crate::sandbox::{End, Job, Outcome, RunLimits, Sandbox, SandboxError};
+use crate::task::{Task, TestSpec};
+use crate::verdict::{TaskVerdict, TestResult, TestVerdict};
+
+/// Bytes of stdout/stderr kept in each test result for the audit.
+const EXCERPT_BYTES: usize = 2048;
+/// Start-up allowance on top of the per-test limit (loading the candidate's module).
+const STARTUP: Duration = Duration::from_millis(1000);
+
+/// A task made ready for judging: assertion code rewritten once, not per completion.
+#[derive(Debug, Clone)]
+pub struct PreparedTask {
+    pub task: Task,
+    child_tests: Option<ChildTests>,
+}
+
+impl PreparedTask {
+    pub fn new(task: Task, trusted: &TrustedJudge) -> Result<Self, TrustedError> {
+        let child_tests = match task.spec.assertion_tests() {
+            Some(tests) => Some(trusted.child_tests(&tests)?),
+            None => None,
+        };
+        Ok(PreparedTask { task, child_tests })
+    }
+
+    /// Number of tests a verdict will have.
+    pub fn test_count(&self) -> usize {
+        match (&self.task.spec, &self.child_tests) {
+            (TestSpec::Pytest { .. }, Some(c)) => c.functions,
+            (_, Some(c)) => c.asserts,
+            (_, None) => self.task.declared_tests().unwrap_or(0),
+        }
+    }
+}
+
+/// Judges completions with one sandbox and one trusted judge.
+pub struct Judge<'a> {
+    pub sandbox: &'a dyn Sandbox,
+    pub trusted: &'a TrustedJudge,
+}
+
+impl Judge<'_> {
+    /// Judges one completion (model text; the code is extracted from it).
+    pub fn judge(&self, prepared: &PreparedTask, completion: &str) -> TaskVerdict {
+        let task = &prepared.task;
+        let Some(extracted) = extract_code(completion) else {
+            return TaskVerdict::from_tests(&task.id, None, Vec::new(), 0.0);
+        };
+        let code = if task.prelude.is_empty() {
+            extracted.code
+        } else {
+            format!("{}\n{}", task.prelude, extracted.code)
+        };
+        let (tests, seconds) = match &task.spec {
+            TestSpec::Stdio { .. } => self.stdio(task, &code),
+            TestSpec::Call { .. } => self.call(task, &code),
+            TestSpec::Assert { .. } | TestSpec::Pytest { .. } => self.assert(prepared, &code),
+        };
+        TaskVerdict::from_tests(&task.id, Some(extracted.source), tests, seconds)
+    }
+
+    fn limits(&self, task: &Task, wall: Duration, idle: Option<Duration>) -> RunLimits {
+        RunLimits {
+            wall,
+            idle,
+            memory_bytes: task.limits.memory_mb << 20,
+            output_bytes: task.limits.output_bytes as usize,
+            result_bytes: (task.limits.output_bytes as usize).max(1 << 20) * 16,
+        }
+    }
+
+    fn per_test(&self, task: &Task) -> Duration {
+        Duration::from_secs_f64(task.limits.time_s * self.sandbox.time_scale())
+    }
+
+    fn stdio(&self, task: &Task, code: &str) -> (Vec<TestResult>, f64) {
+        let TestSpec::Stdio { tests, comparator } = &task.spec else { unreachable!("stdio task") };
+        let limits = self.limits(task, self.per_test(task) + STARTUP, None);
+        let mut results = Vec::with_capacity(tests.len());
+        let mut total = 0.0;
+        for test in tests {
+            let job = Job {
+                spec: json!({"mode": "stdio", "code": code}),
+                stdin: test.stdin.as_bytes().to_vec(),
+                limits,
+            };
+            let outcome = match self.sandbox.run(&job) {
+                Ok(o) => o,
+                Err(e) => {
+                    results.push(sandbox_failure(&e));
+                    continue;
+                }
+            };
+            total += outcome.seconds;
+            let verdict = match ended_badly(&outcome) {
+                Some(v) => v,
+                None => match outcome.results.as_slice() {
+                    [line] if line.get("done") == Some(&Value::Bool(true)) && !outcome.malformed => {
+                        match raised(line) {
+                            Some(v) => v,
+                            None if text_matches(&outcome.stdout, &test.stdout, *comparator) => TestVerdict::Passed,
+                            None => TestVerdict::WrongAnswer,
+                        }
+                    }
+                    _ => no_result(),
+                },
+            };
+            results.push(result(verdict, &outcome));
+        }
+        (results, total)
+    }
+
+    fn call(&self, task: &Task, code: &str) -> (Vec<TestResult>, f64) {
+        let TestSpec::Call { entry_point, class_name, tests, comparator } = &task.spec else {
+            unreachable!("call task")
+        };
+        let inputs: Vec<Value> = tests.iter().map(|t| json!({"args": t.args, "kwargs": t.kwargs})).collect();
+        let per_test = self.per_test(task);
+        let mut verdicts: Vec<Option<TestResult>> = vec![None; tests.len()];
+        let mut total = 0.0;
+        let mut start_at = 0;
+        while start_at < tests.len() {
+            let remaining = (tests.len() - start_at) as u32;
+            let job = Job {
+                spec: json!({"mode": "call", "code": code, "entry": entry_point, "class_name": class_name,
+                             "tests": inputs, "start_at": start_at}),
+                stdin: Vec::new(),
+                limits: self.limits(task, per_test * remaining + STARTUP, Some(per_test + STARTUP)),
+            };
+            let outcome = match self.sandbox.run(&job) {
+                Ok(o) => o,
+                Err(e) => {
+                    for v in verdicts.iter_mut().skip(start_at) {
+                        *v = Some(sandbox_failure(&e));
+                    }
+                    break;
+                }
+            };
+            total += outcome.seconds;
+            if let Some(load) = outcome.results.iter().find_map(|l| l.get("load")) {
+                let verdict = raised(load).unwrap_or_else(no_result);
+                for v in verdicts.iter_mut().skip(start_at) {
+                    *v = Some(result(verdict.clone(), &outcome));
+                }
+                break;
+            }
+            let mut lines: HashMap<usize, Vec<&Value>> = HashMap::new();
+            for line in &outcome.results {
+                if let Some(i) = line.get("test").and_then(Value::as_u64) {
+                    lines.entry(i as usize).or_default().push(line);
+                }
+            }
+            let mut next = tests.len();
+            for i in start_at..tests.len() {
+                let verdict = match lines.get(&i).map(Vec::as_slice) {
+                    Some([line]) if !outcome.malformed => match (raised(line), line.get("value")) {
+                        (Some(v), _) => v,
+                        (None, Some(value)) if value_matches(value, &tests[i].expected, *comparator) => {
+                            TestVerdict::Passed
+                        }
+                        (None, _) => TestVerdict::WrongAnswer,
+                    },
+                    Some(_) => malformed(),
+                    None => {
+                        // The run ended before this test reported: it is the culprit; the
+                        // tests after it get a fresh run.
+                        next = i + 1;
+                        ended_badly(&outcome).unwrap_or_else(no_result)
+                    }
+                };
+                verdicts[i] = Some(result(verdict, &outcome));
+                if next != tests.len() {
+                    break;
+                }
+            }
+            start_at = next;
+        }
+        let results = verdicts.into_iter().map(|v| v.unwrap_or_else(|| result_without_run(no_result()))).collect();
+        (results, total)
+    }
+
+    fn assert(&self, prepared: &PreparedTask, code: &str) -> (Vec<TestResult>, f64) {
+        let task = &prepared.task;
+        let tests = task.spec.assertion_tests().expect("assert or pytest task");
+        let child = prepared.child_tests.as_ref().expect("prepared assertion task");
+        let count = prepared.test_count();
+        let n = count.max(1) as u32;
+        let per_test = self.per_test(task);
+        let test_child =
+            if tests.test_setup.is_empty() { child.child.clone() } else { format!("{}\n{}", tests.test_setup, child.child) };
+        let job = Job {
+            spec: json!({"mode": "assert", "code": code, "test_child": test_child, "runner": tests.runner}),
+            stdin: Vec::new(),
+            limits: self.limits(task, per_test * n + STARTUP, Some(per_test + STARTUP)),
+        };
+        let all = |verdict: TestVerdict, outcome: Option<&Outcome>| -> Vec<TestResult> {
+            (0..count)
+                .map(|_| outcome.map_or_else(|| result_without_run(verdict.clone()), |o| result(verdict.clone(), o)))
+                .collect()
+        };
+        let outcome = match self.sandbox.run(&job) {
+            Ok(o) => o,
+            Err(e) => return (all(TestVerdict::SandboxError { message: e.to_string() }, None), 0.0),
+        };
+        if let Some(load) = outcome.results.iter().find_map(|l| l.get("load")) {
+            return (all(raised(load).unwrap_or_else(no_result), Some(&outcome)), outcome.seconds);
+        }
+        let records: Vec<Value> = outcome.results.iter().filter(|l| l.get("site").is_some()).cloned().collect();
+        let mut seen = std::collections::HashSet::new();
+        let duplicated = records.iter().any(|r| !seen.insert((r.get("site").cloned(), r.get("n").cloned())));
+        if outcome.malformed || duplicated {
+            return (all(malformed(), Some(&outcome)), outcome.seconds);
+        }
+        let replay = match self.trusted.replay(&tests, &records) {
+            Ok(r) => r,
+            Err(e) => return (all(TestVerdict::SandboxError { message: e.to_string() }, Some(&outcome)), outcome.seconds),
+        };
+        let cut_short = ended_badly(&outcome).unwrap_or_else(no_result);
+        let classify = |ok: bool, error: Option<&str>| match (ok, error) {
+            (true, _) => TestVerdict::Passed,
+            (false, Some("AssertionError")) | (false, None) => TestVerdict::WrongAnswer,
+            (false, Some(e)) if e.starts_with("NotRecorded") => cut_short.clone(),
+            (false, Some("MemoryError")) => TestVerdict::MemoryLimit,
+            (false, Some(e)) => TestVerdict::RuntimeError { exception: e.to_owned() },
+        };
+        let mut by_index: Vec<Option<TestVerdict>> = vec![None; count];
+        if tests.runner == "test_functions" {
+            for (slot, f) in by_index.iter_mut().zip(&replay.functions) {
+                *slot = Some(classify(f.ok, f.error.as_deref()));
+            }
+        } else {
+            for a in &replay.asserts {
+                let Some(slot) = by_index.get_mut(a.index) else { continue };
+                let verdict = classify(a.ok, a.error.as_deref());
+                // A statement run several times (in a loop) passes only if every run passed.
+                if slot.as_ref().is_none_or(TestVerdict::passed) {
+                    *slot = Some(verdict);
+                }
+            }
+        }
+        // Assertions never reached: the candidate's replayed exception stopped the test (say a
+        // ValueError from `result = f(x)`), or the run was cut short.
+        let unreached = match (&replay.raised, outcome.end == End::Exited) {
+            (Some(e), true) if e != "_NotRecorded" => TestVerdict::RuntimeError { exception: e.clone() },
+            _ => cut_short,
+        };
+        let results = by_index.into_iter().map(|v| result(v.unwrap_or_else(|| unreached.clone()), &outcome)).collect();
+        (results, outcome.seconds)
+    }
+}
+
+/// The verdict implied by how the run ended, when it did not simply exit.
+fn ended_badly(outcome: &Outcome) -> Option<TestVerdict> {
+    match &outcome.end {
+        End::Exited => None,
+        End::TimedOut => Some(TestVerdict::Timeout),
+        End::OutputLimit => Some(TestVerdict::OutputLimit),
+        End::Crashed(what) => Some(TestVerdict::RuntimeError { exception: what.clone() }),
+    }
+}
+
+/// The verdict for a result line that reports an exception, if it does.
+fn raised(line: &Value) -> Option<TestVerdict> {
+    let name = line.get("raise")?.as_str().unwrap_or("?");
+    Some(match name {
+        "MemoryError" => TestVerdict::MemoryLimit,
+        _ => TestVerdict::RuntimeError { exception: name.to_owned() },
+    })
+}
+
+fn no_result() -> TestVerdict {
+    TestVerdict::RuntimeError { exception: "no_result".into() }
+}
+
+fn malformed() -> TestVerdict {
+    TestVerdict::RuntimeError { exception: "malformed_result".into() }
+}
+
+fn excerpt(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(EXCERPT_BYTES)]).into_owned()
+}
+
+fn result(verdict: TestVerdict, outcome: &Outcome) -> TestResult {
+    TestResult { verdict, seconds: outcome.seconds, stdout: excerpt(&outcome.stdout), stderr: excerpt(&outcome.stderr) }
+}
+
+fn result_without_run(verdict: TestVerdict) -> TestResult {
+    TestResult { verdict, seconds: 0.0, stdout: String::new(), stderr: String::new() }
+}
+
+fn sandbox_failure(e: &SandboxError) -> TestResult {
+    result_without_run(TestVerdict::SandboxError { message: e.to_string() })
+}

@@ -1,0 +1,215 @@
+//! One fork-server: a Python interpreter that has imported the harness once and forks a fresh
+//! child per job, so a run costs a `fork` instead of an interpreter start-up.
+//!
+//! The server is started inside new network, mount, IPC and UTS namespaces when the kernel
+//! allows it (as root, or through a user namespace), with a private tmpfs on `/tmp`,
+//! `/var/tmp` and `/dev/shm`; it dies with its parent (`PR_SET_PDEATHSIG`).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde::Deserialize;
+
+use crate::sandbox::SandboxError;
+
+pub(crate) struct ForkServer {
+    process: Child,
+    socket: OwnedFd,
+    pub(crate) isolated_network: bool,
+}
+
+#[derive(Deserialize)]
+struct Ready {
+    interfaces: Vec<String>,
+}
+
+impl ForkServer {
+    pub(crate) fn spawn(python: &Path, harness: &str, isolate: bool) -> Result<Self, SandboxError> {
+        let (parent, child) = seqpacket_pair()?;
+        let child_fd = child.as_raw_fd();
+        let mut cmd = Command::new(python);
+        cmd.arg("-I")
+            .arg("-c")
+            .arg(harness)
+            .arg("serve")
+            .arg(child_fd.to_string())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("LANG", "C.UTF-8")
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        // SAFETY: only async-signal-safe calls (fcntl, prctl, unshare, mount) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let flags = libc::fcntl(child_fd, libc::F_GETFD);
+                libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if isolate {
+                    enter_namespaces();
+                }
+                Ok(())
+            });
+        }
+        let process =
+            cmd.spawn().map_err(|source| SandboxError::Spawn { python: python.display().to_string(), source })?;
+        drop(child);
+        let mut server = ForkServer { process, socket: parent, isolated_network: false };
+        let ready: Ready = serde_json::from_slice(&server.receive()?)
+            .map_err(|e| SandboxError::Protocol(format!("fork-server greeting: {e}")))?;
+        server.isolated_network = ready.interfaces.iter().all(|i| i == "lo");
+        Ok(server)
+    }
+
+    /// Sends a job header with the child's five descriptors attached.
+    pub(crate) fn send(&self, header: &[u8], fds: &[RawFd]) -> Result<(), SandboxError> {
+        send_with_fds(self.socket.as_raw_fd(), header, fds).map_err(SandboxError::Io)
+    }
+
+    /// Receives one message (blocking; the server always answers within a run's deadline plus
+    /// its clean-up, so a long silence means it is broken).
+    pub(crate) fn receive(&self) -> Result<Vec<u8>, SandboxError> {
+        let mut buf = vec![0u8; 1 << 16];
+        // SAFETY: buf is valid for buf.len() bytes.
+        let n = unsafe { libc::recv(self.socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(SandboxError::Io(io::Error::last_os_error()));
+        }
+        if n == 0 {
+            return Err(SandboxError::Protocol("the fork-server closed its socket".into()));
+        }
+        buf.truncate(n as usize);
+        Ok(buf)
+    }
+}
+
+impl Drop for ForkServer {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Runs in the forked child before exec. Failures are tolerated: the server reports whether it
+/// ended up without network, and the sandbox logs it.
+fn enter_namespaces() {
+    // SAFETY: raw syscalls with valid, NUL-terminated constant strings.
+    unsafe {
+        let ns = libc::CLONE_NEWNET | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        if libc::unshare(ns) != 0 {
+            // Not root: a user namespace grants the same, mapping our uid to itself.
+            let uid = libc::getuid();
+            let gid = libc::getgid();
+            if libc::unshare(libc::CLONE_NEWUSER | ns) != 0 {
+                return;
+            }
+            write_file(c"/proc/self/setgroups", b"deny");
+            let mut buf = [0u8; 64];
+            let n = format_id_map(&mut buf, uid);
+            write_file(c"/proc/self/uid_map", &buf[..n]);
+            let n = format_id_map(&mut buf, gid);
+            write_file(c"/proc/self/gid_map", &buf[..n]);
+        }
+        libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null());
+        for dir in [c"/tmp", c"/var/tmp", c"/dev/shm"] {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                dir.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                c"size=1g,mode=1777".as_ptr().cast(),
+            );
+        }
+    }
+}
+
+/// Writes "ID ID 1" without allocating (we are between fork and exec).
+fn format_id_map(buf: &mut [u8; 64], id: u32) -> usize {
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    let mut v = id;
+    loop {
+        digits[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let mut len = 0;
+    for _ in 0..2 {
+        for i in (0..n).rev() {
+            buf[len] = digits[i];
+            len += 1;
+        }
+        buf[len] = b' ';
+        len += 1;
+    }
+    buf[len] = b'1';
+    len + 1
+}
+
+unsafe fn write_file(path: &std::ffi::CStr, data: &[u8]) {
+    // SAFETY: path is NUL-terminated, data valid for its length.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+        if fd >= 0 {
+            libc::write(fd, data.as_ptr().cast(), data.len());
+            libc::close(fd);
+        }
+    }
+}
+
+fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for two descriptors.
+    let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socketpair returned two fresh descriptors we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn send_with_fds(socket: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let fd_bytes = std::mem::size_of_val(fds) as u32;
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes) } as usize;
+    let mut control = vec![0u8; space];
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
+    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes) as _;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast::<RawFd>(), fds.len());
+        if libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_maps_are_formatted_without_allocation() {
+        let mut buf = [0u8; 64];
+        let n = format_id_map(&mut buf, 1000);
+        assert_eq!(&buf[..n], b"1000 1000 1");
+        let n = format_id_map(&mut buf, 0);
+        assert_eq!(&buf[..n], b"0 0 1");
+    }
+}

@@ -1,0 +1,105 @@
+//! The verifier the trainer and the CLI use: a sandbox, a trusted judge and a bounded pool of
+//! worker threads, with a batch API.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::harness::{TrustedError, TrustedJudge};
+use crate::judge::{Judge, PreparedTask};
+use crate::native::{NativeConfig, NativeSandbox};
+use crate::sandbox::{Sandbox, SandboxError};
+use crate::task::Task;
+use crate::verdict::TaskVerdict;
+use crate::wasm::{WasmConfig, WasmSandbox};
+
+/// Which sandbox runs the code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    Native,
+    Wasm,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierError {
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("task {task}: {source}")]
+    Task { task: String, source: TrustedError },
+    #[error("cannot build the worker pool: {0}")]
+    Pool(#[from] rayon::ThreadPoolBuildError),
+}
+
+/// Runs verdicts for many completions at once, `jobs` at a time. Back-pressure is the pool's
+/// size: at most `jobs` sandboxes run, whatever the batch size.
+pub struct Verifier {
+    sandbox: Arc<dyn Sandbox>,
+    trusted: TrustedJudge,
+    pool: rayon::ThreadPool,
+}
+
+/// One completion to judge: the index of its task in the prepared slice, and the model text.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub task: usize,
+    pub text: String,
+}
+
+impl Verifier {
+    pub fn new(backend: Backend, jobs: usize) -> Result<Self, VerifierError> {
+        let sandbox: Arc<dyn Sandbox> = match backend {
+            Backend::Native => Arc::new(NativeSandbox::new(NativeConfig::default())?),
+            Backend::Wasm => Arc::new(WasmSandbox::new(WasmConfig::default()).map_err(SandboxError::from)?),
+        };
+        Self::with_sandbox(sandbox, jobs)
+    }
+
+    pub fn with_sandbox(sandbox: Arc<dyn Sandbox>, jobs: usize) -> Result<Self, VerifierError> {
+        let jobs = jobs.max(1);
+        // The wasm guest needs a deep native stack (8 MiB of wasm stack plus host frames).
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs)
+            .stack_size(16 << 20)
+            .thread_name(|i| format!("verifier-{i}"))
+            .build()?;
+        let trusted = TrustedJudge::new(&crate::native::default_python());
+        Ok(Verifier { sandbox, trusted, pool })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.sandbox.name()
+    }
+
+    /// Rewrites what needs rewriting once per task (assertion tests).
+    pub fn prepare(&self, task: Task) -> Result<PreparedTask, VerifierError> {
+        let id = task.id.clone();
+        PreparedTask::new(task, &self.trusted).map_err(|source| VerifierError::Task { task: id, source })
+    }
+
+    pub fn prepare_all(&self, tasks: Vec<Task>) -> Vec<Result<PreparedTask, VerifierError>> {
+        self.pool.install(|| tasks.into_par_iter().map(|t| self.prepare(t)).collect())
+    }
+
+    /// Judges every completion; the verdicts come back in the completions' order.
+    /// `on_done` is called after each one (for progress bars), from worker threads.
+    pub fn verify_batch(
+        &self,
+        tasks: &[PreparedTask],
+        completions: &[Completion],
+        on_done: &(dyn Fn(&TaskVerdict) + Sync),
+    ) -> Vec<TaskVerdict> {
+        let judge = Judge { sandbox: self.sandbox.as_ref(), trusted: &self.trusted };
+        self.pool.install(|| {
+            completions
+                .par_iter()
+                .with_max_len(1)
+                .map(|c| {
+                    let verdict = judge.judge(&tasks[c.task], &c.text);
+                    on_done(&verdict);
+                    verdict
+                })
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,251 @@
+//! The canonical task: what every test format maps into (see `schema/task.schema.json`).
+//!
+//! One JSON object per task (JSONL files hold one per line):
+//!
+//! ```json
+//! {"id": "mbpp/12", "kind": "assert", "entry_points": ["sort_matrix"],
+//!  "test_code": "assert sort_matrix([[1, 2], [0, 0]]) == [[0, 0], [1, 2]]",
+//!  "reference": "def sort_matrix(M):\n    return sorted(M, key=sum)"}
+//! ```
+//!
+//! Kinds: `stdio` (a program reads stdin; stdout is compared), `call` (a function, or a method
+//! of `class_name`, called with JSON arguments; the return value is compared), `assert`
+//! (HumanEval/MBPP/LeetCode assertion code calling the candidate; rewritten so that the sandbox
+//! only produces values and the assertions run in the trusted parent), `pytest` (a KodCode
+//! test file importing from `solution`, judged the same way).
+
+use serde::{Deserialize, Serialize};
+
+/// A task with its tests, limits and comparator.
+// Unknown keys are rejected by `TestSpec` (serde's flatten and deny_unknown_fields do not
+// combine on the outer struct).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// Unique id, conventionally `source/original-id`.
+    pub id: String,
+    /// Where it came from (`mbpp`, `leetcode`, `code_contests`, ...), for statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The problem statement shown to the policy (prompt rendering is the prompts crate's job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// A reference solution, when known: `dllm-rl verify --reference` checks it passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Code run before the candidate's (imports a dataset assumes, e.g. LeetCode's
+    /// `from typing import *`). Trusted, visible to the candidate.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prelude: String,
+    #[serde(flatten)]
+    pub spec: TestSpec,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// The tests, by kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TestSpec {
+    Stdio {
+        tests: Vec<StdioTest>,
+        #[serde(default)]
+        comparator: TextComparator,
+    },
+    Call {
+        /// Function name (or method name when `class_name` is set).
+        entry_point: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        class_name: Option<String>,
+        tests: Vec<CallTest>,
+        #[serde(default)]
+        comparator: ValueComparator,
+    },
+    Assert {
+        /// Names under which the tests call the candidate. `candidate` (HumanEval's
+        /// `check(candidate)` parameter) is always one.
+        #[serde(default)]
+        entry_points: Vec<String>,
+        /// Classes whose instances' methods are candidate calls (`Solution().f(...)`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        class_names: Vec<String>,
+        /// Trusted set-up the tests need (MBPP's `test_setup_code`); runs in both places.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        test_setup: String,
+        /// Python code with `assert` statements.
+        test_code: String,
+    },
+    /// A pytest file (KodCode style) that imports the candidate from module `solution`; its
+    /// `test*` functions and `Test*` classes are run and their assertions replayed like
+    /// `assert` tests. Supported: plain asserts, `pytest.raises`; not fixtures.
+    Pytest {
+        /// Names the tests use from `solution` (needed for `from solution import *`; names
+        /// imported explicitly are found in the code).
+        #[serde(default)]
+        entry_points: Vec<String>,
+        test_code: String,
+    },
+}
+
+/// The assertion-style view of `assert` and `pytest` tasks, which are judged alike.
+pub struct AssertionTests<'a> {
+    pub entry_points: &'a [String],
+    pub class_names: &'a [String],
+    pub test_setup: &'a str,
+    pub test_code: &'a str,
+    /// `module` (run the code) or `test_functions` (run it, then call its tests).
+    pub runner: &'static str,
+}
+
+impl TestSpec {
+    pub fn assertion_tests(&self) -> Option<AssertionTests<'_>> {
+        match self {
+            TestSpec::Assert { entry_points, class_names, test_setup, test_code } => Some(AssertionTests {
+                entry_points,
+                class_names,
+                test_setup,
+                test_code,
+                runner: "module",
+            }),
+            TestSpec::Pytest { entry_points, test_code } => Some(AssertionTests {
+                entry_points,
+                class_names: &[],
+                test_setup: "",
+                test_code,
+                runner: "test_functions",
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdioTest {
+    pub stdin: String,
+    pub stdout: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallTest {
+    /// Positional arguments, as plain JSON.
+    #[serde(default)]
+    pub args: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub kwargs: serde_json::Map<String, serde_json::Value>,
+    /// The expected return value, as plain JSON (tuples as arrays).
+    pub expected: serde_json::Value,
+}
+
+/// How program output is compared with the expected output. Strict by default.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TextComparator {
+    /// Byte-for-byte equality.
+    Exact,
+    /// LiveCodeBench's rule: surrounding blank space of the whole output ignored, the same
+    /// number of lines, each line equal after collapsing runs of spaces and tabs.
+    #[default]
+    Lines,
+    /// Whitespace-separated tokens, equal one by one; tokens that both parse as numbers may
+    /// differ by `abs` absolute or `rel` relative error (declared per task).
+    Tokens {
+        #[serde(default)]
+        abs: f64,
+        #[serde(default)]
+        rel: f64,
+    },
+    /// Like `lines`, but in any order (only for tasks that say any order is accepted).
+    UnorderedLines,
+}
+
+/// How a returned value is compared with the expected JSON value.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ValueComparator {
+    /// Python `==` on plain values (1 == 1.0), except that booleans are not numbers.
+    #[default]
+    Exact,
+    /// As `exact`, but floats may differ by `abs` absolute or `rel` relative error.
+    Close {
+        #[serde(default)]
+        abs: f64,
+        #[serde(default)]
+        rel: f64,
+    },
+    /// As `exact`, but the top-level list may be in any order.
+    Unordered,
+}
+
+/// Per-test limits. Calibrated for the native backend; the wasm backend scales time by its
+/// `time_scale` (pure Python runs ~4-5x slower there).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Wall-clock seconds per test.
+    pub time_s: f64,
+    /// Address-space (native) or linear-memory (wasm) bytes.
+    pub memory_mb: u64,
+    /// Bytes of stdout (and of stderr) kept; more is an `output_limit` verdict.
+    pub output_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { time_s: 6.0, memory_mb: 1024, output_bytes: 1 << 20 }
+    }
+}
+
+impl Task {
+    /// Number of tests (for `assert` tasks: assertion statements, counted when judged).
+    pub fn declared_tests(&self) -> Option<usize> {
+        match &self.spec {
+            TestSpec::Stdio { tests, .. } => Some(tests.len()),
+            TestSpec::Call { tests, .. } => Some(tests.len()),
+            TestSpec::Assert { .. } | TestSpec::Pytest { .. } => None,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self.spec {
+            TestSpec::Stdio { .. } => "stdio",
+            TestSpec::Call { .. } => "call",
+            TestSpec::Assert { .. } => "assert",
+            TestSpec::Pytest { .. } => "pytest",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_kind() {
+        let lines = [
+            r#"{"id":"a","kind":"stdio","tests":[{"stdin":"1\n","stdout":"2\n"}]}"#,
+            r#"{"id":"b","kind":"call","entry_point":"f","tests":[{"args":[1],"expected":2}],"comparator":{"type":"close","abs":1e-6}}"#,
+            r#"{"id":"c","kind":"assert","entry_points":["f"],"test_code":"assert f(1) == 2"}"#,
+            r#"{"id":"d","kind":"pytest","test_code":"from solution import f\ndef test_f():\n    assert f(1) == 2"}"#,
+        ];
+        for line in lines {
+            let task: Task = serde_json::from_str(line).unwrap();
+            let again: Task = serde_json::from_str(&serde_json::to_string(&task).unwrap()).unwrap();
+            assert_eq!(task, again);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_kinds_are_rejected_by_name() {
+        let err = serde_json::from_str::<Task>(r#"{"id":"a","kind":"stdio","tests":[{"stdin":"","stdot":""}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stdot"), "{err}");
+        let err = serde_json::from_str::<Task>(r#"{"id":"a","kind":"shell","tests":[]}"#).unwrap_err().to_string();
+        assert!(err.contains("shell"), "{err}");
+        let err = serde_json::from_str::<Task>(r#"{"id":"a","kind":"stdio","tests":[],"limit":{}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limit"), "{err}");
+    }
+}

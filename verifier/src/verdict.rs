@@ -1,0 +1,95 @@
+//! Verdicts: per test and per task. Decided in the trusted parent, never read from the sandbox.
+
+use serde::{Deserialize, Serialize};
+
+use crate::extract::CodeSource;
+
+/// The outcome of one test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum TestVerdict {
+    Passed,
+    WrongAnswer,
+    /// The candidate raised (or exited non-zero, or ended without finishing).
+    RuntimeError { exception: String },
+    Timeout,
+    MemoryLimit,
+    OutputLimit,
+    /// The sandbox itself failed (could not start, protocol broken): retryable, and never to be
+    /// counted against the policy.
+    SandboxError { message: String },
+}
+
+impl TestVerdict {
+    pub fn passed(&self) -> bool {
+        matches!(self, TestVerdict::Passed)
+    }
+
+    /// Short name for summaries: `passed`, `wrong_answer`, ...
+    pub fn name(&self) -> &'static str {
+        match self {
+            TestVerdict::Passed => "passed",
+            TestVerdict::WrongAnswer => "wrong_answer",
+            TestVerdict::RuntimeError { .. } => "runtime_error",
+            TestVerdict::Timeout => "timeout",
+            TestVerdict::MemoryLimit => "memory_limit",
+            TestVerdict::OutputLimit => "output_limit",
+            TestVerdict::SandboxError { .. } => "sandbox_error",
+        }
+    }
+}
+
+/// One test's result, with what the parent saw (trimmed) for the audit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestResult {
+    #[serde(flatten)]
+    pub verdict: TestVerdict,
+    /// Wall-clock seconds of the run this test was part of.
+    pub seconds: f64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stdout: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stderr: String,
+}
+
+/// The outcome of one completion on one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskVerdict {
+    pub task_id: String,
+    /// `None` when the completion had no code (the `no_code` verdict).
+    pub code_source: Option<CodeSource>,
+    pub tests: Vec<TestResult>,
+    pub all_passed: bool,
+    /// Passed tests over all tests (0 when there is no code or no test).
+    pub pass_fraction: f64,
+    pub seconds: f64,
+    /// The run failed for reasons of the sandbox, not of the candidate: retry it.
+    pub sandbox_error: bool,
+}
+
+impl TaskVerdict {
+    pub fn from_tests(task_id: &str, code_source: Option<CodeSource>, tests: Vec<TestResult>, seconds: f64) -> Self {
+        let passed = tests.iter().filter(|t| t.verdict.passed()).count();
+        let sandbox_error = tests.iter().any(|t| matches!(t.verdict, TestVerdict::SandboxError { .. }));
+        TaskVerdict {
+            task_id: task_id.to_owned(),
+            code_source,
+            all_passed: !tests.is_empty() && passed == tests.len() && code_source.is_some(),
+            pass_fraction: if tests.is_empty() { 0.0 } else { passed as f64 / tests.len() as f64 },
+            tests,
+            seconds,
+            sandbox_error,
+        }
+    }
+
+    /// The task-level verdict name: `passed`, `no_code`, or the first failing test's verdict.
+    pub fn summary(&self) -> &'static str {
+        if self.code_source.is_none() {
+            return "no_code";
+        }
+        if self.tests.is_empty() {
+            return "no_tests";
+        }
+        self.tests.iter().find(|t| !t.verdict.passed()).map_or("passed", |t| t.verdict.name())
+    }
+}

