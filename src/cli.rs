@@ -36,6 +36,59 @@ pub enum Command {
     /// `{"task_id", "completion"}` lines (model text: the code is taken from its fenced block),
     /// several per task allowed. Exit status 3 when some runs failed for sandbox reasons.
     Verify(VerifyArgs),
+    /// Import and curate prompt sets (task files in the verifier's canonical schema).
+    #[command(subcommand)]
+    Prompts(PromptsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PromptsCommand {
+    /// Convert dataset files into canonical task JSONL. Bad rows are reported with file, row
+    /// and field, then skipped (or fatal with --strict).
+    Import(ImportArgs),
+}
+
+/// Source layouts `prompts import` understands.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FormatArg {
+    /// SandboxFusion MBPP rows (assert tests).
+    SandboxfusionMbpp,
+    /// SandboxFusion CommonOJ rows, e.g. CodeContests (stdin/stdout tests).
+    SandboxfusionCommonoj,
+    /// rllm LeetCode rows (`check(Solution().method)` asserts).
+    RllmLeetcode,
+    /// rllm stdin/stdout rows (`tests: {inputs, outputs}`).
+    RllmStdio,
+    /// KodCode rows (pytest files importing from `solution`).
+    Kodcode,
+}
+
+impl From<FormatArg> for dllm_prompts::Format {
+    fn from(f: FormatArg) -> Self {
+        use dllm_prompts::Format;
+        match f {
+            FormatArg::SandboxfusionMbpp => Format::SandboxfusionMbpp,
+            FormatArg::SandboxfusionCommonoj => Format::SandboxfusionCommonOj,
+            FormatArg::RllmLeetcode => Format::RllmLeetcode,
+            FormatArg::RllmStdio => Format::RllmStdio,
+            FormatArg::Kodcode => Format::Kodcode,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[arg(long, value_enum)]
+    pub format: FormatArg,
+    /// Output task file (JSONL).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Stop at the first bad row instead of skipping it.
+    #[arg(long)]
+    pub strict: bool,
+    /// Input files (JSONL or a JSON array).
+    #[arg(required = true)]
+    pub inputs: Vec<std::path::PathBuf>,
 }
 
 /// Which sandbox runs candidate code.

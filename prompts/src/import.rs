@@ -45,11 +45,13 @@ impl Format {
     ];
 }
 
-/// Imports that LeetCode solutions assume without writing them (as LiveCodeBench's and rllm's
-/// harnesses prepend).
-pub const LEETCODE_PRELUDE: &str = "from typing import *\nfrom collections import *\nfrom functools import *\n\
-from itertools import *\nfrom heapq import *\nfrom bisect import *\nfrom math import *\nimport collections, heapq, \
-bisect, math, itertools, functools, string, re\n";
+/// Imports that LeetCode solutions assume without writing them: LiveCodeBench's import block
+/// (`lcb_runner/evaluation/testing_util.py`), less `sys`, `io` and `builtins`.
+pub const LEETCODE_PRELUDE: &str = "from string import *\nfrom re import *\nfrom datetime import *\n\
+from collections import *\nfrom heapq import *\nfrom bisect import *\nfrom copy import *\nfrom math import *\n\
+from random import *\nfrom statistics import *\nfrom itertools import *\nfrom functools import *\n\
+from operator import *\nfrom typing import *\nimport string, re, datetime, collections, heapq, bisect, copy, \
+math, random, statistics, itertools, functools, operator\n";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -250,10 +252,10 @@ fn rllm_stdio(row: usize, v: &Value) -> RowResult {
 }
 
 fn kodcode(row: usize, v: &Value) -> RowResult {
-    let id = v
-        .pointer("/metadata/prompt_id")
-        .and_then(Value::as_str)
-        .map_or_else(|| row.to_string(), str::to_owned);
+    // Prompt ids restart in each KodCode subset: qualify them with the subset (`mode`).
+    let prompt_id = v.pointer("/metadata/prompt_id").and_then(Value::as_str);
+    let mode = v.pointer("/metadata/mode").and_then(Value::as_str).unwrap_or("kodcode");
+    let id = prompt_id.map_or_else(|| format!("{mode}-row{row}"), |p| format!("{mode}-{p}"));
     Ok(Task {
         id: format!("kodcode/{id}"),
         source: Some("kodcode".into()),

@@ -5,11 +5,13 @@ use std::process::ExitCode;
 use crate::cli::Command;
 
 mod doctor;
+mod prompts;
 mod verify;
 
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Doctor(args) => doctor::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Prompts(command) => prompts::run(command),
     }
 }

@@ -30,15 +30,23 @@ const STARTUP: Duration = Duration::from_millis(1000);
 pub struct PreparedTask {
     pub task: Task,
     child_tests: Option<ChildTests>,
+    /// Why the task's own tests cannot be run (they do not parse, say); every completion of
+    /// such a task gets the `task_error` verdict.
+    pub invalid: Option<String>,
 }
 
 impl PreparedTask {
+    /// Fails only when the trusted judge itself fails; broken tests make an `invalid` task.
     pub fn new(task: Task, trusted: &TrustedJudge) -> Result<Self, TrustedError> {
-        let child_tests = match task.spec.assertion_tests() {
-            Some(tests) => Some(trusted.child_tests(&tests)?),
-            None => None,
+        let (child_tests, invalid) = match task.spec.assertion_tests() {
+            Some(tests) => match trusted.child_tests(&tests) {
+                Ok(c) => (Some(c), None),
+                Err(TrustedError::Tests(message)) => (None, Some(message)),
+                Err(e) => return Err(e),
+            },
+            None => (None, None),
         };
-        Ok(PreparedTask { task, child_tests })
+        Ok(PreparedTask { task, child_tests, invalid })
     }
 
     /// Number of tests a verdict will have.
@@ -64,6 +72,11 @@ impl Judge<'_> {
         let Some(extracted) = extract_code(completion) else {
             return TaskVerdict::from_tests(&task.id, None, Vec::new(), 0.0);
         };
+        if let Some(message) = &prepared.invalid {
+            let mut verdict = TaskVerdict::from_tests(&task.id, Some(extracted.source), Vec::new(), 0.0);
+            verdict.task_error = Some(message.clone());
+            return verdict;
+        }
         let code = if task.prelude.is_empty() {
             extracted.code
         } else {

@@ -65,6 +65,9 @@ pub struct TaskVerdict {
     pub seconds: f64,
     /// The run failed for reasons of the sandbox, not of the candidate: retry it.
     pub sandbox_error: bool,
+    /// The task's own tests cannot run (e.g. they do not parse): no completion can pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_error: Option<String>,
 }
 
 impl TaskVerdict {
@@ -79,6 +82,7 @@ impl TaskVerdict {
             tests,
             seconds,
             sandbox_error,
+            task_error: None,
         }
     }
 
@@ -86,6 +90,9 @@ impl TaskVerdict {
     pub fn summary(&self) -> &'static str {
         if self.code_source.is_none() {
             return "no_code";
+        }
+        if self.task_error.is_some() {
+            return "task_error";
         }
         if self.tests.is_empty() {
             return "no_tests";

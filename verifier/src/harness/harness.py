@@ -27,6 +27,7 @@ import math
 import os
 import sys
 import time
+import types
 
 # Result lines are capped so that a hostile candidate cannot make the parent buffer gigabytes.
 MAX_DEPTH = 64
@@ -38,37 +39,61 @@ MAX_ITEMS = 1_000_000
 # runs while encoding.
 
 
-def encode(value, depth=0, budget=None):
-    if budget is None:
-        budget = [MAX_ITEMS]
-    budget[0] -= 1
-    if budget[0] < 0 or depth > MAX_DEPTH:
-        raise ValueError("value too large or too deep")
-    t = type(value)
-    if value is None or t is bool or t is str:
-        return value
-    if t is int:
-        return value if -(2**53) < value < 2**53 else {"$int": str(value)}
-    if t is float:
-        return value if math.isfinite(value) else {"$float": repr(value)}
-    if t is list:
-        return [encode(v, depth + 1, budget) for v in value]
-    if t is tuple:
-        return {"$tuple": [encode(v, depth + 1, budget) for v in value]}
-    if t is dict:
-        return {"$dict": [[encode(k, depth + 1, budget), encode(v, depth + 1, budget)] for k, v in dict.items(value)]}
-    if t is set or t is frozenset:
-        return {"$set" if t is set else "$frozenset": [encode(v, depth + 1, budget) for v in value]}
-    if t is bytes:
-        return {"$bytes": value.hex()}
-    if t is complex:
-        return {"$complex": [encode(value.real), encode(value.imag)]}
-    # Plain objects (LeetCode's ListNode, TreeNode) travel as their attributes. Read through
-    # object.__getattribute__ so that a candidate __getattr__ cannot run.
-    attrs = object.__getattribute__(value, "__dict__") if _has_dict(value) else None
-    if type(attrs) is dict:
-        return {"$object": t.__name__, "attrs": [[str(k), encode(v, depth + 1, budget)] for k, v in dict.items(attrs)]}
-    return {"$object": t.__name__, "attrs": None}
+def encode(value):
+    """Type-tagged JSON of `value`, built from builtin types only (see the module doc)."""
+    return _Encoder().encode(value, 0)
+
+
+class _Encoder:
+    def __init__(self):
+        self.budget = MAX_ITEMS
+        self.objects = {}  # id -> reference number, so cyclic object graphs terminate
+
+    def encode(self, value, depth):
+        self.budget -= 1
+        if self.budget < 0 or depth > MAX_DEPTH:
+            raise ValueError("value too large or too deep")
+        t = type(value)
+        d = depth + 1
+        if value is None or t is bool or t is str:
+            return value
+        if t is int:
+            return value if -(2**53) < value < 2**53 else {"$int": str(value)}
+        if t is float:
+            return value if math.isfinite(value) else {"$float": repr(value)}
+        if t is list:
+            return [self.encode(v, d) for v in value]
+        if t is tuple:
+            return {"$tuple": [self.encode(v, d) for v in value]}
+        if t is dict:
+            return {"$dict": [[self.encode(k, d), self.encode(v, d)] for k, v in dict.items(value)]}
+        if t is set or t is frozenset:
+            return {"$set" if t is set else "$frozenset": [self.encode(v, d) for v in value]}
+        if t is bytes:
+            return {"$bytes": value.hex()}
+        if t is complex:
+            return {"$complex": [self.encode(value.real, d), self.encode(value.imag, d)]}
+        np = sys.modules.get("numpy")
+        if np is not None and t is np.ndarray:
+            return {"$ndarray": {"dtype": str(value.dtype), "data": self.encode(np.ndarray.tolist(value), d)}}
+        if np is not None and t.__module__ == "numpy" and issubclass(t, np.generic) and t in _numpy_scalar_types(np):
+            return self.encode(np.generic.item(value), d)
+        # Plain objects (ListNode, TreeNode, a class the task asked for) travel as their
+        # attributes, read with object.__getattribute__ so that no candidate method runs.
+        key = id(value)
+        if key in self.objects:
+            return {"$ref": self.objects[key]}
+        self.objects[key] = len(self.objects)
+        attrs = object.__getattribute__(value, "__dict__") if _has_dict(value) else None
+        encoded = {"$object": t.__name__, "id": self.objects[key], "attrs": None}
+        if type(attrs) is dict:
+            encoded["attrs"] = [[str(k), self.encode(v, d)] for k, v in dict.items(attrs)]
+        return encoded
+
+
+def _numpy_scalar_types(np):
+    return {np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+            np.float16, np.float32, np.float64, np.complex64, np.complex128, np.str_}
 
 
 def _has_dict(value):
@@ -83,9 +108,14 @@ class Opaque:
     """A decoded object: attributes only. Equal to another Opaque with the same class name
     and attributes, so that tests comparing linked lists or trees still work."""
 
-    def __init__(self, cls, attrs):
-        self.__dict__.update(attrs)
+    def __init__(self, cls):
         self._dllm_cls = cls
+
+    def __getattr__(self, name):
+        # Methods of the candidate's class: their calls are replayed from records.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _BoundStub(self)
 
     def __eq__(self, other):
         return type(other) is Opaque and vars(self) == vars(other)
@@ -96,30 +126,47 @@ class Opaque:
     __hash__ = None
 
 
-def decode(value):
+def decode(value, objects=None):
+    if objects is None:
+        objects = {}
     if isinstance(value, list):
-        return [decode(v) for v in value]
+        return [decode(v, objects) for v in value]
     if not isinstance(value, dict):
         return value
-    ((tag, inner),) = [(k, v) for k, v in value.items() if k != "attrs"] or [(None, None)]
+    tag = next((k for k in value if k.startswith("$")), None)
+    inner = value.get(tag)
     if tag == "$int":
         return int(inner)
     if tag == "$float":
         return float(inner)
     if tag == "$tuple":
-        return tuple(decode(v) for v in inner)
+        return tuple(decode(v, objects) for v in inner)
     if tag == "$dict":
-        return {_hashable(decode(k)): decode(v) for k, v in inner}
+        return {_hashable(decode(k, objects)): decode(v, objects) for k, v in inner}
     if tag == "$set":
-        return {_hashable(decode(v)) for v in inner}
+        return {_hashable(decode(v, objects)) for v in inner}
     if tag == "$frozenset":
-        return frozenset(_hashable(decode(v)) for v in inner)
+        return frozenset(_hashable(decode(v, objects)) for v in inner)
     if tag == "$bytes":
         return bytes.fromhex(inner)
     if tag == "$complex":
-        return complex(decode(inner[0]), decode(inner[1]))
+        return complex(decode(inner[0], objects), decode(inner[1], objects))
+    if tag == "$ndarray":
+        data = decode(inner["data"], objects)
+        try:
+            import numpy
+
+            return numpy.array(data, dtype=inner["dtype"])
+        except Exception:
+            return data
+    if tag == "$ref":
+        return objects[inner]
     if tag == "$object":
-        return Opaque(inner, {k: decode(v) for k, v in (value.get("attrs") or [])})
+        obj = Opaque(inner)
+        objects[value.get("id")] = obj
+        for k, v in value.get("attrs") or []:
+            setattr(obj, k, decode(v, objects))
+        return obj
     raise ValueError("unknown value tag %r" % (tag,))
 
 
@@ -203,19 +250,64 @@ def _call(fn):
     fn()
 
 
+def _parameter_sets(fn):
+    """The keyword arguments of each call pytest would make: the cartesian product of the
+    function's `parametrize` marks (one empty call when it has none)."""
+    sets = [{}]
+    for mark in getattr(fn, "pytestmark", []):
+        if getattr(mark, "name", None) != "parametrize":
+            continue
+        names, values = mark.args[0], mark.args[1]
+        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+        rows = []
+        for value in values:
+            value = getattr(value, "values", value)  # pytest.param(...)
+            row = dict(zip(names, value)) if len(names) > 1 else {names[0]: value}
+            rows.append(row)
+        sets = [dict(a, **b) for a in sets for b in rows]
+    return sets
+
+
+def _parametrized(fn):
+    def run():
+        for kwargs in _parameter_sets(fn):
+            fn(**kwargs)
+
+    return run
+
+
+def _hook(instance, name, method):
+    hook = getattr(instance, name, None)
+    if hook is None:
+        return
+    # pytest passes the test method only to hooks that take it.
+    takes_method = getattr(getattr(hook, "__code__", None), "co_argcount", 1) > 1
+    hook(method) if takes_method else hook()
+
+
+def _method_runner(cls, name):
+    def run():
+        for kwargs in _parameter_sets(vars(cls)[name]):
+            instance = cls()
+            method = getattr(instance, name)
+            _hook(instance, "setup_method", method)
+            try:
+                method(**kwargs)
+            finally:
+                _hook(instance, "teardown_method", method)
+
+    return run
+
+
 def _run_test_functions(ns, on_error, run=_call):
     """pytest's collection, reduced to what assertion replay needs: module-level `test*`
     functions and `Test*` classes' `test*` methods, in definition order."""
     for name, obj in list(ns.items()):
         if name.startswith("test") and callable(obj) and getattr(obj, "__module__", None) == ns["__name__"]:
-            targets = [obj]
+            targets = [_parametrized(obj)]
         elif name.startswith("Test") and isinstance(obj, type) and obj.__module__ == ns["__name__"]:
-            try:
-                instance = obj()
-            except BaseException as exc:  # noqa: BLE001
-                on_error(exc)
-                continue
-            targets = [getattr(instance, m) for m in list(vars(obj)) if m.startswith("test") and callable(getattr(instance, m))]
+            # As pytest: a fresh instance per test method, with setup_method/teardown_method.
+            targets = [_method_runner(obj, m) for m in list(vars(obj)) if m.startswith("test") and callable(vars(obj)[m])]
         else:
             continue
         for fn in targets:
@@ -249,6 +341,39 @@ def _run_call(job, chan):
     chan.send({"done": True})
 
 
+class _Tee:
+    """Stands in for sys.stdout during a recorded call: what the candidate prints is kept (the
+    replay prints it again, for tests that capture output) and passed on."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self._parts = []
+        self._size = 0
+
+    def write(self, text):
+        if self._size < (1 << 20) and type(text) is str:
+            self._parts.append(text)
+            self._size += len(text)
+        return self._inner.write(text)
+
+    def text(self):
+        return "".join(self._parts)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+_MUTABLE = (list, dict, set)
+
+
+def _changeable(value):
+    """Builtin containers and plain objects (the candidate's classes), not modules or code."""
+    t = type(value)
+    if t in _MUTABLE:
+        return True
+    return _has_dict(value) and not isinstance(value, (type, types.ModuleType, types.FunctionType, types.MethodType))
+
+
 def _run_assert(job, chan):
     counts = {}
 
@@ -256,18 +381,36 @@ def _run_assert(job, chan):
         n = counts.get(site, 0)
         counts[site] = n + 1
         line = {"site": site, "n": n}
+        tee = _Tee(sys.stdout)
+        sys.stdout = tee
         try:
             value = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001
             line.update(_exception_line(exc))
-            chan.send(line)
             raise
-        try:
-            line["value"] = encode(value)
-        except BaseException as exc:  # noqa: BLE001
-            line.update({"raise": "UnserializableResult", "message": str(exc)[:200]})
-        chan.send(line)
-        return value
+        else:
+            try:
+                line["value"] = encode(value)
+            except BaseException as exc:  # noqa: BLE001
+                line.update({"raise": "UnserializableResult", "message": str(exc)[:200]})
+            return value
+        finally:
+            if sys.stdout is tee:
+                sys.stdout = tee._inner
+            if tee.text():
+                line["printed"] = tee.text()
+            # Arguments and receivers changed in place (`enqueue(queue, 1)`, `ll.add(3)`,
+            # `reverse(head)`, `random.shuffle(a)`): the replay applies the changes.
+            try:
+                after = [encode(a) if _changeable(a) else None for a in args]
+                if any(a is not None for a in after):
+                    line["args_after"] = after
+                receiver = getattr(fn, "__self__", None) if type(fn) is types.MethodType else None
+                if receiver is not None and _changeable(receiver):
+                    line["self_after"] = encode(receiver)
+            except BaseException:  # noqa: BLE001
+                pass
+            chan.send(line)
 
     try:
         ns = _load_candidate(job)
@@ -275,9 +418,11 @@ def _run_assert(job, chan):
         chan.send({"load": _exception_line(exc)})
         return
     if job.get("runner") == "test_functions":
-        ns = {"__name__": "test_solution", "__builtins__": builtins}
-    ns["__dllm_call"] = record
-    ns["__dllm_try"] = _try_each
+        # The test module sees the candidate's names, as if appended to the solution (KodCode
+        # files that do not import from `solution` rely on it); only its own tests are run.
+        ns = dict(ns, __name__="test_solution")
+    ns["__dllm_call__"] = record
+    ns["__dllm_try__"] = _try_each
     try:
         exec(compile(job["test_child"], "tests.py", "exec"), ns)
         if job.get("runner") == "test_functions":
@@ -303,37 +448,128 @@ def _try_each(*thunks):
 # keeps the assertions and replays recorded values at each site.
 
 
+def _bound_anywhere(tree):
+    """Every name the code binds itself (definitions, imports, assignments, parameters...)."""
+    bound = set()
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(n.name)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            bound |= {(a.asname or a.name).split(".")[0] for a in n.names if a.name != "*"}
+        elif isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+            bound.add(n.id)
+        elif isinstance(n, ast.arg):
+            bound.add(n.arg)
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            bound.add(n.name)
+    return bound
+
+
+def candidate_names(test_code, setup, names, class_names=()):
+    """The names under which tests call the candidate: those given, those imported from
+    `solution`, and every called name that neither the tests nor their set-up define and that
+    is no builtin (tests written to be appended to the solution, as KodCode's and MBPP's)."""
+    tree = ast.parse(test_code)
+    result = set(names) | {"candidate"}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ImportFrom) and n.module == "solution":
+            result |= {a.asname or a.name for a in n.names if a.name != "*"}
+    bound = _bound_anywhere(tree) | (_bound_anywhere(ast.parse(setup)) if setup else set())
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name):
+            if n.func.id not in bound and not hasattr(builtins, n.func.id):
+                result.add(n.func.id)
+    # Declared candidate classes are handled by their instances' method calls instead.
+    return sorted(result - set(class_names))
+
+
+def _root_name(node):
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _dotted(node):
+    """`a.b.c` for a chain of attributes on a name, else None."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def _random_names(tree):
+    """Module aliases and names through which the tests draw random numbers: recorded in the
+    sandbox and replayed, so that both sides see the same inputs."""
+    modules, functions = set(), set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            for a in n.names:
+                if a.name in ("random", "numpy", "numpy.random"):
+                    modules.add((a.asname or a.name).split(".")[0])
+        elif isinstance(n, ast.ImportFrom) and n.module in ("random", "numpy.random"):
+            functions |= {a.asname or a.name for a in n.names}
+    return modules, functions
+
+
 class _Sites(ast.NodeTransformer):
-    def __init__(self, names, class_names):
+    def __init__(self, names, class_names, random_names=(set(), set())):
         self.names = set(names) | {"candidate"}
         self.class_names = set(class_names)
+        self.random_modules, self.random_functions = random_names
+        # Variables holding candidate objects (`cache = LRUCache(2)`): their method calls are
+        # candidate calls too.
+        self.derived = set()
         self.count = 0
         self.child = True
         self.assert_count = 0
 
-    def visit_ImportFrom(self, node):
-        if node.module == "solution":
-            self.names |= {a.asname or a.name for a in node.names if a.name != "*"}
-        return node
-
     def is_site(self, call):
         f = call.func
-        if isinstance(f, ast.Name) and f.id in self.names:
+        if isinstance(f, ast.Name) and (f.id in self.names or f.id in self.random_functions):
             return True
+        if isinstance(f, ast.Attribute) and self.is_derived(f.value):
+            return True
+        if isinstance(f, ast.Attribute) and _root_name(f) in self.random_modules:
+            return _root_name(f) != "np" or "random" in ast.unparse(f).split(".")
         if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Call):
             inner = f.value.func
             return isinstance(inner, ast.Name) and inner.id in self.class_names
         return False
 
+    def is_derived(self, node):
+        path = _dotted(node)
+        if path is None:
+            return False
+        parts = path.split(".")
+        return any(".".join(parts[:i]) in self.derived for i in range(1, len(parts) + 1))
+
+    def visit_Assign(self, node):
+        node = self.generic_visit(node)
+        value = node.value
+        from_candidate = _is_recorder(value) or (
+            isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id in self.class_names
+        )
+        if from_candidate:
+            self.derived |= {_dotted(t) for t in node.targets if _dotted(t)}
+        return node
+
     def visit_Call(self, node):
-        self.generic_visit(node)
+        if isinstance(node.func, ast.Attribute) and self.is_derived(node.func.value):
+            node.args = [self.visit(a) for a in node.args]
+            node.keywords = [self.visit(k) for k in node.keywords]
+        else:
+            self.generic_visit(node)
         if not self.is_site(node):
             return node
         site = self.count
         self.count += 1
         return ast.copy_location(
             ast.Call(
-                func=ast.Name("__dllm_call", ast.Load()),
+                func=ast.Name("__dllm_call__", ast.Load()),
                 args=[ast.Constant(site), node.func] + node.args,
                 keywords=node.keywords,
             ),
@@ -354,10 +590,10 @@ class _Sites(ast.NodeTransformer):
                 # A call that uses a comprehension or lambda variable cannot be lifted out of
                 # the assertion: evaluate the whole expression (its truth is ignored here).
                 thunks = [ast.Lambda(_no_args(), node.test)]
-            stmt = ast.Expr(ast.Call(ast.Name("__dllm_try", ast.Load()), thunks, []))
+            stmt = ast.Expr(ast.Call(ast.Name("__dllm_try__", ast.Load()), thunks, []))
         else:
             stmt = ast.Expr(
-                ast.Call(ast.Name("__dllm_check", ast.Load()), [ast.Constant(index), ast.Lambda(_no_args(), node.test)], [])
+                ast.Call(ast.Name("__dllm_check__", ast.Load()), [ast.Constant(index), ast.Lambda(_no_args(), node.test)], [])
             )
         return ast.copy_location(stmt, node)
 
@@ -374,8 +610,11 @@ def _bound_names(expr):
     return bound
 
 
+# The helpers' names end in "__" so that Python does not mangle them inside test classes.
+
+
 def _is_recorder(n):
-    return isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "__dllm_call"
+    return isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "__dllm_call__"
 
 
 def _contains(outer, inner):
@@ -386,9 +625,9 @@ def _no_args():
     return ast.arguments(posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[])
 
 
-def transform(test_code, names, class_names, child):
+def transform(test_code, names, class_names, child, setup=""):
     tree = ast.parse(test_code)
-    sites = _Sites(names, class_names)
+    sites = _Sites(candidate_names(test_code, setup, names, class_names), class_names, _random_names(tree))
     sites.child = child
     tree = ast.fix_missing_locations(sites.visit(tree))
     return ast.unparse(tree), sites.count, sites.assert_count
@@ -430,11 +669,56 @@ class _CandidateStub:
         return _CandidateStub()
 
 
+class _BoundStub(_CandidateStub):
+    """A method of a decoded object; the replay updates `receiver` with its recorded state."""
+
+    def __init__(self, receiver):
+        self.receiver = receiver
+
+
 def _builtin_exception(name):
     exc = getattr(builtins, name, None)
     if isinstance(exc, type) and issubclass(exc, BaseException):
         return exc
     return type(name, (Exception,), {})
+
+
+def _assign_in_place(target, value):
+    if type(target) is list and isinstance(value, list):
+        target[:] = value
+    elif type(target) is dict and isinstance(value, dict):
+        target.clear()
+        target.update(value)
+    elif type(target) is set and isinstance(value, set):
+        target.clear()
+        target.update(value)
+    elif type(target) is Opaque and type(value) is Opaque:
+        target.__dict__.clear()
+        target.__dict__.update(value.__dict__)
+
+
+def _free_globals(test_code, setup, names):
+    """Values for names the tests read but never define: when appended to a solution they
+    would come from the solution's own imports (`List`, `math`). Standard modules and typing
+    names are supplied; anything else stands for the candidate."""
+    import importlib
+    import typing
+
+    tree = ast.parse(test_code)
+    bound = _bound_anywhere(tree) | (_bound_anywhere(ast.parse(setup)) if setup else set())
+    values = {}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id not in bound and n.id not in names:
+            if hasattr(builtins, n.id) or n.id in values:
+                continue
+            if n.id in getattr(sys, "stdlib_module_names", ()) or n.id in ("numpy", "np"):
+                try:
+                    values[n.id] = importlib.import_module("numpy" if n.id == "np" else n.id)
+                    continue
+                except ImportError:
+                    pass
+            values[n.id] = getattr(typing, n.id, None) or _CandidateStub()
+    return values
 
 
 def replay(req):
@@ -450,6 +734,13 @@ def replay(req):
         line = records.get(site, {}).get(n)
         if line is None:
             raise _NotRecorded("call site %d (occurrence %d) has no recorded result" % (site, n))
+        if line.get("printed"):
+            sys.stdout.write(line["printed"])
+        for arg, after in zip(args, line.get("args_after") or []):
+            if after is not None:
+                _assign_in_place(arg, decode(after))
+        if "self_after" in line and type(fn) is _BoundStub:
+            _assign_in_place(fn.receiver, decode(line["self_after"]))
         if "value" in line:
             return decode(line["value"])
         raise _builtin_exception(line.get("raise", "Exception"))(line.get("message", ""))
@@ -465,13 +756,15 @@ def replay(req):
 
     import types
 
-    code, _, n_asserts = transform(req["test_code"], req["names"], req["class_names"], child=False)
+    names = candidate_names(req["test_code"], req.get("setup", ""), req["names"], req["class_names"])
+    code, _, n_asserts = transform(req["test_code"], req["names"], req["class_names"], child=False, setup=req.get("setup", ""))
     stub = types.ModuleType("solution")
-    stub.__all__ = list(req["names"])
+    stub.__all__ = list(names)
     stub.__getattr__ = lambda name: _CandidateStub()
     sys.modules["solution"] = stub
-    ns = {"__name__": "test_solution", "__builtins__": builtins, "__dllm_call": call, "__dllm_check": check}
-    for name in req["names"]:
+    ns = {"__name__": "test_solution", "__builtins__": builtins, "__dllm_call__": call, "__dllm_check__": check}
+    ns.update(_free_globals(req["test_code"], req.get("setup", ""), names))
+    for name in names:
         ns[name] = _CandidateStub()
     for name in req["class_names"]:
         ns[name] = _CandidateStub
@@ -509,12 +802,19 @@ def replay(req):
 
 
 def trusted_main():
-    out = sys.stdout
-    for line in sys.stdin:
-        req = json.loads(line)
+    import io
+
+    # Test code may print, read, replace sys.stdout or call pytest.main: keep the protocol's
+    # own streams away from it and reset what it may have changed before each request.
+    out, requests = sys.stdout, sys.stdin
+    for line in requests:
+        sys.stdout, sys.stdin, sys.argv = io.StringIO(), io.StringIO(), ["tests.py"]
         try:
+            req = json.loads(line)
             if req["op"] == "transform":
-                child, n_sites, n_asserts = transform(req["test_code"], req["names"], req["class_names"], child=True)
+                child, n_sites, n_asserts = transform(
+                    req["test_code"], req["names"], req["class_names"], child=True, setup=req.get("setup", "")
+                )
                 reply = {"child": child, "sites": n_sites, "asserts": n_asserts, "functions": count_test_functions(req["test_code"])}
             elif req["op"] == "replay":
                 reply = replay(req)
@@ -522,7 +822,7 @@ def trusted_main():
                 reply = {"error": "unknown op %r" % (req["op"],)}
         except SyntaxError as exc:
             reply = {"error": "SyntaxError in tests: %s" % exc}
-        except Exception as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - one bad task must not end the judge
             reply = {"error": "%s: %s" % (type(exc).__name__, exc)}
         out.write(json.dumps(reply) + "\n")
         out.flush()

@@ -144,7 +144,7 @@ impl TrustedJudge {
             test_code: tests.test_code,
             names: tests.entry_points,
             class_names: tests.class_names,
-            setup: "",
+            setup: tests.test_setup,
             records: &[],
             runner: tests.runner,
         })?;
