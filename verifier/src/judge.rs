@@ -271,8 +271,10 @@ impl Judge<'_> {
         }
         // Assertions never reached: the candidate's replayed exception stopped the test (say a
         // ValueError from `result = f(x)`), or the run was cut short.
-        let unreached = match (&replay.raised, outcome.end == End::Exited) {
-            (Some(e), true) if e != "_NotRecorded" => TestVerdict::RuntimeError { exception: e.clone() },
+        let child_raised = outcome.results.iter().find_map(|l| l.get("tests_raised")).and_then(raised);
+        let unreached = match (&replay.raised, outcome.end == End::Exited, child_raised) {
+            (_, true, Some(v)) => v,
+            (Some(e), true, None) if e != "_NotRecorded" => TestVerdict::RuntimeError { exception: e.clone() },
             _ => cut_short,
         };
         let results = by_index.into_iter().map(|v| result(v.unwrap_or_else(|| unreached.clone()), &outcome)).collect();

