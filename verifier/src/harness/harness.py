@@ -855,7 +855,7 @@ def serve_forever(sock_fd):
         interfaces = [name for _, name in socket.if_nameindex()]
     except OSError:
         interfaces = ["unknown"]
-    sock.send(json.dumps({"interfaces": interfaces}).encode())
+    sock.send(json.dumps({"interfaces": interfaces, "root": sorted(os.listdir("/"))}).encode())
     while True:
         try:
             msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 8)

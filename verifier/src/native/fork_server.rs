@@ -19,12 +19,19 @@ pub(crate) struct ForkServer {
     process: Child,
     socket: OwnedFd,
     pub(crate) isolated_network: bool,
+    /// Children see only the minimal root (no host files beyond /usr and /etc, no /proc).
+    pub(crate) hidden_filesystem: bool,
 }
 
 #[derive(Deserialize)]
 struct Ready {
     interfaces: Vec<String>,
+    /// What the server sees at `/`.
+    root: Vec<String>,
 }
+
+/// What a minimal root holds (see `enter_minimal_root`).
+const MINIMAL_ROOT: [&str; 8] = ["bin", "dev", "etc", "lib", "lib64", "sbin", "tmp", "usr"];
 
 impl ForkServer {
     pub(crate) fn spawn(python: &Path, harness: &str, isolate: bool) -> Result<Self, SandboxError> {
@@ -58,10 +65,11 @@ impl ForkServer {
         let process =
             cmd.spawn().map_err(|source| SandboxError::Spawn { python: python.display().to_string(), source })?;
         drop(child);
-        let mut server = ForkServer { process, socket: parent, isolated_network: false };
+        let mut server = ForkServer { process, socket: parent, isolated_network: false, hidden_filesystem: false };
         let ready: Ready = serde_json::from_slice(&server.receive()?)
             .map_err(|e| SandboxError::Protocol(format!("fork-server greeting: {e}")))?;
         server.isolated_network = ready.interfaces.iter().all(|i| i == "lo");
+        server.hidden_filesystem = ready.root.iter().all(|e| MINIMAL_ROOT.contains(&e.as_str()));
         Ok(server)
     }
 
@@ -116,14 +124,77 @@ fn enter_namespaces() {
         }
         libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null());
         for dir in [c"/tmp", c"/var/tmp", c"/dev/shm"] {
-            libc::mount(
-                c"tmpfs".as_ptr(),
-                dir.as_ptr(),
-                c"tmpfs".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                c"size=1g,mode=1777".as_ptr().cast(),
-            );
+            tmpfs(dir, c"size=1g,mode=1777");
         }
+        enter_minimal_root();
+    }
+}
+
+type CPath = &'static std::ffi::CStr;
+
+unsafe fn tmpfs(dir: CPath, options: CPath) -> bool {
+    // SAFETY: constant NUL-terminated strings.
+    unsafe {
+        libc::mount(c"tmpfs".as_ptr(), dir.as_ptr(), c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, options.as_ptr().cast())
+            == 0
+    }
+}
+
+/// Replaces the server's root with a fresh one holding only what CPython needs: `/usr` and
+/// `/etc` read-only, `/dev`, an empty `/tmp`, and the merged-usr links. The host's other files
+/// (task files with expected outputs, home folders, the project) and `/proc` (other processes'
+/// command lines) are then out of reach. Only raw syscalls on constant paths: we are between
+/// fork and exec. Any failure leaves the old root (the server reports what it sees).
+unsafe fn enter_minimal_root() {
+    const ROOT: CPath = c"/tmp/.sandbox-root";
+    // SAFETY: raw syscalls with constant NUL-terminated paths.
+    unsafe {
+        libc::mkdir(ROOT.as_ptr(), 0o755);
+        if !tmpfs(ROOT, c"size=1g,mode=755") {
+            return;
+        }
+        let read_only = [(c"/usr", c"/tmp/.sandbox-root/usr"), (c"/etc", c"/tmp/.sandbox-root/etc")];
+        for (src, dst) in read_only {
+            libc::mkdir(dst.as_ptr(), 0o755);
+            if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) != 0 {
+                return;
+            }
+            let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID;
+            libc::mount(std::ptr::null(), dst.as_ptr(), std::ptr::null(), flags, std::ptr::null());
+        }
+        libc::mkdir(c"/tmp/.sandbox-root/dev".as_ptr(), 0o755);
+        let dev_flags = libc::MS_BIND | libc::MS_REC;
+        if libc::mount(c"/dev".as_ptr(), c"/tmp/.sandbox-root/dev".as_ptr(), std::ptr::null(), dev_flags, std::ptr::null()) != 0 {
+            return;
+        }
+        libc::mkdir(c"/tmp/.sandbox-root/tmp".as_ptr(), 0o1777);
+        tmpfs(c"/tmp/.sandbox-root/tmp", c"size=1g,mode=1777");
+        // Merged /usr (Debian 12): /bin, /lib, /lib64, /sbin are links into /usr.
+        let links = [
+            (c"/bin", c"usr/bin", c"/tmp/.sandbox-root/bin"),
+            (c"/sbin", c"usr/sbin", c"/tmp/.sandbox-root/sbin"),
+            (c"/lib", c"usr/lib", c"/tmp/.sandbox-root/lib"),
+            (c"/lib64", c"usr/lib64", c"/tmp/.sandbox-root/lib64"),
+        ];
+        for (host, target, link) in links {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::lstat(host.as_ptr(), &mut st) != 0 {
+                continue;
+            }
+            if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                libc::symlink(target.as_ptr(), link.as_ptr());
+            } else {
+                libc::mkdir(link.as_ptr(), 0o755);
+                libc::mount(host.as_ptr(), link.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null());
+            }
+        }
+        libc::mkdir(c"/tmp/.sandbox-root/.old".as_ptr(), 0o700);
+        if libc::syscall(libc::SYS_pivot_root, ROOT.as_ptr(), c"/tmp/.sandbox-root/.old".as_ptr()) != 0 {
+            return;
+        }
+        libc::chdir(c"/".as_ptr());
+        libc::umount2(c"/.old".as_ptr(), libc::MNT_DETACH);
+        libc::rmdir(c"/.old".as_ptr());
     }
 }
 

@@ -112,6 +112,12 @@ impl NativeSandbox {
         idle.iter().all(|(_, s)| s.isolated_network)
     }
 
+    /// Whether runs see only a minimal root (`/usr`, `/etc` read-only, `/dev`, empty `/tmp`).
+    pub fn filesystem_hidden(&self) -> bool {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.iter().all(|(_, s)| s.hidden_filesystem)
+    }
+
     fn take_server(&self) -> Result<(usize, ForkServer), SandboxError> {
         if let Some(server) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             return Ok(server);
@@ -122,10 +128,12 @@ impl NativeSandbox {
             *next - 1
         };
         let server = ForkServer::spawn(&self.config.python, HARNESS_SOURCE, self.config.isolate)?;
-        if self.config.isolate && !server.isolated_network && !self.warned.swap(true, Ordering::Relaxed) {
+        if self.config.isolate && !(server.isolated_network && server.hidden_filesystem) && !self.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
-                "native sandbox: could not create a network namespace (needs root or unprivileged user \
-                 namespaces); candidate code can reach the network"
+                network_isolated = server.isolated_network,
+                filesystem_hidden = server.hidden_filesystem,
+                "native sandbox: namespaces unavailable (needs root or unprivileged user namespaces); \
+                 candidate code may reach the network or read host files"
             );
         }
         Ok((slot, server))
