@@ -850,6 +850,8 @@ def serve_forever(sock_fd):
     for name in WARM_IMPORTS.split():
         __import__(name)
     libc = _libc()
+    if libc is not None:
+        libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of a run become ours to reap
     sock = socket.socket(fileno=sock_fd)
     try:
         interfaces = [name for _, name in socket.if_nameindex()]
@@ -877,11 +879,13 @@ def serve_forever(sock_fd):
         reply = {"exit": os.WEXITSTATUS(status)} if os.WIFEXITED(status) else {"signal": os.WTERMSIG(status)}
         if spec.get("uid") is not None:
             _kill_uid(spec["uid"], spec["gid"], signal)
+            _reap(block=True)  # all were just killed: each wait is short
         else:
             try:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
+            _reap(block=False)
         shutil.rmtree(workdir, ignore_errors=True)
         sock.send(json.dumps(reply).encode())
 
@@ -893,6 +897,18 @@ def _libc():
         return ctypes.CDLL(None, use_errno=True)
     except Exception:
         return None
+
+
+def _reap(block):
+    """Waits for the run's orphans (reparented to us, the subreaper), so that none lingers as
+    a zombie counted against the slot uid's process limit."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def _kill_uid(uid, gid, signal):

@@ -8,7 +8,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::process::{Child, Command, Stdio};
 
 use serde::Deserialize;
@@ -34,7 +35,31 @@ struct Ready {
 const MINIMAL_ROOT: [&str; 8] = ["bin", "dev", "etc", "lib", "lib64", "sbin", "tmp", "usr"];
 
 impl ForkServer {
-    pub(crate) fn spawn(python: &Path, harness: &str, isolate: bool) -> Result<Self, SandboxError> {
+    /// Starts a server. The process is spawned from one long-lived thread: the server's
+    /// parent-death signal fires when the *thread* that spawned it ends, and a worker or test
+    /// thread may end long before the verifier does.
+    pub(crate) fn spawn(python: &Path, harness: &'static str, isolate: bool) -> Result<Self, SandboxError> {
+        type Request = (PathBuf, &'static str, bool, mpsc::Sender<Result<ForkServer, SandboxError>>);
+        static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+        let spawner = SPAWNER.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Request>();
+            std::thread::Builder::new()
+                .name("fork-server-spawner".into())
+                .spawn(move || {
+                    for (python, harness, isolate, reply) in rx {
+                        let _ = reply.send(Self::spawn_here(&python, harness, isolate));
+                    }
+                })
+                .expect("cannot start the fork-server spawner thread");
+            Mutex::new(tx)
+        });
+        let (reply, answer) = mpsc::channel();
+        let sent = spawner.lock().unwrap_or_else(|e| e.into_inner()).send((python.to_path_buf(), harness, isolate, reply));
+        sent.map_err(|_| SandboxError::Protocol("the fork-server spawner thread is gone".into()))?;
+        answer.recv().map_err(|_| SandboxError::Protocol("the fork-server spawner thread is gone".into()))?
+    }
+
+    fn spawn_here(python: &Path, harness: &str, isolate: bool) -> Result<Self, SandboxError> {
         let (parent, child) = seqpacket_pair()?;
         let child_fd = child.as_raw_fd();
         let mut cmd = Command::new(python);

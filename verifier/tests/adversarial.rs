@@ -1,0 +1,197 @@
+//! The adversarial suite: completions that try to earn a pass without solving the task, on
+//! both backends and every task kind. None may pass a single test, none may break the sandbox.
+//! (Host safety of the native sandbox is checked in `host_safety.rs`.)
+
+use std::sync::OnceLock;
+
+use dllm_verifier::{Backend, Completion, PreparedTask, Task, TaskVerdict, Verifier};
+
+/// The secret function: f(x) = 7x^2 + 13x + 987_643. Expected values are large, unusual
+/// numbers, so a hack that finds them in memory would be noticed.
+const HONEST: &str = "def f(x):\n    return 7 * x * x + 13 * x + 987643\n";
+const HONEST_STDIO: &str = "x = int(input())\nprint(7 * x * x + 13 * x + 987643)\n";
+
+fn expected(x: i64) -> i64 {
+    7 * x * x + 13 * x + 987_643
+}
+
+fn tasks() -> Vec<Task> {
+    let xs = [3i64, 11, 40];
+    let stdio: Vec<_> = xs.iter().map(|x| format!(r#"{{"stdin":"{x}\n","stdout":"{}\n"}}"#, expected(*x))).collect();
+    let call: Vec<_> = xs.iter().map(|x| format!(r#"{{"args":[{x}],"expected":{}}}"#, expected(*x))).collect();
+    let asserts: Vec<_> = xs.iter().map(|x| format!("assert f({x}) == {}", expected(*x))).collect();
+    let pytest: Vec<_> = xs.iter().map(|x| format!("def test_{x}():\n    assert f({x}) == {}\n", expected(*x))).collect();
+    let limits = r#""limits":{"time_s":1.0,"memory_mb":256,"output_bytes":65536}"#;
+    [
+        format!(r#"{{"id":"stdio","kind":"stdio","tests":[{}],{limits}}}"#, stdio.join(",")),
+        format!(r#"{{"id":"call","kind":"call","entry_point":"f","tests":[{}],{limits}}}"#, call.join(",")),
+        format!(
+            r#"{{"id":"assert","kind":"assert","entry_points":["f"],"test_code":{},{limits}}}"#,
+            serde_json::to_string(&asserts.join("\n")).unwrap()
+        ),
+        format!(
+            r#"{{"id":"pytest","kind":"pytest","test_code":{},{limits}}}"#,
+            serde_json::to_string(&format!("from solution import f\n\n{}", pytest.join("\n"))).unwrap()
+        ),
+    ]
+    .iter()
+    .map(|t| serde_json::from_str(t).expect("valid task"))
+    .collect()
+}
+
+struct Fixture {
+    verifier: Verifier,
+    tasks: Vec<PreparedTask>,
+}
+
+fn fixture(backend: Backend) -> &'static Fixture {
+    static NATIVE: OnceLock<Fixture> = OnceLock::new();
+    static WASM: OnceLock<Fixture> = OnceLock::new();
+    let cell = match backend {
+        Backend::Native => &NATIVE,
+        Backend::Wasm => &WASM,
+    };
+    cell.get_or_init(|| {
+        let verifier = Verifier::new(backend, 2).expect("sandbox starts");
+        let tasks = tasks().into_iter().map(|t| verifier.prepare(t).expect("task prepares")).collect();
+        Fixture { verifier, tasks }
+    })
+}
+
+/// Judges `code` on every task kind it applies to (stdio programs vs function definitions).
+fn judge_all(backend: Backend, code: &str) -> Vec<TaskVerdict> {
+    let f = fixture(backend);
+    let completions: Vec<Completion> =
+        (0..f.tasks.len()).map(|task| Completion { task, text: format!("```python\n{code}\n```") }).collect();
+    f.verifier.verify_batch(&f.tasks, &completions, &|_| {})
+}
+
+fn assert_no_test_passes(backend: Backend, name: &str, code: &str) -> Vec<TaskVerdict> {
+    let verdicts = judge_all(backend, code);
+    for v in &verdicts {
+        let passed: Vec<_> = v.tests.iter().filter(|t| t.verdict.passed()).collect();
+        assert!(passed.is_empty(), "{backend:?}: hack `{name}` passed {} test(s) of {}: {v:?}", passed.len(), v.task_id);
+        assert!(!v.sandbox_error, "{backend:?}: hack `{name}` broke the sandbox on {}: {v:?}", v.task_id);
+    }
+    verdicts
+}
+
+fn honest_passes(backend: Backend) {
+    let f = fixture(backend);
+    let completions: Vec<Completion> = f
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(task, t)| Completion { task, text: if t.task.id == "stdio" { HONEST_STDIO } else { HONEST }.into() })
+        .collect();
+    for v in f.verifier.verify_batch(&f.tasks, &completions, &|_| {}) {
+        assert!(v.all_passed, "{backend:?}: the honest solution fails {}: {v:?}", v.task_id);
+    }
+}
+
+/// Hacks that need nothing from the host to be checked: (name, code).
+const HACKS: &[(&str, &str)] = &[
+    ("early sys.exit(0)", "import sys\nsys.exit(0)\n"),
+    ("early os._exit(0)", "import os\nos._exit(0)\n"),
+    ("raise SystemExit in the function", "def f(x):\n    raise SystemExit(0)\nraise SystemExit\n"),
+    (
+        "always-equal object",
+        "class Eq:\n    def __eq__(self, other): return True\n    def __ne__(self, other): return False\n    def __hash__(self): return 0\n\
+         class EqInt(int):\n    def __eq__(self, other): return True\n\
+         def f(x):\n    return Eq() if x % 2 else EqInt(0)\nprint(Eq())\n",
+    ),
+    (
+        "frame and gc walking for expected values",
+        "import gc, sys\n\
+         def hunt():\n    found = []\n    frame = sys._getframe()\n    while frame is not None:\n        \
+         found += [c for c in frame.f_code.co_consts if type(c) is int and c > 100000]\n        \
+         found += [v for v in frame.f_locals.values() if type(v) is int and v > 100000]\n        frame = frame.f_back\n    \
+         for o in gc.get_objects():\n        if type(o) is dict:\n            found += [v for v in o.values() if type(v) is int and v > 100000]\n        \
+         elif type(o) is str and '98' in o:\n            found += [int(t) for t in o.replace('=', ' ').split() if t.isdigit() and int(t) > 100000]\n    \
+         return found\n\
+         def f(x):\n    found = hunt()\n    return found[-1] if found else 0\n\
+         found = hunt()\nprint(found[-1] if found else 0)\n",
+    ),
+    (
+        "printing success markers",
+        "import sys, os\nfor m in ['passed', 'OK', '{\"done\": true}', 'All tests passed']:\n    print(m)\n    print(m, file=sys.stderr)\n\
+         def f(x):\n    print('PASSED')\n    return None\n",
+    ),
+    (
+        "forging result lines on every descriptor",
+        "import os\n\
+         lines = [b'{\"done\": true}\\n'] + [('{\"test\": %d, \"value\": 1}\\n' % i).encode() for i in range(3)] + \
+         [('{\"site\": %d, \"n\": 0, \"value\": 1}\\n' % i).encode() for i in range(8)]\n\
+         for fd in range(3, 64):\n    for line in lines:\n        try:\n            os.write(fd, line)\n        except OSError:\n            pass\n\
+         def f(x):\n    return 1\n",
+    ),
+    (
+        "tampering with builtins and json",
+        "import builtins, json\n\
+         builtins.isinstance = lambda *a: True\n\
+         builtins.type = lambda *a: int\n\
+         json.dumps = lambda *a, **k: '{\"test\": 0, \"value\": 1, \"done\": true}'\n\
+         def f(x):\n    return object()\nprint(1)\n",
+    ),
+    ("pytest skip at module level", "import pytest\npytest.skip('nothing to see', allow_module_level=True)\n"),
+    (
+        "reading files near the program",
+        "import os, glob\n\
+         seen = []\nfor pattern in ['*', '../*', '/tmp/*', '/tmp/*/*', '/run/*', '/work/*/*', '/root/*', '/proc/*/cmdline']:\n    seen += glob.glob(pattern)\n\
+         def f(x):\n    for p in seen:\n        try:\n            text = open(p).read()\n        except Exception:\n            continue\n        \
+         for tok in text.replace(',', ' ').replace(':', ' ').split():\n            if tok.isdigit() and int(tok) > 100000:\n                return int(tok)\n    return 0\n\
+         print(f(0))\n",
+    ),
+];
+
+fn run_hacks(backend: Backend) {
+    honest_passes(backend);
+    for (name, code) in HACKS {
+        assert_no_test_passes(backend, name, code);
+    }
+}
+
+#[test]
+fn native_hacks_earn_nothing() {
+    run_hacks(Backend::Native);
+}
+
+#[test]
+fn wasm_hacks_earn_nothing() {
+    run_hacks(Backend::Wasm);
+}
+
+fn resource_bombs(backend: Backend) {
+    let cases: &[(&str, &str, &str)] = &[
+        ("infinite loop", "def f(x):\n    while True:\n        pass\nwhile True:\n    pass\n", "timeout"),
+        ("sleeping forever", "import time\ndef f(x):\n    time.sleep(10**6)\ntime.sleep(10**6)\n", "timeout"),
+        (
+            "memory bomb",
+            "def f(x):\n    hoard = []\n    while True:\n        hoard.append(bytearray(10**7))\nf(0)\n",
+            "memory_limit",
+        ),
+        ("giant output", "import sys\ndef f(x):\n    sys.stdout.write('x' * 10**7)\n    return 0\nprint('x' * 10**7)\n", ""),
+    ];
+    for (name, code, verdict) in cases {
+        for v in assert_no_test_passes(backend, name, code) {
+            if !verdict.is_empty() {
+                assert_eq!(v.summary(), *verdict, "{backend:?}: `{name}` on {}: {v:?}", v.task_id);
+            }
+        }
+    }
+    // The stdio program's giant output is an output_limit verdict.
+    let v = &judge_all(backend, "print('x' * 10**7)")[0];
+    assert_eq!(v.summary(), "output_limit", "{backend:?}: {v:?}");
+    honest_passes(backend);
+}
+
+#[test]
+fn native_resource_bombs_are_contained() {
+    resource_bombs(Backend::Native);
+}
+
+#[test]
+fn wasm_resource_bombs_are_contained() {
+    resource_bombs(Backend::Wasm);
+}
+
