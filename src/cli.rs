@@ -39,6 +39,32 @@ pub enum Command {
     /// Import and curate prompt sets (task files in the verifier's canonical schema).
     #[command(subcommand)]
     Prompts(PromptsCommand),
+    /// Benchmarks, measured side by side in one run (results: bench/results/).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Verifier runs per second for small assert tests and stdio tests: a naive baseline (one
+    /// `python3 -c` per run), the native sandbox and the wasm sandbox, with the ratios.
+    Verify(BenchVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchVerifyArgs {
+    /// Runs per workload and backend.
+    #[arg(long, default_value_t = 400)]
+    pub runs: usize,
+    /// Concurrent runs (default: the number of cores).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Skip the wasm backend.
+    #[arg(long)]
+    pub no_wasm: bool,
+    /// Also write the rows as JSON.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use crate::cli::Command;
 
+mod bench;
 mod doctor;
 mod prompts;
 mod verify;
@@ -13,5 +14,6 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => doctor::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Prompts(command) => prompts::run(command),
+        Command::Bench(crate::cli::BenchCommand::Verify(args)) => bench::run(args),
     }
 }

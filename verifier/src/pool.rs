@@ -50,7 +50,11 @@ impl Verifier {
     pub fn new(backend: Backend, jobs: usize) -> Result<Self, VerifierError> {
         let sandbox: Arc<dyn Sandbox> = match backend {
             Backend::Native => Arc::new(NativeSandbox::new(NativeConfig::default())?),
-            Backend::Wasm => Arc::new(WasmSandbox::new(WasmConfig::default()).map_err(SandboxError::from)?),
+            Backend::Wasm => {
+                // Instance slots for every worker, with room for slots still being reset.
+                let config = WasmConfig { max_concurrent_runs: 2 * jobs.max(1) as u32 + 4, ..WasmConfig::default() };
+                Arc::new(WasmSandbox::new(config).map_err(SandboxError::from)?)
+            }
         };
         Self::with_sandbox(sandbox, jobs)
     }

@@ -1,5 +1,6 @@
-//! The Python harness (`harness.py`, embedded in the binary) and the trusted process that
-//! rewrites and replays assertion tests.
+//! The Python harness (embedded in the binary) and the trusted process that rewrites and
+//! replays assertion tests. Three roles share `child.py`: the wasm guest runs it alone, the
+//! native fork-server adds `fork_server.py`, the trusted judge adds `trusted.py`.
 //!
 //! The trusted process never receives candidate code: it turns a task's assertion code into
 //! the version the sandbox runs (assertions reduced to their candidate calls) and, after the
@@ -15,8 +16,15 @@ use serde_json::Value;
 
 use crate::task::AssertionTests;
 
-/// The harness source, run with `python -I -c`.
-pub const HARNESS_SOURCE: &str = include_str!("harness.py");
+/// The wasm guest's program: the child side of the harness (`child.py`).
+pub const GUEST_SOURCE: &str = concat!(include_str!("child.py"), "\nguest_main()\n");
+/// The native fork-server's program (`python -I -c SOURCE serve FD`).
+pub const SERVER_SOURCE: &str =
+    concat!(include_str!("child.py"), "\n", include_str!("fork_server.py"), "\nserve_forever(int(sys.argv[2]))\n");
+/// The trusted judge's program (`python -I -c SOURCE trusted`); it reuses the child's pytest-style
+/// test runner, never its candidate-running code.
+pub const TRUSTED_SOURCE: &str =
+    concat!(include_str!("child.py"), "\n", include_str!("trusted.py"), "\ntrusted_main()\n");
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrustedError {
@@ -100,7 +108,7 @@ impl TrustedJudge {
 
     fn spawn(&self) -> Result<Process, TrustedError> {
         let mut child = Command::new(&self.python)
-            .args(["-I", "-c", HARNESS_SOURCE, "trusted"])
+            .args(["-I", "-c", TRUSTED_SOURCE, "trusted"])
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .stdin(Stdio::piped())

@@ -25,7 +25,7 @@ use std::time::Instant;
 use fork_server::ForkServer;
 use serde::Deserialize;
 
-use crate::harness::HARNESS_SOURCE;
+use crate::harness::SERVER_SOURCE;
 use crate::sandbox::{End, Job, Outcome, Sandbox, SandboxError};
 
 /// Settings of the native sandbox.
@@ -127,7 +127,7 @@ impl NativeSandbox {
             *next += 1;
             *next - 1
         };
-        let server = ForkServer::spawn(&self.config.python, HARNESS_SOURCE, self.config.isolate)?;
+        let server = ForkServer::spawn(&self.config.python, SERVER_SOURCE, self.config.isolate)?;
         if self.config.isolate && !(server.isolated_network && server.hidden_filesystem) && !self.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 network_isolated = server.isolated_network,

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::{
-    Config, Engine, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig, Store,
+    StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
@@ -28,10 +29,15 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use super::artifacts::{ArtifactsError, WasiPythonArtifacts};
 use super::poll::{self, RunClock};
-use crate::harness::HARNESS_SOURCE;
+use crate::harness::GUEST_SOURCE;
 use crate::sandbox::{End, Job, Outcome, Sandbox, SandboxError};
 
 const TICK: Duration = Duration::from_millis(10);
+/// Largest guest memory a task may ask for.
+const MAX_MEMORY: usize = 4 << 30;
+/// Guest memory kept mapped between runs and reset in place: the interpreter touches tens of
+/// MiB per run, and page faults on fresh copy-on-write pages dominated a small run.
+const KEEP_RESIDENT: usize = 64 << 20;
 /// Ticks between two looks at the run's deadlines.
 const CHECK_TICKS: u64 = 5;
 /// wasm stack for CPython's recursion; the executing thread needs this plus host room.
@@ -67,6 +73,9 @@ pub struct WasmConfig {
     pub cache_dir: PathBuf,
     /// Time limits are multiplied by this (pure Python runs ~4-5x slower in wasm).
     pub time_scale: f64,
+    /// Runs that may be in flight at once (instance slots preallocated by the pooling
+    /// allocator; a run beyond this fails with a retryable sandbox error).
+    pub max_concurrent_runs: u32,
 }
 
 impl Default for WasmConfig {
@@ -75,7 +84,12 @@ impl Default for WasmConfig {
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
             .unwrap_or_else(std::env::temp_dir);
-        WasmConfig { artifacts: None, cache_dir: base.join("dllm-rl").join("wasm"), time_scale: 5.0 }
+        WasmConfig {
+            artifacts: None,
+            cache_dir: base.join("dllm-rl").join("wasm"),
+            time_scale: 5.0,
+            max_concurrent_runs: 64,
+        }
     }
 }
 
@@ -110,7 +124,15 @@ impl State {
     }
 }
 
+/// How the guest gets the harness: compiled once to bytecode (a run then skips compiling
+/// ~400 lines of Python), or as source when that failed.
+enum Guest {
+    Compiled(PathBuf),
+    Source,
+}
+
 pub struct WasmSandbox {
+    guest: Guest,
     engine: Engine,
     pre: InstancePre<State>,
     stdlib_dir: PathBuf,
@@ -122,8 +144,21 @@ pub struct WasmSandbox {
 impl WasmSandbox {
     pub fn new(config: WasmConfig) -> Result<Self, WasmError> {
         let artifacts = WasiPythonArtifacts::locate(config.artifacts.as_deref())?;
+        // Pooling: instances reuse preallocated memory slots (reset by madvise) instead of
+        // mapping and unmapping 40+ MiB per run, which serialises threads on the kernel's
+        // memory-map lock (measured: two threads ran slower than one without it).
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_core_instances(config.max_concurrent_runs)
+            .total_memories(config.max_concurrent_runs)
+            .total_tables(config.max_concurrent_runs)
+            .table_elements(1 << 20)
+            .max_memory_size(MAX_MEMORY)
+            .max_core_instance_size(8 << 20)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         let mut wasm_config = Config::new();
         wasm_config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .wasm_exceptions(true)
             .epoch_interruption(true)
             .async_stack_size(WASM_STACK + (2 << 20))
@@ -157,23 +192,97 @@ impl WasmSandbox {
                 }
             })
             .map_err(io_err("cannot start the epoch thread", Path::new("-")))?;
-        Ok(WasmSandbox {
+        let mut sandbox = WasmSandbox {
+            guest: Guest::Source,
             engine,
             pre,
             stdlib_dir,
             site_packages: artifacts.site_packages,
             time_scale: config.time_scale,
             ticking,
-        })
+        };
+        sandbox.guest = sandbox.compile_guest(&config.cache_dir);
+        Ok(sandbox)
+    }
+
+    /// Compiles the harness to bytecode inside the guest (its Python is the only one with the
+    /// right bytecode version), in a trusted run that sees only the harness folder. The folder is
+    /// then offered read-only to candidate runs. Keyed by the harness source.
+    fn compile_guest(&self, cache_dir: &Path) -> Guest {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        GUEST_SOURCE.hash(&mut hasher);
+        let dir = cache_dir.join(format!("guest-{:016x}", hasher.finish()));
+        if dir.join("guest.pyc").is_file() {
+            return Guest::Compiled(dir);
+        }
+        let compiled = (|| -> Result<bool, SandboxError> {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("guest.py"), GUEST_SOURCE)?;
+            // py_compile would try to create `/`, which the guest does not have.
+            let code = "from importlib._bootstrap_external import _code_to_timestamp_pyc as pyc\n\
+                        src = open('/run/guest.py', 'rb').read()\n\
+                        code = compile(src, '/usr/local/guest/guest.py', 'exec')\n\
+                        open('/run/guest.pyc', 'wb').write(pyc(code, 0, len(src)))\n";
+            let job = Job {
+                spec: serde_json::Value::Null,
+                stdin: Vec::new(),
+                limits: crate::sandbox::RunLimits {
+                    wall: Duration::from_secs(60),
+                    idle: None,
+                    memory_bytes: 1 << 30,
+                    output_bytes: 1 << 16,
+                    result_bytes: 0,
+                },
+            };
+            let (end, _, stderr) = self.run_program(&["/usr/local/bin/python.wasm", "-c", code], &job, &dir)?;
+            if end != End::Exited || !dir.join("guest.pyc").is_file() {
+                tracing::warn!("wasm sandbox: could not compile the harness ({end:?}): {:?}", String::from_utf8_lossy(&stderr.contents()));
+                return Ok(false);
+            }
+            Ok(true)
+        })();
+        match compiled {
+            Ok(true) => Guest::Compiled(dir),
+            Ok(false) => Guest::Source,
+            Err(e) => {
+                tracing::warn!("wasm sandbox: could not compile the harness: {e}");
+                Guest::Source
+            }
+        }
     }
 
     fn run_in_store(&self, job: &Job, scratch: &Path) -> Result<(End, MemoryOutputPipe, MemoryOutputPipe), SandboxError> {
+        let run = ["run", "/run/job.json", "/run/results"];
+        let args: Vec<&str> = match &self.guest {
+            Guest::Compiled(_) => ["/usr/local/bin/python.wasm", "/usr/local/guest/guest.pyc"].into_iter().chain(run).collect(),
+            Guest::Source => ["/usr/local/bin/python.wasm", "-c", GUEST_SOURCE].into_iter().chain(run).collect(),
+        };
+        self.run_program(&args, job, scratch)
+    }
+
+    /// Runs the interpreter with `args` (after `python.wasm`) in a fresh store and scratch
+    /// folder, and returns how it ended and its stdout. For measurements and diagnostics: it
+    /// bypasses the harness.
+    pub fn run_raw(&self, args: &[&str], job: &Job) -> Result<(End, Vec<u8>), SandboxError> {
+        let scratch = tempfile::Builder::new().prefix("dllm-wasm-").tempdir()?;
+        let argv: Vec<&str> = std::iter::once("/usr/local/bin/python.wasm").chain(args.iter().copied()).collect();
+        let (end, stdout, _) = with_thread_runtime(|| self.run_program(&argv, job, scratch.path()))?;
+        Ok((end, stdout.contents().to_vec()))
+    }
+
+    /// One guest run of `args` with the job's stdin and limits, `scratch` as `/run`.
+    fn run_program(
+        &self,
+        args: &[&str],
+        job: &Job,
+        scratch: &Path,
+    ) -> Result<(End, MemoryOutputPipe, MemoryOutputPipe), SandboxError> {
         let cap = job.limits.output_bytes;
         let stdout = MemoryOutputPipe::new(cap + 1);
         let stderr = MemoryOutputPipe::new(cap + 1);
         let mut builder = WasiCtxBuilder::new();
         builder
-            .args(&["/usr/local/bin/python.wasm", "-c", HARNESS_SOURCE, "run", "/run/job.json", "/run/results"])
+            .args(args)
             .env("TMPDIR", "/run")
             .env("HOME", "/run")
             .env("PYTHONTZPATH", "")
@@ -184,6 +293,11 @@ impl WasmSandbox {
         builder
             .preopened_dir(&self.stdlib_dir, "/usr/local/lib", FsPerms::ReadOnly)
             .map_err(|e| WasmError::Wasmtime { context: "preopening the stdlib".into(), source: e })?;
+        if let Guest::Compiled(dir) = &self.guest {
+            builder
+                .preopened_dir(dir, "/usr/local/guest", FsPerms::ReadOnly)
+                .map_err(|e| WasmError::Wasmtime { context: "preopening the harness".into(), source: e })?;
+        }
         if let Some(site) = &self.site_packages {
             builder
                 .preopened_dir(site, "/usr/local/site", FsPerms::ReadOnly)
@@ -212,8 +326,10 @@ impl WasmSandbox {
             Ok(if ctx.data_mut().deadline_passed() { UpdateDeadline::Interrupt } else { UpdateDeadline::Continue(CHECK_TICKS) })
         });
 
+        // Failing to instantiate is the sandbox's problem (no free slot, ...), not the
+        // candidate's: a retryable sandbox error.
+        let instance = self.pre.instantiate(&mut store).map_err(wt("instantiating the interpreter"))?;
         let result = (|| -> wasmtime::Result<i32> {
-            let instance = self.pre.instantiate(&mut store)?;
             if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
                 init.call(&mut store, ())?;
             }
@@ -252,7 +368,7 @@ impl Sandbox for WasmSandbox {
         let scratch = tempfile::Builder::new().prefix("dllm-wasm-").tempdir()?;
         let job_path = scratch.path().join("job.json");
         std::fs::write(&job_path, serde_json::to_vec(&job.spec).map_err(|e| SandboxError::Protocol(e.to_string()))?)?;
-        let (mut end, stdout, stderr) = self.run_in_store(job, scratch.path())?;
+        let (mut end, stdout, stderr) = with_thread_runtime(|| self.run_in_store(job, scratch.path()))?;
         let mut results = std::fs::read(scratch.path().join("results")).unwrap_or_default();
         if results.len() > job.limits.result_bytes {
             results.truncate(job.limits.result_bytes);
@@ -264,6 +380,25 @@ impl Sandbox for WasmSandbox {
         }
         Ok(Outcome::new(stdout, stderr, &results, end, start.elapsed().as_secs_f64()))
     }
+}
+
+/// Runs `f` inside this thread's own single-threaded tokio runtime. wasmtime-wasi's synchronous
+/// calls block on the current runtime when there is one, and otherwise on a global
+/// multi-threaded one (with a yield per call), whose scheduling made two concurrent runs
+/// slower than one. The guest's I/O is in memory or blocking-on-this-thread, so no I/O driver
+/// is needed.
+fn with_thread_runtime<R>(f: impl FnOnce() -> R) -> R {
+    thread_local! {
+        static RUNTIME: Option<tokio::runtime::Runtime> =
+            tokio::runtime::Builder::new_current_thread().enable_time().build().ok();
+    }
+    RUNTIME.with(|rt| match rt {
+        Some(rt) => {
+            let _entered = rt.enter();
+            f()
+        }
+        None => f(),
+    })
 }
 
 /// Loads the compiled interpreter from the cache, compiling and caching it on a miss.

@@ -1,0 +1,162 @@
+# The native fork-server, appended to child.py.
+
+# ---------------------------------------------------------------------------------------------
+# Native fork-server. The parent (Rust) starts one server per worker slot, already inside its
+# namespaces, and talks to it over a SOCK_SEQPACKET socket. Per job it sends
+#   {"uid", "gid", "as_bytes", "cpu_secs", "fsize_bytes", "nofile", "nproc"}
+# with five descriptors attached: job_r, stdin_r, stdout_w, stderr_w, result_w. The server
+# forks; the child reads the job from job_r and runs it as uid/gid (when the server is root),
+# under rlimits, in a fresh private directory. The server answers {"pid"}, then, after the
+# child ends, {"exit"/"signal"} once every process of the slot's uid has been killed.
+
+WARM_IMPORTS = "array bisect collections copy dataclasses decimal fractions functools heapq itertools math operator random re statistics string typing"
+
+
+def serve_forever(sock_fd):
+    import resource
+    import shutil
+    import signal
+    import socket
+    import tempfile
+
+    for name in WARM_IMPORTS.split():
+        __import__(name)
+    libc = _libc()
+    if libc is not None:
+        libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of a run become ours to reap
+    sock = socket.socket(fileno=sock_fd)
+    try:
+        interfaces = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        interfaces = ["unknown"]
+    sock.send(json.dumps({"interfaces": interfaces, "root": sorted(os.listdir("/"))}).encode())
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 8)
+        except (ConnectionResetError, OSError):
+            return
+        if not msg:
+            return
+        spec = json.loads(msg)
+        workdir = tempfile.mkdtemp(prefix="run-", dir=spec.get("tmp") or None)
+        if spec.get("uid") is not None:
+            os.chown(workdir, spec["uid"], spec["gid"])
+        pid = os.fork()
+        if pid == 0:
+            _child(spec, fds, workdir, libc, resource, signal)
+        for fd in fds:
+            os.close(fd)
+        sock.send(json.dumps({"pid": pid}).encode())
+        _, status = os.waitpid(pid, 0)
+        reply = {"exit": os.WEXITSTATUS(status)} if os.WIFEXITED(status) else {"signal": os.WTERMSIG(status)}
+        if not _has_children():
+            pass  # nothing of the run survived its main process: the common case, no cost
+        elif spec.get("uid") is not None:
+            _kill_uid(spec["uid"], spec["gid"], signal)
+            _reap(block=True)  # all were just killed: each wait is short
+        else:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            _reap(block=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+        sock.send(json.dumps(reply).encode())
+
+
+def _libc():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True)
+    except Exception:
+        return None
+
+
+def _has_children():
+    """Whether any process of the last run is alive. We are the subreaper: every descendant
+    whose parent died was reparented to us, so none left means none alive."""
+    try:
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return True
+
+
+def _reap(block):
+    """Waits for the run's orphans (reparented to us, the subreaper), so that none lingers as
+    a zombie counted against the slot uid's process limit."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _kill_uid(uid, gid, signal):
+    """Kills every process of the slot's uid, including any that left the process group."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(gid)
+            os.setuid(uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def _child(spec, fds, workdir, libc, resource, signal):
+    try:
+        os.setsid()
+        import fcntl
+
+        # Move the received descriptors out of the way first: they may sit on 0-4 themselves.
+        job_r, stdin_r, stdout_w, stderr_w, result_w = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]
+        os.dup2(stdin_r, 0)
+        os.dup2(stdout_w, 1)
+        os.dup2(stderr_w, 2)
+        os.dup2(result_w, 3)
+        os.dup2(job_r, 4)
+        os.closerange(5, 1 << 16)
+        with open(4, "rb") as f:
+            job = json.loads(f.read())
+        os.chdir(workdir)
+        limits = [
+            (resource.RLIMIT_CORE, 0),
+            (resource.RLIMIT_AS, spec.get("as_bytes")),
+            (resource.RLIMIT_CPU, spec.get("cpu_secs")),
+            (resource.RLIMIT_FSIZE, spec.get("fsize_bytes")),
+            (resource.RLIMIT_NOFILE, spec.get("nofile")),
+        ]
+        if spec.get("uid") is not None:
+            limits.append((resource.RLIMIT_NPROC, spec.get("nproc")))
+        for which, value in limits:
+            if value is not None:
+                resource.setrlimit(which, (value, value))
+        if spec.get("uid") is not None:
+            os.setgroups([])
+            os.setgid(spec["gid"])
+            os.setuid(spec["uid"])
+        if libc is not None:
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the server
+            libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        os.environ.clear()
+        os.environ.update({"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"})
+        sys.stdin = open(0, "r", encoding="utf-8", errors="replace", closefd=False)
+        sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
+        sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)
+        chan = Channel(open(3, "wb", buffering=0, closefd=True))
+        del fds, spec
+        run_job(job, chan)
+        _flush_stdout()
+    except BaseException:  # noqa: BLE001 - the child must never return into the server loop
+        try:
+            import traceback
+
+            os.write(2, ("dllm-rl harness: " + traceback.format_exc()).encode())
+        except BaseException:  # noqa: BLE001
+            pass
+    os._exit(0)
