@@ -34,7 +34,9 @@ pub enum Command {
     ///
     /// Tasks are canonical task JSONL (see verifier/schema/task.schema.json); completions are
     /// `{"task_id", "completion"}` lines (model text: the code is taken from its fenced block),
-    /// several per task allowed. Exit status 3 when some runs failed for sandbox reasons.
+    /// several per task allowed. Without --tasks, the bundled real problems (315 MBPP, LeetCode
+    /// and KodCode tasks) are judged with their reference solutions. Exit status 3 when some
+    /// runs failed for sandbox reasons.
     Verify(VerifyArgs),
     /// Import and curate prompt sets (task files in the verifier's canonical schema).
     #[command(subcommand)]
@@ -137,9 +139,9 @@ impl From<BackendArg> for dllm_verifier::Backend {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Canonical tasks, one JSON object per line.
+    /// Canonical tasks, one JSON object per line [default: the bundled problems].
     #[arg(long)]
-    pub tasks: std::path::PathBuf,
+    pub tasks: Option<std::path::PathBuf>,
     /// Completions to judge, `{"task_id", "completion"}` per line.
     #[arg(long, conflicts_with = "reference")]
     pub completions: Option<std::path::PathBuf>,

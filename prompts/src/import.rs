@@ -88,6 +88,11 @@ type RowResult = Result<Task, (String, String)>;
 /// Reads `path` (JSONL, or a JSON array) in `format`.
 pub fn import_file(format: Format, path: &Path) -> Result<Imported, ImportError> {
     let text = std::fs::read_to_string(path).map_err(|source| ImportError::Read { path: path.into(), source })?;
+    import_text(format, path, &text)
+}
+
+/// Imports `text` (the contents of `path`, which is only used in messages).
+pub fn import_text(format: Format, path: &Path, text: &str) -> Result<Imported, ImportError> {
     let rows: Vec<(usize, Result<Value, serde_json::Error>)> = if text.trim_start().starts_with('[') {
         let all: Vec<Value> =
             serde_json::from_str(&text).map_err(|source| ImportError::Json { path: path.into(), source })?;

@@ -10,4 +10,4 @@
 mod import;
 
 pub use dllm_verifier::Task;
-pub use import::{import_file, Format, ImportError, Imported, RowError};
+pub use import::{import_file, import_text, Format, ImportError, Imported, RowError};

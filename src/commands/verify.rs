@@ -46,24 +46,47 @@ pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<V
     Ok(items)
 }
 
+/// The real problems bundled with the binary (tests/data/shared, public datasets: see its
+/// README), judged when `verify` is given no tasks.
+fn bundled_tasks() -> anyhow::Result<Vec<(usize, Task)>> {
+    use dllm_prompts::Format;
+    let files = [
+        (Format::SandboxfusionMbpp, "mbpp.jsonl", include_str!("../../tests/data/shared/sandboxfusion/code_eval_mbpp.jsonl")),
+        (Format::RllmLeetcode, "leetcode.json", include_str!("../../tests/data/shared/rllm/leetcode_test.json")),
+        (Format::Kodcode, "kodcode-algorithm.json", include_str!("../../tests/data/shared/kodcode/algorithm_100_complete.json")),
+        (Format::Kodcode, "kodcode-prefill.json", include_str!("../../tests/data/shared/kodcode/prefill_200_complete.json")),
+    ];
+    let mut tasks = Vec::new();
+    for (format, name, text) in files {
+        let imported = dllm_prompts::import_text(format, Path::new(name), text)?;
+        tasks.extend(imported.tasks.into_iter().map(|t| (0, t)));
+    }
+    Ok(tasks)
+}
+
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let tasks: Vec<(usize, Task)> = read_jsonl(&args.tasks)?;
+    let (tasks, tasks_name): (Vec<(usize, Task)>, String) = match &args.tasks {
+        Some(path) => (read_jsonl(path)?, path.display().to_string()),
+        None if args.completions.is_none() => (bundled_tasks()?, "the bundled problems".into()),
+        None => bail!("--completions needs --tasks"),
+    };
+    let reference = args.reference || args.tasks.is_none();
     if tasks.is_empty() {
-        bail!("{}: no tasks", args.tasks.display());
+        bail!("{tasks_name}: no tasks");
     }
     let mut index = HashMap::new();
     for (line, task) in &tasks {
         if index.insert(task.id.clone(), index.len()).is_some() {
-            bail!("{}:{line}: duplicate task id {:?}", args.tasks.display(), task.id);
+            bail!("{tasks_name}:{line}: duplicate task id {:?}", task.id);
         }
     }
-    let (lines, completions): (Vec<usize>, Vec<Completion>) = match (&args.completions, args.reference) {
+    let (lines, completions): (Vec<usize>, Vec<Completion>) = match (&args.completions, reference) {
         (Some(path), false) => {
             let rows: Vec<(usize, CompletionLine)> = read_jsonl(path)?;
             let mut out = Vec::with_capacity(rows.len());
             for (line, row) in rows {
                 let Some(&task) = index.get(&row.task_id) else {
-                    bail!("{}:{line}: task_id {:?} is not in {}", path.display(), row.task_id, args.tasks.display());
+                    bail!("{}:{line}: task_id {:?} is not in {tasks_name}", path.display(), row.task_id);
                 };
                 out.push((line, Completion { task, text: row.completion }));
             }
@@ -74,7 +97,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             for (i, (line, task)) in tasks.iter().enumerate() {
                 match &task.reference {
                     Some(code) => out.push((0, Completion { task: i, text: code.clone() })),
-                    None => tracing::warn!("{}:{line}: task {} has no reference solution; skipped", args.tasks.display(), task.id),
+                    None => tracing::warn!("{tasks_name}:{line}: task {} has no reference solution; skipped", task.id),
                 }
             }
             out.into_iter().unzip()
@@ -111,7 +134,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
         w.flush()?;
     }
-    print_summary(&verdicts, &prepared, &completions, seconds, verifier.backend_name(), args.reference);
+    print_summary(&verdicts, &prepared, &completions, seconds, verifier.backend_name(), reference);
     let retryable = verdicts.iter().filter(|v| v.sandbox_error).count();
     Ok(if retryable > 0 { ExitCode::from(3) } else { ExitCode::SUCCESS })
 }

@@ -14,12 +14,13 @@
 //! only produces values and the assertions run in the trusted parent), `pytest` (a KodCode
 //! test file importing from `solution`, judged the same way).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A task with its tests, limits and comparator.
 // Unknown keys are rejected by `TestSpec` (serde's flatten and deny_unknown_fields do not
 // combine on the outer struct).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Task {
     /// Unique id, conventionally `source/original-id`.
     pub id: String,
@@ -43,7 +44,7 @@ pub struct Task {
 }
 
 /// The tests, by kind.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TestSpec {
     Stdio {
@@ -118,14 +119,14 @@ impl TestSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdioTest {
     pub stdin: String,
     pub stdout: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CallTest {
     /// Positional arguments, as plain JSON.
@@ -138,7 +139,7 @@ pub struct CallTest {
 }
 
 /// How program output is compared with the expected output. Strict by default.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TextComparator {
     /// Byte-for-byte equality.
@@ -160,7 +161,7 @@ pub enum TextComparator {
 }
 
 /// How a returned value is compared with the expected JSON value.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ValueComparator {
     /// Python `==` on plain values (1 == 1.0), except that booleans are not numbers.
@@ -179,12 +180,12 @@ pub enum ValueComparator {
 
 /// Per-test limits. Calibrated for the native backend; the wasm backend scales time by its
 /// `time_scale` (pure Python runs ~4-5x slower there).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Wall-clock seconds per test.
     pub time_s: f64,
-    /// Address-space (native) or linear-memory (wasm) bytes.
+    /// Address-space (native) or linear-memory (wasm) limit, MiB.
     pub memory_mb: u64,
     /// Bytes of stdout (and of stderr) kept; more is an `output_limit` verdict.
     pub output_bytes: u64,
@@ -194,6 +195,11 @@ impl Default for Limits {
     fn default() -> Self {
         Limits { time_s: 6.0, memory_mb: 1024, output_bytes: 1 << 20 }
     }
+}
+
+/// The JSON Schema of a task (`verifier/schema/task.schema.json` is this, pretty-printed).
+pub fn task_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(Task)).expect("a schema serializes")
 }
 
 impl Task {
@@ -232,6 +238,22 @@ mod tests {
             let task: Task = serde_json::from_str(line).unwrap();
             let again: Task = serde_json::from_str(&serde_json::to_string(&task).unwrap()).unwrap();
             assert_eq!(task, again);
+        }
+    }
+
+    /// The published schema is generated from these types; regenerate it with
+    /// `UPDATE_SCHEMA=1 cargo test -p dllm-verifier schema`.
+    #[test]
+    fn the_published_schema_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/task.schema.json");
+        let generated = serde_json::to_string_pretty(&task_schema()).unwrap() + "\n";
+        if std::env::var_os("UPDATE_SCHEMA").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let published = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(published == generated, "{} is stale: run UPDATE_SCHEMA=1 cargo test -p dllm-verifier schema", path.display());
+        for kind in ["stdio", "call", "assert", "pytest"] {
+            assert!(published.contains(&format!("\"{kind}\"")), "schema lacks kind {kind}");
         }
     }
 
