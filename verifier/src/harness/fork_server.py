@@ -9,7 +9,6 @@
 # under rlimits, in a fresh private directory. The server answers {"pid"}, then, after the
 # child ends, {"exit"/"signal"} once every process of the slot's uid has been killed.
 
-WARM_IMPORTS = "array bisect collections copy dataclasses decimal fractions functools heapq itertools math operator random re statistics string typing"
 
 
 def serve_forever(sock_fd):

@@ -18,6 +18,8 @@ use crate::task::AssertionTests;
 
 /// The wasm guest's program: the child side of the harness (`child.py`).
 pub const GUEST_SOURCE: &str = concat!(include_str!("child.py"), "\nguest_main()\n");
+/// What a pre-initialised wasm guest runs once before its snapshot is taken.
+pub const GUEST_PRELOAD: &str = concat!(include_str!("child.py"), "\nguest_setup()\n");
 /// The native fork-server's program (`python -I -c SOURCE serve FD`).
 pub const SERVER_SOURCE: &str =
     concat!(include_str!("child.py"), "\n", include_str!("fork_server.py"), "\nserve_forever(int(sys.argv[2]))\n");

