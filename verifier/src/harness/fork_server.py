@@ -18,8 +18,7 @@ def serve_forever(sock_fd):
     import socket
     import tempfile
 
-    for name in WARM_IMPORTS.split():
-        __import__(name)
+    warm_imports()
     libc = _libc()
     if libc is not None:
         libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of a run become ours to reap
