@@ -113,7 +113,10 @@ fn kodcode_agreement(backend: Backend) {
         .map(|(got, (t, _, expected))| format!("{}: KodCode {expected}, ours {} {:?}", t.id, got.summary(), got.tests))
         .collect();
     // Investigated: none remain. Trials KodCode failed include 14 whose own test files do not
-    // parse (task_error here), wrong answers, and a timeout.
+    // parse (task_error here), wrong answers, and a timeout. One (prefill 00000027, trial 1)
+    // returns `list(set(...))` of mixed strings and ints, whose order depends on the hash
+    // seed: the sandbox fixes the seed (PYTHONHASHSEED=0; the wasm snapshot has its own fixed
+    // one), so the verdict is stable, and it fails as in KodCode's run.
     assert!(disagreements.is_empty(), "{} disagreements: {disagreements:#?}", disagreements.len());
     let passed = verdicts.iter().filter(|v| v.all_passed).count();
     assert_eq!(passed, trials.iter().filter(|t| t.2).count());

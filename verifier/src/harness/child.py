@@ -391,6 +391,12 @@ def warm_imports():
         import pytest  # noqa: F401 - KodCode's test files import it; ~0.1 s a run otherwise
     except ImportError:
         pass
+    # What is loaded now lives as long as the process: keep the collector from walking it in
+    # every run (and, before a fork, from touching its pages).
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def guest_run(job_path, result_path):

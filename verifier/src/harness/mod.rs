@@ -110,9 +110,13 @@ impl TrustedJudge {
 
     fn spawn(&self) -> Result<Process, TrustedError> {
         let mut child = Command::new(&self.python)
-            .args(["-I", "-c", TRUSTED_SOURCE, "trusted"])
+            // A fixed hash seed, as in the sandbox, so that replays are deterministic (hence
+            // not `-I`, which ignores PYTHONHASHSEED; the environment is cleared instead).
+            .args(["-s", "-P", "-c", TRUSTED_SOURCE, "trusted"])
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
+            .env("PYTHONHASHSEED", "0")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -63,14 +63,18 @@ impl ForkServer {
         let (parent, child) = seqpacket_pair()?;
         let child_fd = child.as_raw_fd();
         let mut cmd = Command::new(python);
-        cmd.arg("-I")
-            .arg("-c")
+        // Not `-I`: it would ignore PYTHONHASHSEED, and a fixed seed makes verdicts that
+        // depend on set or dict order of strings the same on every run. The environment is
+        // cleared instead, and `-s -P` keep user site-packages and the cwd off sys.path.
+        cmd.args(["-s", "-P", "-c"])
             .arg(harness)
             .arg("serve")
             .arg(child_fd.to_string())
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("LANG", "C.UTF-8")
+            .env("PYTHONHASHSEED", "0")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
