@@ -8,9 +8,15 @@
 //! folder `/run` holding the job and the result file, and nothing else of the host: no other
 //! files, no network, no processes, no clock beyond WASI's.
 //!
-//! The compiled module is cached on disk (compiling takes ~1 minute; loading the cache ~0.1 s),
-//! keyed by the module's size and modification time and the engine's compatibility hash. The
-//! cache folder is created 0700: a `.cwasm` file is trusted native code.
+//! A run does not start CPython: at start-up the sandbox takes a Wizer snapshot of the
+//! interpreter after one session `turn` that loaded the harness and the usual imports, and each
+//! run is a fresh copy-on-write instance of that snapshot given one `turn`
+//! (`guest_run(job, results)`). Instances come from a pooling allocator whose slots keep their
+//! first 64 MiB resident: page faults, not Python, were the cost of a small run.
+//!
+//! Compiled modules (the interpreter, ~1 minute; the snapshot, ~2 minutes) are cached on disk,
+//! keyed by the module's size and modification time, the engine's compatibility hash and the
+//! harness source. The cache folder is created 0700: a `.cwasm` file is trusted native code.
 
 use std::hash::{Hash, Hasher};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
