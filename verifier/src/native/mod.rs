@@ -82,9 +82,9 @@ struct Started {
     pid: i32,
 }
 
+/// How the run's main process ended; only a signal matters (the exit status is no verdict).
 #[derive(Deserialize)]
 struct Ended {
-    exit: Option<i32>,
     signal: Option<i32>,
 }
 
@@ -176,7 +176,6 @@ impl NativeSandbox {
             (End::Exited, Some(sig)) => End::Crashed(signal_name(sig)),
             (end, _) => end,
         };
-        let _ = ended.exit;
         Ok(Outcome::new(drained.stdout, drained.stderr, &drained.results, end, seconds))
     }
 }

@@ -132,10 +132,10 @@ impl State {
 
 /// How the guest gets the harness. Best: a module pre-initialised with the harness loaded (a
 /// run is one `turn` call into a copy-on-write image of a ready interpreter). Else the harness
-/// compiled once to bytecode, or as source; each of those runs CPython's `run()` afresh (~11 ms).
+/// as source for CPython's `run()`, which starts the interpreter afresh (~11 ms a run).
+/// (Precompiling the source to bytecode was measured to save nothing.)
 enum Guest {
     Preinitialized(InstancePre<State>),
-    Compiled(PathBuf),
     Source,
 }
 
@@ -217,58 +217,21 @@ impl WasmSandbox {
             Ok(pre) => Guest::Preinitialized(pre),
             Err(e) => {
                 tracing::warn!("wasm sandbox: no pre-initialised guest ({e}); runs start the interpreter afresh");
-                sandbox.compile_guest(&config.cache_dir)
+                Guest::Source
             }
         };
         Ok(sandbox)
-    }
-
-    /// Compiles the harness to bytecode inside the guest (its Python is the only one with the
-    /// right bytecode version), in a trusted run that sees only the harness folder. The folder is
-    /// then offered read-only to candidate runs. Keyed by the harness source.
-    fn compile_guest(&self, cache_dir: &Path) -> Guest {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        GUEST_SOURCE.hash(&mut hasher);
-        let dir = cache_dir.join(format!("guest-{:016x}", hasher.finish()));
-        if dir.join("guest.pyc").is_file() {
-            return Guest::Compiled(dir);
-        }
-        let compiled = (|| -> Result<bool, SandboxError> {
-            std::fs::create_dir_all(&dir)?;
-            std::fs::write(dir.join("guest.py"), GUEST_SOURCE)?;
-            // py_compile would try to create `/`, which the guest does not have.
-            let code = "from importlib._bootstrap_external import _code_to_timestamp_pyc as pyc\n\
-                        src = open('/run/guest.py', 'rb').read()\n\
-                        code = compile(src, '/usr/local/guest/guest.py', 'exec')\n\
-                        open('/run/guest.pyc', 'wb').write(pyc(code, 0, len(src)))\n";
-            let job = setup_job(Duration::from_secs(60));
-            let (end, _, stderr) = self.run_program(&["/usr/local/bin/python.wasm", "-c", code], &job, &dir)?;
-            if end != End::Exited || !dir.join("guest.pyc").is_file() {
-                tracing::warn!("wasm sandbox: could not compile the harness ({end:?}): {:?}", String::from_utf8_lossy(&stderr.contents()));
-                return Ok(false);
-            }
-            Ok(true)
-        })();
-        match compiled {
-            Ok(true) => Guest::Compiled(dir),
-            Ok(false) => Guest::Source,
-            Err(e) => {
-                tracing::warn!("wasm sandbox: could not compile the harness: {e}");
-                Guest::Source
-            }
-        }
     }
 
     fn run_in_store(&self, job: &Job, scratch: &Path) -> Result<(End, MemoryOutputPipe, MemoryOutputPipe), SandboxError> {
         let run = ["run", "/run/job.json", "/run/results"];
         let args: Vec<&str> = match &self.guest {
             Guest::Preinitialized(pre) => {
-                let (mut store, stdout, stderr) = self.new_store(&["/usr/local/bin/python.wasm"], job, scratch, None)?;
+                let (mut store, stdout, stderr) = self.new_store(&["/usr/local/bin/python.wasm"], job, scratch)?;
                 let instance = pre.instantiate(&mut store).map_err(wt("instantiating the interpreter"))?;
                 let result = turn(&mut store, &instance, "guest_run('/run/job.json', '/run/results')\n");
                 return Ok((end_of(result), stdout, stderr));
             }
-            Guest::Compiled(_) => ["/usr/local/bin/python.wasm", "/usr/local/guest/guest.pyc"].into_iter().chain(run).collect(),
             Guest::Source => ["/usr/local/bin/python.wasm", "-c", GUEST_SOURCE].into_iter().chain(run).collect(),
         };
         self.run_program(&args, job, scratch)
@@ -294,7 +257,7 @@ impl WasmSandbox {
             let pre = self.linker.instantiate_pre(&module).map_err(wt("linking the instrumented interpreter"))?;
             let scratch = tempfile::Builder::new().prefix("dllm-wasm-").tempdir()?;
             let job = setup_job(Duration::from_secs(120));
-            let (mut store, _, stderr) = self.new_store(&["/usr/local/bin/python.wasm"], &job, scratch.path(), None)?;
+            let (mut store, _, stderr) = self.new_store(&["/usr/local/bin/python.wasm"], &job, scratch.path())?;
             let instance = pre.instantiate(&mut store).map_err(wt("instantiating the instrumented interpreter"))?;
             match turn(&mut store, &instance, GUEST_PRELOAD) {
                 Ok(0) => {}
@@ -335,11 +298,7 @@ impl WasmSandbox {
         job: &Job,
         scratch: &Path,
     ) -> Result<(End, MemoryOutputPipe, MemoryOutputPipe), SandboxError> {
-        let guest_dir = match &self.guest {
-            Guest::Compiled(dir) => Some(dir.as_path()),
-            _ => None,
-        };
-        let (mut store, stdout, stderr) = self.new_store(args, job, scratch, guest_dir)?;
+        let (mut store, stdout, stderr) = self.new_store(args, job, scratch)?;
         // Failing to instantiate is the sandbox's problem (no free slot, ...), not the
         // candidate's: a retryable sandbox error.
         let instance = self.pre.instantiate(&mut store).map_err(wt("instantiating the interpreter"))?;
@@ -361,7 +320,6 @@ impl WasmSandbox {
         args: &[&str],
         job: &Job,
         scratch: &Path,
-        guest_dir: Option<&Path>,
     ) -> Result<(Store<State>, MemoryOutputPipe, MemoryOutputPipe), SandboxError> {
         let cap = job.limits.output_bytes;
         let stdout = MemoryOutputPipe::new(cap + 1);
@@ -379,11 +337,6 @@ impl WasmSandbox {
         builder
             .preopened_dir(&self.stdlib_dir, "/usr/local/lib", FsPerms::ReadOnly)
             .map_err(|e| WasmError::Wasmtime { context: "preopening the stdlib".into(), source: e })?;
-        if let Some(dir) = guest_dir {
-            builder
-                .preopened_dir(dir, "/usr/local/guest", FsPerms::ReadOnly)
-                .map_err(|e| WasmError::Wasmtime { context: "preopening the harness".into(), source: e })?;
-        }
         if let Some(site) = &self.site_packages {
             builder
                 .preopened_dir(site, "/usr/local/site", FsPerms::ReadOnly)
