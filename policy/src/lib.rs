@@ -1,13 +1,38 @@
-//! The policy: a Dream-architecture (Qwen2 trunk, bidirectional attention) masked-diffusion
-//! language model on libtorch through tch, and what the RL update needs from it.
+//! The policy: a Dream-architecture masked-diffusion language model (a Qwen2 trunk with
+//! bidirectional attention and shifted logits) on libtorch through tch, and what the RL update
+//! needs from it.
 //!
-//! Today this crate holds [`device`]: what libtorch was loaded, which accelerators it sees and
-//! how fast they multiply matrices (`dllm-rl doctor` prints it). The model, checkpoints, LoRA
-//! and the coupled-mask estimator are the next issue's work.
+//! - [`config`]: [`ModelConfig`] from a Hugging Face `config.json` (+ `generation_config.json`).
+//! - [`model`]: [`DreamModel`], its blocks and `forward`; [`head`]: the vocabulary head at chosen
+//!   positions and chunked fp32 log-probabilities.
+//! - [`checkpoint`]: safetensors in (memory-mapped, sharded) and out (Hugging Face layout).
+//! - [`lora`]: adapters in PEFT's format, merge on save.
+//! - [`tokenizer`]: [`ChatTokenizer`], the Qwen2.5 chat template, completion cutting.
+//! - [`estimator`]: coupled masks, CART / 1/t token weights, [`ScoredBatch`] scoring;
+//!   [`recompute`]: the memory-bounded backward (layer recomputation, chunked head).
+//! - [`device`]: which libtorch is loaded and what accelerators it sees (`dllm-rl doctor`).
 //!
 //! Shape letters used in comments throughout: B batch, G samples per prompt, P prompt length,
-//! L total length, T denoising steps, V vocabulary, H hidden size, D head dimension.
+//! L total length, N scored positions, T denoising steps, V vocabulary, H hidden size,
+//! D head dimension.
 
+pub mod checkpoint;
+pub mod config;
 pub mod device;
+pub mod error;
+pub mod estimator;
+pub mod head;
+pub mod lora;
+pub mod model;
+pub mod recompute;
+pub mod tokenizer;
 
+pub use checkpoint::SaveOptions;
+pub use config::{ModelConfig, RopeScaling, SpecialTokens};
 pub use device::{libtorch_info, matmul_throughput, AcceleratorReport, LibtorchInfo, MatmulTiming};
+pub use error::{PolicyError, Result};
+pub use estimator::{coupled_masks, mask_seed, token_weights, CoupledMasks, MaskSeeds, ScoredBatch, TokenWeighting, TokenWeights};
+pub use lora::{LoraConfig, ALL_PROJECTIONS};
+pub use model::{DreamModel, Init, Pass, Placement};
+pub use recompute::BackwardOptions;
+pub use tokenizer::{chat_prompt, ChatMessage, ChatTokenizer};

@@ -1,0 +1,186 @@
+//! Text in and out: the checkpoint's Hugging Face `tokenizer.json` through the `tokenizers`
+//! crate, the Qwen2.5 chat template for instruct prompts, and cutting a completion at its end.
+//!
+//! Special-token ids come from the checkpoint (the tokenizer's added tokens and the model
+//! config), never from constants: Dream-Coder's are mask 151666, pad = eos 151643 and
+//! `<|im_end|>` 151645, but a tiny test model's are whatever its tokenizer assigned.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::ModelConfig;
+use crate::error::{PolicyError, Result};
+
+pub const IM_START: &str = "<|im_start|>";
+pub const IM_END: &str = "<|im_end|>";
+/// Qwen2.5's system prompt when the caller gives none.
+pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
+
+/// One turn of a chat.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> Self {
+        ChatMessage { role: role.into(), content: content.into() }
+    }
+}
+
+/// A checkpoint's tokenizer and the special tokens generation stops at.
+pub struct ChatTokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+    /// Ids that end a completion: eos/pad from the config, and `<|im_end|>` when the vocabulary
+    /// has it.
+    pub stop_ids: Vec<i64>,
+}
+
+impl ChatTokenizer {
+    /// Loads `tokenizer.json` from a checkpoint folder; stop ids from `config`.
+    pub fn from_dir(dir: &Path, config: &ModelConfig) -> Result<Self> {
+        Self::from_file(&dir.join("tokenizer.json"), config)
+    }
+
+    pub fn from_file(path: &Path, config: &ModelConfig) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| PolicyError::Tokenizer { path: path.into(), reason: e.to_string() })?;
+        let mut stop_ids: Vec<i64> = config.tokens.eos.iter().copied().chain(config.tokens.pad).collect();
+        if let Some(id) = inner.token_to_id(IM_END) {
+            stop_ids.push(id as i64);
+        }
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+        let tok = ChatTokenizer { inner, path: path.into(), stop_ids };
+        if let Some(mask) = config.tokens.mask {
+            if mask as usize >= tok.inner.get_vocab_size(true).max(config.vocab_size as usize) {
+                return Err(tok.error(format!("mask_token_id {mask} is outside the vocabulary")));
+            }
+        }
+        Ok(tok)
+    }
+
+    fn error(&self, reason: String) -> PolicyError {
+        PolicyError::Tokenizer { path: self.path.clone(), reason }
+    }
+
+    pub fn token_id(&self, token: &str) -> Option<i64> {
+        self.inner.token_to_id(token).map(i64::from)
+    }
+
+    /// Token ids of `text`; special tokens written in the text (`<|im_start|>`) become their ids.
+    pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
+        let encoding = self.inner.encode_fast(text, false).map_err(|e| self.error(e.to_string()))?;
+        Ok(encoding.get_ids().iter().map(|&id| id as i64).collect())
+    }
+
+    /// Text of `ids`; with `skip_special`, special tokens are left out.
+    pub fn decode(&self, ids: &[i64], skip_special: bool) -> Result<String> {
+        let ids: Vec<u32> = ids
+            .iter()
+            .map(|&id| u32::try_from(id).map_err(|_| self.error(format!("token id {id} is negative or too large"))))
+            .collect::<Result<_>>()?;
+        self.inner.decode(&ids, skip_special).map_err(|e| self.error(e.to_string()))
+    }
+
+    /// The generated ids up to (not including) the first stop id.
+    pub fn completion_ids<'a>(&self, ids: &'a [i64]) -> &'a [i64] {
+        let end = ids.iter().position(|id| self.stop_ids.contains(id)).unwrap_or(ids.len());
+        &ids[..end]
+    }
+
+    /// The completion's text: cut at the first stop id, special tokens skipped.
+    pub fn decode_completion(&self, ids: &[i64]) -> Result<String> {
+        self.decode(self.completion_ids(ids), true)
+    }
+}
+
+/// Renders messages with the Qwen2.5 chat template and opens the assistant's turn:
+/// `<|im_start|>system\n…<|im_end|>\n<|im_start|>user\n…<|im_end|>\n<|im_start|>assistant\n`.
+/// A system turn with [`DEFAULT_SYSTEM`] is added when the messages have none, as Qwen2.5's
+/// template does.
+pub fn chat_prompt(messages: &[ChatMessage]) -> String {
+    let mut out = String::new();
+    if messages.first().is_none_or(|m| m.role != "system") {
+        out.push_str(&format!("{IM_START}system\n{DEFAULT_SYSTEM}{IM_END}\n"));
+    }
+    for m in messages {
+        out.push_str(&format!("{IM_START}{}\n{}{IM_END}\n", m.role, m.content));
+    }
+    out.push_str(&format!("{IM_START}assistant\n"));
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::{AddedToken, Tokenizer};
+
+    pub const SPECIAL: [&str; 4] = ["<|endoftext|>", IM_START, IM_END, "<|mask|>"];
+
+    /// Trains a byte-level BPE of `vocab` tokens on a few lines of Python; the four special
+    /// tokens get ids 0..4. Written as `tokenizer.json` into `dir`.
+    pub fn tiny_tokenizer(dir: &Path, vocab: usize) -> PathBuf {
+        let trainer = BpeTrainerBuilder::new()
+            .vocab_size(vocab)
+            .min_frequency(0)
+            .show_progress(false)
+            .special_tokens(SPECIAL.iter().map(|s| AddedToken::from(*s, true)).collect())
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build();
+        let mut tokenizer = Tokenizer::new(BPE::default());
+        tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        tokenizer.with_decoder(Some(ByteLevel::default()));
+        let corpus = [
+            "def add(a, b):\n    return a + b\n",
+            "print(sum(int(x) for x in input().split()))\n",
+            "class Solution:\n    def twoSum(self, nums, target):\n        seen = {}\n",
+            "Write a function that returns the sum of two numbers.",
+        ];
+        let mut trainer = tokenizers::models::TrainerWrapper::from(trainer);
+        tokenizer.train(&mut trainer, corpus.iter().map(|s| s.to_string())).expect("training a BPE on fixed text");
+        let path = dir.join("tokenizer.json");
+        tokenizer.save(&path, false).expect("writing tokenizer.json");
+        path
+    }
+
+    fn config_with_tokens() -> ModelConfig {
+        let json = serde_json::json!({
+            "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "vocab_size": 300,
+            "eos_token_id": 0, "pad_token_id": 0, "mask_token_id": 3
+        });
+        let serde_json::Value::Object(map) = json else { unreachable!() };
+        ModelConfig::from_map(map, Path::new("config.json")).unwrap()
+    }
+
+    #[test]
+    fn round_trip_chat_and_completion_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = tiny_tokenizer(dir.path(), 300);
+        let tok = ChatTokenizer::from_file(&path, &config_with_tokens()).unwrap();
+        assert_eq!(tok.token_id(IM_END), Some(2));
+        assert_eq!(tok.stop_ids, vec![0, 2]);
+
+        let prompt = chat_prompt(&[ChatMessage::new("user", "Add two numbers.")]);
+        assert!(prompt.starts_with("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"));
+        assert!(prompt.ends_with("<|im_end|>\n<|im_start|>assistant\n"));
+        let ids = tok.encode(&prompt).unwrap();
+        assert_eq!(ids[0], 1, "<|im_start|> is one special token");
+        assert_eq!(tok.decode(&ids, false).unwrap(), prompt);
+
+        let answer = "def add(a, b):\n    return a + b\n";
+        let mut generated = tok.encode(answer).unwrap();
+        generated.extend([2, 0, 0, 3]);
+        assert_eq!(tok.decode_completion(&generated).unwrap(), answer);
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let err = ChatTokenizer::from_file(Path::new("/nonexistent/tokenizer.json"), &config_with_tokens()).err().unwrap();
+        assert!(err.to_string().contains("/nonexistent/tokenizer.json"), "{err}");
+    }
+}
