@@ -410,6 +410,14 @@ impl DreamModel {
 pub(crate) mod testing {
     use super::*;
 
+    /// libtorch has one global generator per process and tests run on parallel threads; a test
+    /// whose result depends on replaying random draws (dropout) holds this lock while it uses
+    /// the generator, and so does every test that draws from it.
+    pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// 2 layers, hidden 16, 4 query / 2 key-value heads, vocabulary 40 (mask = 39).
     pub fn tiny_config(tie: bool) -> ModelConfig {
         let json = serde_json::json!({

@@ -11,8 +11,9 @@
 //!    `Σ out · g`, whose gradient with respect to `out` is `g`.
 //!
 //! Parameter gradients come out exactly as from one ordinary backward (a test checks it).
-//! LoRA dropout is replayed exactly: before each layer, in both passes, the generator is
-//! re-seeded with the same per-layer seed.
+//! LoRA dropout is replayed exactly: before each layer, in both passes, libtorch's generator is
+//! re-seeded with the same per-layer seed. That generator is process-wide, so no other thread
+//! may draw from it during a backward (model work runs on one thread per device anyway).
 
 use tch::Tensor;
 
@@ -157,7 +158,7 @@ mod tests {
 
     use crate::estimator::{coupled_masks, MaskSeeds, ScoredBatch};
     use crate::lora::LoraConfig;
-    use crate::model::testing::tiny_model;
+    use crate::model::testing::{rng_lock, tiny_model};
     use crate::model::{DreamModel, Pass};
 
     use super::BackwardOptions;
@@ -185,6 +186,7 @@ mod tests {
 
     #[test]
     fn recompute_and_chunking_give_the_plain_gradients() {
+        let _rng = rng_lock();
         for (lora, padded) in [(false, false), (true, false), (true, true)] {
             let mut model = tiny_model(false, 3);
             if lora {
@@ -231,6 +233,7 @@ mod tests {
 
     #[test]
     fn lora_dropout_is_replayed_when_recomputing() {
+        let _rng = rng_lock();
         let mut model = tiny_model(false, 4);
         let config = LoraConfig { r: 2, lora_alpha: 4.0, lora_dropout: 0.5, ..LoraConfig::default() };
         model.attach_lora(config, 5).unwrap();
