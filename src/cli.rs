@@ -41,9 +41,72 @@ pub enum Command {
     /// Import and curate prompt sets (task files in the verifier's canonical schema).
     #[command(subcommand)]
     Prompts(PromptsCommand),
+    /// Model checkpoints: make a random one of any shape, describe one.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Benchmarks, measured side by side in one run (results: bench/results/).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Write a randomly initialised checkpoint (Hugging Face layout) of the shape a config.json
+    /// gives: for tests, smoke runs and GPU benchmarks without downloading weights.
+    Init(ModelInitArgs),
+    /// Describe a checkpoint folder: shape, parameters, special tokens, weight files.
+    Info(ModelInfoArgs),
+}
+
+/// Storage dtype of saved weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DtypeArg {
+    Fp32,
+    Bf16,
+}
+
+impl DtypeArg {
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            DtypeArg::Fp32 => tch::Kind::Float,
+            DtypeArg::Bf16 => tch::Kind::BFloat16,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ModelInitArgs {
+    /// A Hugging Face config.json (see configs/models/).
+    #[arg(long)]
+    pub config: std::path::PathBuf,
+    /// Output folder (created; existing weight files in it are replaced).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// dtype of the saved weights.
+    #[arg(long, value_enum, default_value_t = DtypeArg::Fp32)]
+    pub dtype: DtypeArg,
+    /// Largest safetensors shard in bytes (transformers' default: 5 GB).
+    #[arg(long, default_value_t = 5_000_000_000)]
+    pub max_shard_bytes: usize,
+    /// Copy this tokenizer.json into the checkpoint.
+    #[arg(long)]
+    pub tokenizer: Option<std::path::PathBuf>,
+    /// Also write fresh LoRA adapters (PEFT layout) of this rank to --lora-out.
+    #[arg(long, requires = "lora_out")]
+    pub lora_r: Option<i64>,
+    #[arg(long)]
+    pub lora_out: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelInfoArgs {
+    /// Checkpoint folder (config.json + safetensors).
+    pub dir: std::path::PathBuf,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +114,48 @@ pub enum BenchCommand {
     /// Verifier runs per second for small assert tests and stdio tests: a naive baseline (one
     /// `python3 -c` per run), the native sandbox and the wasm sandbox, with the ratios.
     Verify(BenchVerifyArgs),
+    /// Model speed and memory: a forward over a rollout-sized batch, the estimator's old
+    /// log-probs (no grad) and its forward + backward with LoRA, on a random model of the given
+    /// shape. Meant for a GPU (bf16); on a CPU use a small config.
+    Model(BenchModelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchModelArgs {
+    /// Model shape (a config.json) [default: configs/models/dream-coder-7b.json, built in].
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Rollout-side forward batch: sequences x tokens.
+    #[arg(long, default_value_t = 16)]
+    pub batch: i64,
+    #[arg(long, default_value_t = 384)]
+    pub len: i64,
+    /// Tokens at the end of each forward sequence that still need the vocabulary head (the
+    /// masked positions a sampler reads); 0 reads the head at every position.
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: i64,
+    /// Update-side batch: sequences of prompt + response tokens.
+    #[arg(long, default_value_t = 16)]
+    pub train_batch: i64,
+    #[arg(long, default_value_t = 512)]
+    pub prompt_len: i64,
+    #[arg(long, default_value_t = 768)]
+    pub response_len: i64,
+    /// LoRA rank of the update (all seven projections, alpha = 2 r).
+    #[arg(long, default_value_t = 16)]
+    pub lora_r: i64,
+    /// Disable layer recomputation in the update.
+    #[arg(long)]
+    pub no_recompute: bool,
+    /// Timed repetitions of each measurement (the median is reported), after one warm-up.
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Skip the update measurement.
+    #[arg(long)]
+    pub forward_only: bool,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

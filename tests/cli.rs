@@ -121,3 +121,67 @@ fn prompts_import_writes_canonical_tasks() {
     assert_eq!(tasks.len(), 20);
     assert!(tasks.iter().all(|t| t.kind() == "assert" && t.reference.is_some()));
 }
+
+fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+#[test]
+fn model_init_writes_a_checkpoint_that_info_describes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ckpt");
+    let adapter = dir.path().join("adapter");
+    let status = dllm_rl()
+        .args(["-q", "model", "init", "--config"])
+        .arg(repo("configs/models/tiny.json"))
+        .arg("--out")
+        .arg(&out)
+        .args(["--dtype", "bf16", "--max-shard-bytes", "60000", "--lora-r", "4", "--lora-out"])
+        .arg(&adapter)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(out.join("model.safetensors.index.json").exists());
+    assert!(adapter.join("adapter_config.json").exists() && adapter.join("adapter_model.safetensors").exists());
+
+    let info = dllm_rl().args(["model", "info", "--json"]).arg(&out).output().unwrap();
+    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["parameters"], 139_840);
+    assert_eq!(info["mask_token_id"], 511);
+    assert_eq!(info["layers"], 2);
+    // bf16 on disk: two bytes per parameter, plus the small safetensors headers.
+    let bytes = info["weight_bytes"].as_u64().unwrap();
+    assert!((2 * 139_840..2 * 139_840 + 20_000).contains(&bytes), "{bytes}");
+}
+
+#[test]
+fn model_init_names_the_bad_config_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "bad.json", r#"{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "vocab_size": 32, "rope_scaling": {"type": "yarn", "factor": 4}}"#);
+    let out = dllm_rl().args(["model", "init", "--config"]).arg(&config).arg("--out").arg(dir.path().join("x")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.json") && err.contains("rope_scaling.rope_type") && err.contains("yarn"), "{err}");
+}
+
+#[test]
+fn bench_model_runs_all_three_measurements_on_a_tiny_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = dllm_rl()
+        .args(["-q", "bench", "model", "--config"])
+        .arg(repo("configs/models/tiny.json"))
+        .args(["--batch", "2", "--len", "32", "--new-tokens", "8", "--train-batch", "2"])
+        .args(["--prompt-len", "8", "--response-len", "24", "--lora-r", "2", "--iters", "1", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r["seconds"].as_f64().unwrap() > 0.0));
+    assert!(rows[2]["measurement"].as_str().unwrap().starts_with("update 2x32, LoRA r=2, recompute"));
+}

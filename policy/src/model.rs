@@ -410,14 +410,6 @@ impl DreamModel {
 pub(crate) mod testing {
     use super::*;
 
-    /// libtorch has one global generator per process and tests run on parallel threads; a test
-    /// whose result depends on replaying random draws (dropout) holds this lock while it uses
-    /// the generator, and so does every test that draws from it.
-    pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
-        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// 2 layers, hidden 16, 4 query / 2 key-value heads, vocabulary 40 (mask = 39).
     pub fn tiny_config(tie: bool) -> ModelConfig {
         let json = serde_json::json!({
@@ -441,5 +433,62 @@ pub(crate) mod testing {
             }
         }
         model
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::tiny_model;
+    use super::*;
+
+    #[test]
+    fn a_left_padded_row_computes_what_the_row_alone_computes() {
+        let model = tiny_model(false, 2);
+        let ids = Tensor::randint_low(1, 39, [1, 12], (Kind::Int64, Device::Cpu));
+        let pad = 4;
+        let attention = Tensor::ones([1, 12], (Kind::Int64, Device::Cpu));
+        let _ = attention.narrow(1, 0, pad).fill_(0);
+        let padded = tch::no_grad(|| model.forward(&ids, Some(&attention), Pass::EVAL)).narrow(1, pad, 12 - pad);
+        let alone = tch::no_grad(|| model.forward(&ids.narrow(1, pad, 12 - pad), None, Pass::EVAL));
+        assert!(padded.allclose(&alone, 1e-5, 1e-6, false), "max |Δ| {}", (&padded - &alone).abs().max());
+        // Without the mask the pads leak in: the test can tell.
+        let leaky = tch::no_grad(|| model.forward(&ids, None, Pass::EVAL)).narrow(1, pad, 12 - pad);
+        assert!(!leaky.allclose(&alone, 1e-3, 1e-3, false));
+    }
+
+    #[test]
+    fn fresh_lora_adapters_change_nothing_until_trained() {
+        let mut model = tiny_model(true, 3);
+        let ids = Tensor::randint_low(1, 39, [2, 7], (Kind::Int64, Device::Cpu));
+        let before = tch::no_grad(|| model.forward(&ids, None, Pass::EVAL));
+        model.attach_lora(crate::LoraConfig::default(), 1).unwrap();
+        let after = tch::no_grad(|| model.forward(&ids, None, Pass::EVAL));
+        assert!(before.allclose(&after, 1e-6, 1e-6, false));
+        assert!(model.vs.trainable_variables().iter().all(|v| !v.requires_grad()), "the base is frozen");
+        let adapters = model.lora.as_ref().unwrap().vs.trainable_variables();
+        assert_eq!(adapters.len(), 2 * 7 * 2, "A and B on seven projections of two layers");
+        assert!(model.attach_lora(crate::LoraConfig::default(), 1).is_err(), "attaching twice is refused");
+    }
+
+    #[test]
+    fn fp32_master_weights_with_bf16_compute_get_fp32_gradients() {
+        let mut model = tiny_model(false, 4);
+        model.placement.compute_kind = Kind::BFloat16;
+        let ids = Tensor::randint_low(1, 39, [2, 6], (Kind::Int64, Device::Cpu));
+        let hidden = model.forward(&ids, None, Pass::TRAIN);
+        assert_eq!(hidden.kind(), Kind::BFloat16);
+        hidden.to_kind(Kind::Float).square().mean(Kind::Float).backward();
+        let q = &model.layers[0].self_attn.q_proj.weight;
+        assert_eq!(q.kind(), Kind::Float);
+        assert_eq!(q.grad().kind(), Kind::Float);
+        assert!(q.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+
+    #[test]
+    fn out_of_range_ids_are_refused_before_any_kernel() {
+        let model = tiny_model(false, 5);
+        let err = model.check_input(&Tensor::from_slice(&[1i64, 40]).view([1, 2])).unwrap_err();
+        assert!(err.to_string().contains("1..=40") && err.to_string().contains("40"), "{err}");
+        assert!(model.check_input(&Tensor::from_slice(&[1i32, 2]).view([1, 2])).is_err());
     }
 }

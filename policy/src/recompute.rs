@@ -158,7 +158,7 @@ mod tests {
 
     use crate::estimator::{coupled_masks, MaskSeeds, ScoredBatch};
     use crate::lora::LoraConfig;
-    use crate::model::testing::{rng_lock, tiny_model};
+    use crate::model::testing::tiny_model;
     use crate::model::{DreamModel, Pass};
 
     use super::BackwardOptions;
@@ -186,7 +186,6 @@ mod tests {
 
     #[test]
     fn recompute_and_chunking_give_the_plain_gradients() {
-        let _rng = rng_lock();
         for (lora, padded) in [(false, false), (true, false), (true, true)] {
             let mut model = tiny_model(false, 3);
             if lora {
@@ -228,37 +227,6 @@ mod tests {
             for (a, b) in plain.iter().zip(&recomputed) {
                 assert!(a.allclose(b, 1e-4, 1e-6, false), "lora {lora} padded {padded}: gradients differ by {}", (a - b).abs().max());
             }
-        }
-    }
-
-    #[test]
-    fn lora_dropout_is_replayed_when_recomputing() {
-        let _rng = rng_lock();
-        let mut model = tiny_model(false, 4);
-        let config = LoraConfig { r: 2, lora_alpha: 4.0, lora_dropout: 0.5, ..LoraConfig::default() };
-        model.attach_lora(config, 5).unwrap();
-        {
-            let _guard = tch::no_grad_guard();
-            for v in trainable(&model) {
-                let _ = v.detach().normal_(0.0, 0.3);
-            }
-        }
-        let ids = Tensor::randint_low(1, 39, [2, 8], (Kind::Int64, Device::Cpu));
-        let mask = Tensor::arange(8, (Kind::Int64, Device::Cpu)).ge(3).unsqueeze(0).repeat([2, 1]);
-        let batch = ScoredBatch::new(&model, &ids, &mask, None).unwrap();
-        let objective = |lp: &Tensor, _: i64| lp.sum(Kind::Float);
-        // With the per-layer seeds the no-grad pass and the recomputed pass agree, so the
-        // gradients equal those of plain autograd under the same seeds.
-        let plain_opts = BackwardOptions { recompute: false, head_chunk: None };
-        let re_opts = BackwardOptions { recompute: true, head_chunk: Some(4) };
-        tch::manual_seed(21);
-        let _ = model.backward_scored(&batch, Pass::TRAIN, plain_opts, &objective).unwrap();
-        let plain = take_grads(&model);
-        tch::manual_seed(21);
-        let _ = model.backward_scored(&batch, Pass::TRAIN, re_opts, &objective).unwrap();
-        let recomputed = take_grads(&model);
-        for (a, b) in plain.iter().zip(&recomputed) {
-            assert!(a.allclose(b, 1e-4, 1e-6, false));
         }
     }
 }

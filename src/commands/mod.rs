@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use crate::cli::Command;
 
 mod bench;
+mod bench_model;
 mod doctor;
+mod model;
 mod prompts;
 mod verify;
 
@@ -14,6 +16,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => doctor::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Prompts(command) => prompts::run(command),
+        Command::Model(command) => model::run(command),
         Command::Bench(crate::cli::BenchCommand::Verify(args)) => bench::run(args),
+        Command::Bench(crate::cli::BenchCommand::Model(args)) => bench_model::run(args),
     }
 }
