@@ -1,4 +1,6 @@
 //! `dllm-rl`: reinforcement learning with verifiable rewards for diffusion language models.
+// The binary owns stdout: it is where reports and tables go.
+#![allow(clippy::print_stdout)]
 
 use std::process::ExitCode;
 

@@ -68,6 +68,13 @@ pub struct CoupledMasks {
     pub t: Tensor,
 }
 
+impl CoupledMasks {
+    /// The two passes as (mask, noise level): A at t, B at 1 - t.
+    pub fn passes(&self) -> [(&Tensor, Tensor); 2] {
+        [(&self.a, self.t.shallow_clone()), (&self.b, self.t.neg() + 1.0)]
+    }
+}
+
 /// Uniform in the open interval (0, 1), 24 bits: t is never 0, so 1/t is finite.
 fn open_uniform(rng: &mut ChaCha8Rng) -> f32 {
     ((rng.next_u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
@@ -224,6 +231,8 @@ mod tests {
         let t: Vec<f32> = Vec::try_from(&m.t).unwrap();
         assert!(t.iter().all(|&t| t > 0.0 && t < 1.0));
         assert!(t[0] != t[1], "per-sample draws differ");
+        let [(_, ta), (_, tb)] = m.passes();
+        assert!((ta + tb).allclose(&Tensor::ones([3], (Kind::Float, Device::Cpu)), 1e-6, 1e-6, false));
     }
 
     #[test]

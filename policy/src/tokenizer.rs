@@ -1,6 +1,11 @@
 //! Text in and out: the checkpoint's Hugging Face `tokenizer.json` through the `tokenizers`
 //! crate, the Qwen2.5 chat template for instruct prompts, and cutting a completion at its end.
 //!
+//! Checkpoints that ship only the slow tokenizer files (Dream's `vocab.json` + `merges.txt` +
+//! `tokenizer_config.json`, read in Python by `tokenization_dream.py`) are rebuilt into the
+//! fast tokenizer transformers converts them to: NFC, Qwen2's split regex, byte-level BPE, and
+//! the added tokens at the ids `added_tokens_decoder` gives.
+//!
 //! Special-token ids come from the checkpoint (the tokenizer's added tokens and the model
 //! config), never from constants: Dream-Coder's are mask 151666, pad = eos 151643 and
 //! `<|im_end|>` 151645, but a tiny test model's are whatever its tokenizer assigned.
@@ -38,21 +43,31 @@ pub struct ChatTokenizer {
 }
 
 impl ChatTokenizer {
-    /// Loads `tokenizer.json` from a checkpoint folder; stop ids from `config`.
+    /// Loads a checkpoint folder's tokenizer: `tokenizer.json`, or else the slow files
+    /// (`vocab.json` + `merges.txt` + `tokenizer_config.json`). Stop ids from `config`.
     pub fn from_dir(dir: &Path, config: &ModelConfig) -> Result<Self> {
-        Self::from_file(&dir.join("tokenizer.json"), config)
+        let fast = dir.join("tokenizer.json");
+        if fast.exists() || !dir.join("vocab.json").exists() {
+            return Self::from_file(&fast, config);
+        }
+        let inner = slow_qwen2_tokenizer(dir)?;
+        Self::new(inner, dir.join("vocab.json"), config)
     }
 
     pub fn from_file(path: &Path, config: &ModelConfig) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| PolicyError::Tokenizer { path: path.into(), reason: e.to_string() })?;
+        Self::new(inner, path.into(), config)
+    }
+
+    fn new(inner: tokenizers::Tokenizer, path: PathBuf, config: &ModelConfig) -> Result<Self> {
         let mut stop_ids: Vec<i64> = config.tokens.eos.iter().copied().chain(config.tokens.pad).collect();
         if let Some(id) = inner.token_to_id(IM_END) {
             stop_ids.push(id as i64);
         }
         stop_ids.sort_unstable();
         stop_ids.dedup();
-        let tok = ChatTokenizer { inner, path: path.into(), stop_ids };
+        let tok = ChatTokenizer { inner, path, stop_ids };
         if let Some(mask) = config.tokens.mask {
             if mask as usize >= tok.inner.get_vocab_size(true).max(config.vocab_size as usize) {
                 return Err(tok.error(format!("mask_token_id {mask} is outside the vocabulary")));
@@ -94,6 +109,61 @@ impl ChatTokenizer {
     pub fn decode_completion(&self, ids: &[i64]) -> Result<String> {
         self.decode(self.completion_ids(ids), true)
     }
+}
+
+/// Qwen2's pre-tokenizer pattern (as transformers' slow-to-fast conversion writes it).
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The fast tokenizer equivalent to Qwen2's slow one, from `vocab.json`, `merges.txt` and the
+/// added tokens of `tokenizer_config.json`.
+fn slow_qwen2_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer> {
+    use tokenizers::pre_tokenizers::{byte_level::ByteLevel, sequence::Sequence, split::Split};
+    use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+    let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+    let fail = |path: &Path, reason: String| PolicyError::Tokenizer { path: path.into(), reason };
+    let bpe = tokenizers::models::bpe::BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+        .build()
+        .map_err(|e| fail(&vocab, e.to_string()))?;
+    let split = Split::new(tokenizers::pre_tokenizers::split::SplitPattern::Regex(QWEN2_SPLIT.into()), SplitDelimiterBehavior::Isolated, false)
+        .map_err(|e| fail(&vocab, e.to_string()))?;
+    let mut tokenizer = tokenizers::Tokenizer::new(bpe);
+    tokenizer.with_normalizer(Some(tokenizers::normalizers::unicode::NFC)).map_err(|e| fail(&vocab, e.to_string()))?;
+    tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![split.into(), ByteLevel::new(false, false, false).into()])));
+    tokenizer.with_decoder(Some(ByteLevel::default()));
+
+    let config_path = dir.join("tokenizer_config.json");
+    if !config_path.exists() {
+        return Ok(tokenizer);
+    }
+    let config: serde_json::Value = crate::error::read_json(&config_path)?;
+    let mut added: Vec<(u32, String, bool)> = Vec::new();
+    if let Some(decoder) = config.get("added_tokens_decoder").and_then(|d| d.as_object()) {
+        for (id, token) in decoder {
+            let id: u32 = id.parse().map_err(|_| fail(&config_path, format!("added_tokens_decoder: `{id}` is not a token id")))?;
+            let content = token
+                .get("content")
+                .and_then(|c| c.as_str())
+                .ok_or_else(|| fail(&config_path, format!("added_tokens_decoder.{id}.content is missing")))?;
+            let special = token.get("special").and_then(|s| s.as_bool()).unwrap_or(false);
+            added.push((id, content.to_string(), special));
+        }
+    }
+    added.sort();
+    for (id, content, special) in &added {
+        let token = AddedToken::from(content.clone(), *special);
+        let added = if *special { tokenizer.add_special_tokens([token]) } else { tokenizer.add_tokens([token]) };
+        added.map_err(|e| fail(&config_path, format!("added token `{content}`: {e}")))?;
+        // Added tokens take the next free id; the file's ids must agree, or every id after
+        // would silently shift.
+        if tokenizer.token_to_id(content) != Some(*id) {
+            return Err(fail(
+                &config_path,
+                format!("added token `{content}` should have id {id} but lands at {:?}", tokenizer.token_to_id(content)),
+            ));
+        }
+    }
+    Ok(tokenizer)
 }
 
 /// Renders messages with the Qwen2.5 chat template and opens the assistant's turn:
@@ -182,5 +252,43 @@ pub(crate) mod tests {
     fn a_missing_file_is_named() {
         let err = ChatTokenizer::from_file(Path::new("/nonexistent/tokenizer.json"), &config_with_tokens()).err().unwrap();
         assert!(err.to_string().contains("/nonexistent/tokenizer.json"), "{err}");
+    }
+
+    /// Dream's layout: `vocab.json` + `merges.txt` + `tokenizer_config.json`, no tokenizer.json.
+    fn slow_files(dir: &Path, added: serde_json::Value) {
+        use tokenizers::Model;
+        let fast = tempfile::tempdir().unwrap();
+        let tok = Tokenizer::from_file(tiny_tokenizer(fast.path(), 300)).unwrap();
+        tok.get_model().save(dir, None).unwrap();
+        let config = serde_json::json!({"added_tokens_decoder": added, "tokenizer_class": "DreamTokenizer"});
+        std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    }
+
+    #[test]
+    fn slow_tokenizer_files_are_rebuilt_into_a_fast_tokenizer() {
+        let dir = tempfile::tempdir().unwrap();
+        let added: serde_json::Map<String, serde_json::Value> = SPECIAL
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i.to_string(), serde_json::json!({"content": s, "special": true})))
+            .collect();
+        slow_files(dir.path(), serde_json::Value::Object(added));
+        assert!(!dir.path().join("tokenizer.json").exists());
+        let tok = ChatTokenizer::from_dir(dir.path(), &config_with_tokens()).unwrap();
+        assert_eq!(tok.token_id(IM_END), Some(2));
+        let prompt = chat_prompt(&[ChatMessage::new("user", "def add(a, b):\n    return a + b\n")]);
+        let ids = tok.encode(&prompt).unwrap();
+        assert_eq!(ids[0], 1);
+        assert_eq!(tok.decode(&ids, false).unwrap(), prompt);
+        // Qwen2's split keeps digits apart: "123" is three pieces whatever the merges.
+        assert_eq!(tok.encode("123").unwrap().len(), 3);
+    }
+
+    #[test]
+    fn added_token_ids_that_disagree_with_the_vocabulary_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        slow_files(dir.path(), serde_json::json!({"0": {"content": "<|endoftext|>", "special": true}, "7": {"content": "<|im_end|>", "special": true}}));
+        let err = ChatTokenizer::from_dir(dir.path(), &config_with_tokens()).err().unwrap();
+        assert!(err.to_string().contains("tokenizer_config.json") && err.to_string().contains("should have id 7"), "{err}");
     }
 }

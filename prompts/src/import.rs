@@ -95,7 +95,7 @@ pub fn import_file(format: Format, path: &Path) -> Result<Imported, ImportError>
 pub fn import_text(format: Format, path: &Path, text: &str) -> Result<Imported, ImportError> {
     let rows: Vec<(usize, Result<Value, serde_json::Error>)> = if text.trim_start().starts_with('[') {
         let all: Vec<Value> =
-            serde_json::from_str(&text).map_err(|source| ImportError::Json { path: path.into(), source })?;
+            serde_json::from_str(text).map_err(|source| ImportError::Json { path: path.into(), source })?;
         all.into_iter().enumerate().map(|(i, v)| (i + 1, Ok(v))).collect()
     } else {
         text.lines()

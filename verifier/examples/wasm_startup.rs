@@ -1,5 +1,6 @@
 //! Where a wasm run's time goes: the interpreter alone, with a few imports, and the harness.
 //! `cargo run --release -p dllm-verifier --example wasm_startup`
+#![allow(clippy::print_stdout)] // an example prints its measurements
 use std::time::{Duration, Instant};
 
 use dllm_verifier::sandbox::{Job, RunLimits};
