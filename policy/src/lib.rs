@@ -7,6 +7,7 @@
 //!   positions and chunked fp32 log-probabilities.
 //! - [`checkpoint`]: safetensors in (memory-mapped, sharded) and out (Hugging Face layout).
 //! - [`lora`]: adapters in PEFT's format, merge on save.
+//! - [`kv_cache`]: the approximate key/value cache of Fast-dLLM decoding.
 //! - [`tokenizer`]: [`ChatTokenizer`], the Qwen2.5 chat template, completion cutting.
 //! - [`estimator`]: coupled masks, CART / 1/t token weights, [`ScoredBatch`] scoring;
 //!   [`recompute`]: the memory-bounded backward (layer recomputation, chunked head).
@@ -22,6 +23,7 @@ pub mod device;
 pub mod error;
 pub mod estimator;
 pub mod head;
+pub mod kv_cache;
 pub mod lora;
 pub mod model;
 pub mod recompute;
@@ -32,6 +34,7 @@ pub use config::{ModelConfig, RopeScaling, SpecialTokens};
 pub use device::{libtorch_info, matmul_throughput, AcceleratorReport, LibtorchInfo, MatmulTiming};
 pub use error::{PolicyError, Result};
 pub use estimator::{coupled_masks, mask_seed, token_weights, CoupledMasks, MaskSeeds, ScoredBatch, TokenWeighting, TokenWeights};
+pub use kv_cache::KvCache;
 pub use lora::{LoraConfig, ALL_PROJECTIONS};
 pub use model::{DreamModel, Init, Pass, Placement};
 pub use recompute::BackwardOptions;

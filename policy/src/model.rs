@@ -96,8 +96,13 @@ impl RotaryEmbedding {
 
     /// `(cos, sin)`, each (L, D), computed in fp32 and cast to `kind`.
     pub fn tables(&self, len: i64, kind: Kind) -> (Tensor, Tensor) {
+        self.tables_from(0, len, kind)
+    }
+
+    /// The tables for positions `start..start + len` (a region of a longer sequence).
+    pub fn tables_from(&self, start: i64, len: i64, kind: Kind) -> (Tensor, Tensor) {
         let device = self.inv_freq.device();
-        let positions = Tensor::arange(len, (Kind::Float, device)) * self.position_scale;
+        let positions = Tensor::arange_start(start, start + len, (Kind::Float, device)) * self.position_scale;
         let freqs = positions.outer(&self.inv_freq);
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
         (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
@@ -200,19 +205,45 @@ impl Attention {
         }
     }
 
-    /// `x` (B, L, H); `mask` None or a (B, 1, L, L) bool "may attend" mask.
-    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: Option<&Tensor>, pass: Pass) -> Tensor {
+    /// `x` (B, L, H); `mask` None or a (B, 1, L, Lk) bool "may attend" mask; `kv` says whether
+    /// keys and values are recorded for a cache or taken from one.
+    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: Option<&Tensor>, pass: Pass, kv: KvUse) -> Tensor {
         let (b, l) = (x.size()[0], x.size()[1]);
         let split = |t: Tensor, n: i64| t.view([b, l, n, self.head_dim]).transpose(1, 2);
         let q = split(self.q_proj.forward(x, pass), self.heads); // (B, nh, L, D)
         let k = split(self.k_proj.forward(x, pass), self.kv_heads); // (B, nkv, L, D)
         let v = split(self.v_proj.forward(x, pass), self.kv_heads);
         let (q, k) = (apply_rotary(&q, &rope.0, &rope.1), apply_rotary(&k, &rope.0, &rope.1));
+        let (k, v) = match kv {
+            KvUse::Fresh => (k, v),
+            KvUse::Record(slot) => {
+                *slot = Some((k.shallow_clone(), v.shallow_clone()));
+                (k, v)
+            }
+            // The region's fresh keys and values overwrite their slice of the cached ones; the
+            // queries then see the whole sequence (cached outside the region).
+            KvUse::Region { keys, values, offset } => {
+                keys.narrow(2, offset, l).copy_(&k);
+                values.narrow(2, offset, l).copy_(&v);
+                (keys.shallow_clone(), values.shallow_clone())
+            }
+        };
         let gqa = self.heads != self.kv_heads;
         let o = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, false, None, gqa);
         let o = o.transpose(1, 2).reshape([b, l, self.heads * self.head_dim]);
         self.o_proj.forward(&o, pass)
     }
+}
+
+/// How a layer's attention treats keys and values.
+pub enum KvUse<'a> {
+    /// Computed from the input and dropped (training, the plain sampler).
+    Fresh,
+    /// Computed and kept in the slot (the refresh pass of a cached sampler).
+    Record(&'a mut Option<(Tensor, Tensor)>),
+    /// The input is the region `offset..offset + R` of a longer sequence whose keys and values
+    /// (B, nkv, L, D) are cached: the region's are written into them, the rest is reused.
+    Region { keys: &'a Tensor, values: &'a Tensor, offset: i64 },
 }
 
 /// SwiGLU: `down(silu(gate(x)) * up(x))`.
@@ -259,7 +290,11 @@ impl DecoderLayer {
     }
 
     pub fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: Option<&Tensor>, pass: Pass) -> Tensor {
-        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), rope, mask, pass);
+        self.forward_kv(x, rope, mask, pass, KvUse::Fresh)
+    }
+
+    pub fn forward_kv(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: Option<&Tensor>, pass: Pass, kv: KvUse) -> Tensor {
+        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), rope, mask, pass, kv);
         let out = self.mlp.forward(&self.post_attention_layernorm.forward(&h), pass);
         h + out
     }
