@@ -14,11 +14,12 @@ pub fn rollout_seed(run_seed: u64, step: u64, prompt: u64, sample: u64) -> u64 {
 }
 
 /// Uniforms in the open interval (0, 1) for one step: (token draws, position draws), each
-/// (B, L) fp32 on `device`.
-pub fn step_uniforms(seeds: &[u64], step: u64, len: i64, device: Device) -> (Tensor, Tensor) {
+/// (B, L) fp32 on `device`. `steps[b]` is row b's own step count (rows of one batch may be at
+/// different steps: threshold decoding finishes blocks at different times).
+pub fn step_uniforms(seeds: &[u64], steps: &[u64], len: i64, device: Device) -> (Tensor, Tensor) {
     let mut tokens = Vec::with_capacity(seeds.len() * len as usize);
     let mut positions = Vec::with_capacity(seeds.len() * len as usize);
-    for &seed in seeds {
+    for (&seed, &step) in seeds.iter().zip(steps) {
         let mut rng = ChaCha8Rng::seed_from_u64(dllm_policy::mask_seed(seed, step, 0x7374_6570));
         for _ in 0..len {
             tokens.push(open_uniform(&mut rng));
@@ -42,10 +43,10 @@ mod tests {
 
     #[test]
     fn a_rows_draws_do_not_depend_on_its_batch() {
-        let (alone, _) = step_uniforms(&[42], 3, 10, Device::Cpu);
-        let (batched, _) = step_uniforms(&[7, 42, 9], 3, 10, Device::Cpu);
+        let (alone, _) = step_uniforms(&[42], &[3], 10, Device::Cpu);
+        let (batched, _) = step_uniforms(&[7, 42, 9], &[0, 3, 5], 10, Device::Cpu);
         assert!(alone.get(0).equal(&batched.get(1)));
-        let (next_step, _) = step_uniforms(&[42], 4, 10, Device::Cpu);
+        let (next_step, _) = step_uniforms(&[42], &[4], 10, Device::Cpu);
         assert!(!alone.equal(&next_step));
         assert_ne!(rollout_seed(1, 2, 3, 4), rollout_seed(1, 2, 4, 3));
     }

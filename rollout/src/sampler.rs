@@ -23,8 +23,9 @@
 //! - Rows that finish early (a stop token with nothing masked before it) are filled with pad and
 //!   left alone while the others continue ([`SamplerConfig::early_stop`]).
 //!
-//! Every random choice uses the row's own uniforms ([`crate::noise`]), so a row's result
-//! depends on its seed, not on its batch.
+//! Every random choice uses the row's own uniforms ([`crate::noise`]) at the row's own step
+//! count (the steps in which it had something to decode), so a row's result depends on its seed,
+//! not on its batch; its step map counts the same steps.
 
 use tch::{Device, Kind, Tensor};
 
@@ -109,7 +110,10 @@ pub fn sample(model: &DreamModel, cfg: &SamplerConfig, canvas: &Canvas, seeds: &
     let mut x = canvas.ids.shallow_clone();
     let mut step_map = Tensor::full([b, n], -1, (Kind::Int64, device));
     let mut finished = Tensor::zeros([b, 1], (Kind::Bool, device));
-    let (mut forwards, mut full_forwards, mut global) = (0i64, 0i64, 0i64);
+    let (mut forwards, mut full_forwards) = (0i64, 0i64);
+    // Each row counts its own steps (the steps in which it had something to decode): its noise
+    // and its step map follow them, so a row does not see how long its neighbours took.
+    let mut row_steps = vec![0u64; b as usize];
 
     for block in 0..blocks {
         let (start, end) = (p + block * block_len, p + (block + 1) * block_len);
@@ -119,7 +123,8 @@ pub fn sample(model: &DreamModel, cfg: &SamplerConfig, canvas: &Canvas, seeds: &
         let mut cache: Option<KvCache> = None;
         for i in 0..block_steps as usize {
             let masked = x.eq(special.mask).logical_and(&in_block).logical_and(&finished.logical_not());
-            if !any(&masked) {
+            let active: Vec<bool> = Vec::<bool>::try_from(&masked.any_dim(1, false).to_device(Device::Cpu))?;
+            if !active.iter().any(|&a| a) {
                 break;
             }
             // The forward: full, refresh, or the cached region (from one position before the
@@ -145,16 +150,17 @@ pub fn sample(model: &DreamModel, cfg: &SamplerConfig, canvas: &Canvas, seeds: &
             let region = masked.narrow(1, offset, hidden.size()[1]);
             // The mask token is never a proposal (a committed mask would be decoded again forever).
             let logits = model.logits_at(&hidden, &region).index_fill(1, &mask_id, f64::NEG_INFINITY);
-            let (token_u, position_u) = step_uniforms(seeds, global as u64, l, device);
+            let (token_u, position_u) = step_uniforms(seeds, &row_steps, l, device);
+            let step_of_row = Tensor::from_slice(&row_steps.iter().map(|&s| s as i64).collect::<Vec<_>>()).view([b, 1]).to_device(device);
             let proposal = proposer.propose(&logits, &token_u.masked_select(&masked));
 
             let proposed = x.masked_scatter(&masked, &proposal.tokens);
             let neg_inf = Tensor::full([b, l], f64::NEG_INFINITY, (Kind::Float, device));
             let mut confidence = neg_inf.masked_scatter(&masked, &proposal.confidence);
             if cfg.pad_penalty > 0.0 {
-                let progress = global as f64 / total_steps as f64;
+                let progress = step_of_row.to_kind(Kind::Float) / total_steps as f64;
                 let is_stop = Tensor::isin(&proposed, &stop_ids, false, false).logical_and(&masked);
-                confidence = confidence - is_stop.to_kind(Kind::Float) * (cfg.pad_penalty * (1.0 - progress));
+                confidence = confidence - is_stop.to_kind(Kind::Float) * (progress.neg() + 1.0) * cfg.pad_penalty;
             }
 
             let commit = if let Some(tau) = threshold {
@@ -187,8 +193,10 @@ pub fn sample(model: &DreamModel, cfg: &SamplerConfig, canvas: &Canvas, seeds: &
             };
             x = x.where_self(&commit.logical_not(), &proposed);
             let committed = commit.narrow(1, p, n);
-            step_map = step_map.masked_fill(&committed, global);
-            global += 1;
+            step_map = step_of_row.expand([b, n], false).where_self(&committed, &step_map);
+            for (steps, &a) in row_steps.iter_mut().zip(&active) {
+                *steps += u64::from(a);
+            }
 
             if cfg.early_stop {
                 finished = finish_rows(&mut x, &finished, p, n, special, &stop_ids);
