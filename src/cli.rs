@@ -41,12 +41,95 @@ pub enum Command {
     /// Import and curate prompt sets (task files in the verifier's canonical schema).
     #[command(subcommand)]
     Prompts(PromptsCommand),
+    /// Sample completions from a diffusion model: Dream's sampler, or Fast-dLLM block decoding
+    /// with a prefix or dual cache and threshold decoding.
+    ///
+    /// Prints each completion (cut at the first eos/pad/<|im_end|>); --show-order colours it by
+    /// the step that committed each token, --html writes the same as a page, --out writes JSONL
+    /// with token ids and step maps.
+    Generate(GenerateArgs),
     /// Model checkpoints: make a random one of any shape, describe one.
     #[command(subcommand)]
     Model(ModelCommand),
     /// Benchmarks, measured side by side in one run (results: bench/results/).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(text.replace('-', "_"))).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Checkpoint folder (Hugging Face layout, with a tokenizer).
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// A PEFT LoRA adapter folder to apply.
+    #[arg(long)]
+    pub lora: Option<std::path::PathBuf>,
+    /// One prompt.
+    #[arg(long, conflicts_with = "prompts", required_unless_present = "prompts")]
+    pub prompt: Option<String>,
+    /// JSONL of prompts: `{"prompt": TEXT}` or `{"messages": [{"role", "content"}...]}` per
+    /// line, with an optional `id` (or `task_id`); canonical task files work as they are.
+    #[arg(long)]
+    pub prompts: Option<std::path::PathBuf>,
+    /// Wrap plain prompts in the chat template (messages always are).
+    #[arg(long)]
+    pub chat: bool,
+    /// Samples per prompt.
+    #[arg(long, short = 'n', default_value_t = 1)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: i64,
+    /// Denoising steps [default: max-new-tokens].
+    #[arg(long)]
+    pub steps: Option<i64>,
+    /// origin, maskgit_plus, topk_margin or entropy.
+    #[arg(long, default_value = "entropy", value_parser = parse_enum::<dllm_rollout::Alg>)]
+    pub alg: dllm_rollout::Alg,
+    #[arg(long, default_value_t = 0.1)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f64,
+    #[arg(long)]
+    pub top_k: Option<i64>,
+    /// Draw positions from softmax(confidence / alg_temp) instead of taking the most confident.
+    #[arg(long, default_value_t = 0.0)]
+    pub alg_temp: f64,
+    /// Decode in blocks of this many tokens (Fast-dLLM); without it, Dream's plain sampler.
+    #[arg(long)]
+    pub block_length: Option<i64>,
+    /// Key/value cache of block decoding: none, prefix or dual.
+    #[arg(long, default_value = "prefix", value_parser = parse_enum::<dllm_rollout::CacheMode>, requires = "block_length")]
+    pub cache: dllm_rollout::CacheMode,
+    /// Threshold decoding: commit every token at least this probable (needs --block-length).
+    #[arg(long, requires = "block_length")]
+    pub threshold: Option<f64>,
+    /// Lower the confidence of pad/eos proposals by this much, annealed to 0 over the steps.
+    #[arg(long, default_value_t = 0.0)]
+    pub pad_penalty: f64,
+    /// Decode every position even after the answer has ended.
+    #[arg(long)]
+    pub no_early_stop: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Rows decoded together.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// bucket (equal prompt lengths per batch, no padding) or pad (left padding with a mask).
+    #[arg(long, default_value = "bucket", value_parser = parse_enum::<dllm_rollout::Batching>)]
+    pub batching: dllm_rollout::Batching,
+    /// Colour each completion by decode step in the terminal.
+    #[arg(long)]
+    pub show_order: bool,
+    /// Write the coloured decode order as a self-contained HTML page.
+    #[arg(long)]
+    pub html: Option<std::path::PathBuf>,
+    /// Write one JSON object per completion (ids, text, step map).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,8 +174,12 @@ pub struct ModelInitArgs {
     #[arg(long, default_value_t = 5_000_000_000)]
     pub max_shard_bytes: usize,
     /// Copy this tokenizer.json into the checkpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "byte_tokenizer")]
     pub tokenizer: Option<std::path::PathBuf>,
+    /// Write a byte-level tokenizer.json (bytes 0-255, then <|endoftext|> 256, <|im_start|> 257,
+    /// <|im_end|> 258, <|mask|> 259: the ids configs/models/tiny.json uses).
+    #[arg(long)]
+    pub byte_tokenizer: bool,
     /// Also write fresh LoRA adapters (PEFT layout) of this rank to --lora-out.
     #[arg(long, requires = "lora_out")]
     pub lora_r: Option<i64>,

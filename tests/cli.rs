@@ -148,7 +148,7 @@ fn model_init_writes_a_checkpoint_that_info_describes() {
     assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["parameters"], 139_840);
-    assert_eq!(info["mask_token_id"], 511);
+    assert_eq!(info["mask_token_id"], 259);
     assert_eq!(info["layers"], 2);
     // bf16 on disk: two bytes per parameter, plus the small safetensors headers.
     let bytes = info["weight_bytes"].as_u64().unwrap();
@@ -184,4 +184,58 @@ fn bench_model_runs_all_three_measurements_on_a_tiny_shape() {
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r["seconds"].as_f64().unwrap() > 0.0));
     assert!(rows[2]["measurement"].as_str().unwrap().starts_with("update 2x32, LoRA r=2, recompute"));
+}
+
+#[test]
+fn generate_samples_a_model_from_model_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let init = dllm_rl()
+        .args(["-q", "model", "init", "--byte-tokenizer", "--config"])
+        .arg(repo("configs/models/tiny.json"))
+        .arg("--out")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let prompts = write(dir.path(), "p.jsonl", "{\"id\": \"a\", \"prompt\": \"def f(x):\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n");
+    let out = dir.path().join("out.jsonl");
+    let html = dir.path().join("order.html");
+    let run = dllm_rl()
+        .args(["-q", "generate", "--model"])
+        .arg(&model)
+        .arg("--prompts")
+        .arg(&prompts)
+        .args(["--samples", "3", "--max-new-tokens", "16", "--block-length", "8", "--cache", "dual", "--show-order"])
+        .arg("--out")
+        .arg(&out)
+        .arg("--html")
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(stdout.matches("── ").count(), 6, "{stdout}");
+    assert!(stdout.contains("── a · sample 2") && stdout.contains("── line-2 · sample 0"), "{stdout}");
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 6);
+    for line in &lines {
+        assert_eq!(line["response_ids"].as_array().unwrap().len(), 16);
+        assert_eq!(line["step_map"].as_array().unwrap().len(), 16);
+        assert!(line["response_ids"].as_array().unwrap().iter().all(|t| t.as_i64().unwrap() != 259), "no mask left");
+    }
+    assert!(std::fs::read_to_string(&html).unwrap().contains("<h2>a · sample 0"));
+
+    // A bad prompt line is named by file and line.
+    let bad = write(dir.path(), "bad.jsonl", "{\"prompt\": \"ok\"}\n{\"text\": 3}\n");
+    let run = dllm_rl().args(["generate", "--model"]).arg(&model).arg("--prompts").arg(&bad).output().unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("bad.jsonl:2") && err.contains("`prompt`"), "{err}");
+
+    // A checkpoint without a tokenizer says how to get one.
+    std::fs::remove_file(model.join("tokenizer.json")).unwrap();
+    let run = dllm_rl().args(["generate", "--prompt", "x", "--model"]).arg(&model).output().unwrap();
+    assert!(String::from_utf8_lossy(&run.stderr).contains("--byte-tokenizer"));
 }

@@ -111,6 +111,50 @@ impl ChatTokenizer {
     }
 }
 
+/// The special tokens of [`byte_level_tokenizer_json`], at ids 256.. in this order.
+pub const BYTE_LEVEL_SPECIALS: [&str; 4] = ["<|endoftext|>", IM_START, IM_END, "<|mask|>"];
+
+/// GPT-2's map from bytes to printable characters (what byte-level BPE vocabularies spell).
+fn byte_chars() -> Vec<char> {
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let mut extra = 0;
+    (0..256u32)
+        .map(|b| {
+            if printable(b) {
+                char::from_u32(b).unwrap_or('?')
+            } else {
+                extra += 1;
+                char::from_u32(255 + extra).unwrap_or('?')
+            }
+        })
+        .collect()
+}
+
+/// A tokenizer with no merges: byte b is token b, then `<|endoftext|>` 256, `<|im_start|>` 257,
+/// `<|im_end|>` 258, `<|mask|>` 259. Any text round-trips. For tiny models trained from scratch
+/// (tests, the quickstart); `dllm-rl model init --byte-tokenizer` writes it.
+pub fn byte_level_tokenizer_json() -> String {
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        byte_chars().into_iter().enumerate().map(|(i, c)| (c.to_string(), (i as u64).into())).collect();
+    let added: Vec<serde_json::Value> = BYTE_LEVEL_SPECIALS
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            serde_json::json!({"id": 256 + i, "content": t, "single_word": false, "lstrip": false,
+                               "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true});
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": byte_level, "post_processor": null, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "ignore_merges": false, "vocab": vocab, "merges": []}
+    })
+    .to_string()
+}
+
 /// Qwen2's pre-tokenizer pattern (as transformers' slow-to-fast conversion writes it).
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -290,5 +334,27 @@ pub(crate) mod tests {
         slow_files(dir.path(), serde_json::json!({"0": {"content": "<|endoftext|>", "special": true}, "7": {"content": "<|im_end|>", "special": true}}));
         let err = ChatTokenizer::from_dir(dir.path(), &config_with_tokens()).err().unwrap();
         assert!(err.to_string().contains("tokenizer_config.json") && err.to_string().contains("should have id 7"), "{err}");
+    }
+
+    #[test]
+    fn byte_level_tokenizer_round_trips_any_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, byte_level_tokenizer_json()).unwrap();
+        let mut config = config_with_tokens();
+        config.tokens.eos = vec![256];
+        config.tokens.pad = Some(256);
+        config.tokens.mask = Some(259);
+        config.vocab_size = 512;
+        let tok = ChatTokenizer::from_file(&path, &config).unwrap();
+        let text = "déf f(x):\n\treturn x ** 2  # ünïcode ✓\n";
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(ids.len(), text.len(), "one token per byte");
+        assert_eq!(ids[0], b'd' as i64);
+        assert_eq!(tok.decode(&ids, false).unwrap(), text);
+        assert_eq!((tok.token_id(IM_START), tok.token_id(IM_END), tok.token_id("<|mask|>")), (Some(257), Some(258), Some(259)));
+        assert_eq!(tok.stop_ids, vec![256, 258]);
+        let prompt = chat_prompt(&[ChatMessage::new("user", "hi")]);
+        assert_eq!(tok.decode(&tok.encode(&prompt).unwrap(), false).unwrap(), prompt);
     }
 }

@@ -17,13 +17,21 @@ fn fraction(step: i64, last: i64) -> f64 {
     }
 }
 
+/// Model text made safe for a terminal: control characters (other than newline and tab) shown
+/// as their escape, so a completion cannot move the cursor or change colours.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\n' && c != '\t' { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
+}
+
 /// The pieces with ANSI foreground colours by step, and a legend line.
 pub fn ansi(pieces: &[Piece]) -> String {
     let last = pieces.iter().map(|p| p.1).max().unwrap_or(0);
     let mut out = String::new();
     for (text, step) in pieces {
         let colour = if *step < 0 { 240 } else { RAMP[((fraction(*step, last) * (RAMP.len() - 1) as f64).round()) as usize] };
-        out.push_str(&format!("\x1b[38;5;{colour}m{text}"));
+        out.push_str(&format!("\x1b[38;5;{colour}m{}", printable(text)));
     }
     out.push_str("\x1b[0m\n");
     let legend: String = RAMP.iter().map(|c| format!("\x1b[38;5;{c}m█")).collect();
@@ -69,5 +77,6 @@ mod tests {
         let page = html(&[("sample & 1".into(), pieces)]);
         assert!(page.contains("sample &amp; 1") && page.contains("&lt;b&gt;") && page.contains("title=\"step 10\""));
         assert!(!page.contains("<script") && !page.contains("http"), "self-contained");
+        assert_eq!(printable("a\x1b[2Jb\n\tc"), "a\\u{1b}[2Jb\n\tc");
     }
 }

@@ -7,6 +7,7 @@ use crate::cli::Command;
 mod bench;
 mod bench_model;
 mod doctor;
+mod generate;
 mod model;
 mod prompts;
 mod verify;
@@ -16,6 +17,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => doctor::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Prompts(command) => prompts::run(command),
+        Command::Generate(args) => generate::run(args),
         Command::Model(command) => model::run(command),
         Command::Bench(crate::cli::BenchCommand::Verify(args)) => bench::run(args),
         Command::Bench(crate::cli::BenchCommand::Model(args)) => bench_model::run(args),

@@ -28,6 +28,10 @@ fn init(args: ModelInitArgs) -> anyhow::Result<ExitCode> {
     if let Some(tokenizer) = &args.tokenizer {
         std::fs::copy(tokenizer, args.out.join("tokenizer.json")).with_context(|| format!("copying {}", tokenizer.display()))?;
     }
+    if args.byte_tokenizer {
+        let path = args.out.join("tokenizer.json");
+        std::fs::write(&path, dllm_policy::tokenizer::byte_level_tokenizer_json()).with_context(|| format!("writing {}", path.display()))?;
+    }
     if let (Some(r), Some(dir)) = (args.lora_r, &args.lora_out) {
         let lora = LoraConfig { r, lora_alpha: 2.0 * r as f64, ..LoraConfig::default() };
         model.attach_lora(lora, args.seed)?;
