@@ -131,7 +131,7 @@ impl SamplerConfig {
         if self.steps < 1 {
             return bad("steps", format!("{} is not positive", self.steps));
         }
-        if !(self.temperature >= 0.0) {
+        if self.temperature.is_nan() || self.temperature < 0.0 {
             return bad("temperature", format!("{} is negative", self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
@@ -142,13 +142,13 @@ impl SamplerConfig {
                 return bad("top_k", format!("{k} is not positive"));
             }
         }
-        if !(self.alg_temp >= 0.0) {
+        if self.alg_temp.is_nan() || self.alg_temp < 0.0 {
             return bad("alg_temp", format!("{} is negative", self.alg_temp));
         }
         if !(self.eps > 0.0 && self.eps < 1.0) {
             return bad("eps", format!("{} is not in (0, 1)", self.eps));
         }
-        if !(self.pad_penalty >= 0.0) {
+        if self.pad_penalty.is_nan() || self.pad_penalty < 0.0 {
             return bad("pad_penalty", format!("{} is negative", self.pad_penalty));
         }
         if let Some(block) = &self.block {

@@ -58,7 +58,7 @@ impl Proposer {
     fn propose_chunk(&self, logits: &Tensor, uniforms: &Tensor) -> Proposal {
         let mut scaled = logits.to_kind(Kind::Float);
         if self.temperature > 0.0 {
-            scaled = scaled / self.temperature;
+            scaled /= self.temperature;
         }
         let filtered = self.top_p < 1.0 || self.top_k.is_some();
         // Work in sorted order when filtering (top-p needs it); else in vocabulary order.

@@ -160,7 +160,7 @@ pub fn sample(model: &DreamModel, cfg: &SamplerConfig, canvas: &Canvas, seeds: &
             if cfg.pad_penalty > 0.0 {
                 let progress = step_of_row.to_kind(Kind::Float) / total_steps as f64;
                 let is_stop = Tensor::isin(&proposed, &stop_ids, false, false).logical_and(&masked);
-                confidence = confidence - is_stop.to_kind(Kind::Float) * (progress.neg() + 1.0) * cfg.pad_penalty;
+                confidence -= is_stop.to_kind(Kind::Float) * (progress.neg() + 1.0) * cfg.pad_penalty;
             }
 
             let commit = if let Some(tau) = threshold {

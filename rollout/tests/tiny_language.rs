@@ -36,7 +36,23 @@ fn language() -> Vec<(Vec<i64>, Vec<i64>)> {
 /// Trains once per test process and saves the checkpoint; each test loads it.
 fn trained() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
+    DIR.get_or_init(|| train(&language()))
+}
+
+/// One prompt whose answer is one of two sequences, half the time each, then padding: the
+/// answer's tokens are uncertain until one is chosen, the padding is certain from the start.
+fn ambiguous() -> Vec<(Vec<i64>, Vec<i64>)> {
+    let a = language();
+    vec![(vec![1, 2], a[0].1.clone()), (vec![1, 2], a[1].1.clone())]
+}
+
+fn trained_ambiguous() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| train(&ambiguous()))
+}
+
+fn train(data: &[(Vec<i64>, Vec<i64>)]) -> PathBuf {
+    {
         let json = serde_json::json!({
             "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 24,
@@ -46,12 +62,11 @@ fn trained() -> &'static PathBuf {
         let config = ModelConfig::from_map(map, std::path::Path::new("tiny.json")).unwrap();
         let model = DreamModel::new(config, Placement::cpu(), Init::Random { seed: 1 }).unwrap();
         let mut opt = tch::nn::AdamW::default().build(&model.vs, 3e-3).unwrap();
-        let data = language();
         let rows: Vec<i64> = data.iter().flat_map(|(p, r)| p.iter().chain(r).copied()).collect();
-        let all = Tensor::from_slice(&rows).view([4, 2 + N]);
+        let all = Tensor::from_slice(&rows).view([data.len() as i64, 2 + N]);
         let response = Tensor::arange(2 + N, (Kind::Int64, Device::Cpu)).ge(2).unsqueeze(0);
         for _ in 0..300 {
-            let pick = Tensor::randint(4, [32], (Kind::Int64, Device::Cpu));
+            let pick = Tensor::randint(data.len() as i64, [32], (Kind::Int64, Device::Cpu));
             let sequences = all.index_select(0, &pick);
             let t = Tensor::rand([32, 1], (Kind::Float, Device::Cpu)) * 0.9 + 0.1;
             let mask = Tensor::rand([32, 2 + N], (Kind::Float, Device::Cpu)).lt_tensor(&t).logical_and(&response);
@@ -62,7 +77,7 @@ fn trained() -> &'static PathBuf {
         let dir = tempfile::tempdir().unwrap().keep();
         model.save_pretrained(&dir, &SaveOptions { kind: Kind::Float, ..SaveOptions::default() }).unwrap();
         dir
-    })
+    }
 }
 
 fn configs() -> Vec<(&'static str, SamplerConfig)> {
@@ -124,4 +139,24 @@ fn padded_batches_decode_what_buckets_decode() {
     for (b, p) in bucketed.iter().zip(&padded) {
         assert_eq!(b.response, p.response);
     }
+}
+
+#[test]
+fn pad_penalty_writes_the_answer_before_its_padding() {
+    let model = DreamModel::load(trained_ambiguous(), Placement::cpu()).unwrap();
+    let special = SpecialIds::from_config(&model.config, &[]).unwrap();
+    let requests = vec![Request { prompt: vec![1, 2], seeds: (0..8).collect() }];
+    let base = SamplerConfig { block: None, ..configs()[0].1.clone() };
+    let run = |cfg: &SamplerConfig| generate(&model, cfg, &requests, &special, Batching::Bucket, 16, &mut |_, _| {}).unwrap().0;
+    let answer_first = |rollouts: &[dllm_rollout::Rollout]| {
+        rollouts.iter().all(|r| r.step_map[..8].iter().max() < r.step_map[8..].iter().min())
+    };
+    // Without the penalty the certain padding is committed before the uncertain answer...
+    let plain = run(&base);
+    assert!(plain.iter().all(|r| r.step_map[8..].iter().min() < r.step_map[..8].iter().min()), "{:?}", plain[0].step_map);
+    // ...with it, every answer is written first, and is still one of the two answers.
+    let penalised = run(&SamplerConfig { pad_penalty: 100.0, ..base.clone() });
+    assert!(answer_first(&penalised), "{:?}", penalised[0].step_map);
+    let answers: Vec<Vec<i64>> = ambiguous().into_iter().map(|(_, r)| r).collect();
+    assert!(penalised.iter().all(|r| answers.contains(&r.response)));
 }
