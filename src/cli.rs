@@ -205,6 +205,44 @@ pub enum BenchCommand {
     /// log-probs (no grad) and its forward + backward with LoRA, on a random model of the given
     /// shape. Meant for a GPU (bf16); on a CPU use a small config.
     Model(BenchModelArgs),
+    /// Sampler speed: generated tokens/s and time per step for the plain sampler, Fast-dLLM's
+    /// prefix and dual caches and threshold decoding, and batching by buckets vs padding, on a
+    /// random model of the given shape (or a checkpoint).
+    Generate(BenchGenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchGenerateArgs {
+    /// Model shape (a config.json) [default: configs/models/dream-coder-7b.json, built in].
+    #[arg(long, conflicts_with = "model")]
+    pub config: Option<std::path::PathBuf>,
+    /// A checkpoint to sample from instead of a random model (threshold decoding is only
+    /// meaningful with trained confidences).
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    pub prompt_len: i64,
+    /// Samples of the prompt decoded together.
+    #[arg(long, default_value_t = 16)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: i64,
+    /// Denoising steps [default: new-tokens].
+    #[arg(long)]
+    pub steps: Option<i64>,
+    #[arg(long, default_value_t = 32)]
+    pub block_length: i64,
+    #[arg(long, default_value_t = 0.9)]
+    pub threshold: f64,
+    /// Timed runs per configuration (the median is reported), after one warm-up run.
+    #[arg(long, default_value_t = 1)]
+    pub iters: usize,
+    /// Skip the buckets-vs-padding comparison.
+    #[arg(long)]
+    pub no_batching: bool,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -239,3 +239,24 @@ fn generate_samples_a_model_from_model_init() {
     let run = dllm_rl().args(["generate", "--prompt", "x", "--model"]).arg(&model).output().unwrap();
     assert!(String::from_utf8_lossy(&run.stderr).contains("--byte-tokenizer"));
 }
+
+#[test]
+fn bench_generate_compares_samplers_on_a_tiny_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = dllm_rl()
+        .args(["-q", "bench", "generate", "--config"])
+        .arg(repo("configs/models/tiny.json"))
+        .args(["--prompt-len", "16", "--samples", "4", "--new-tokens", "16", "--block-length", "8", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 7);
+    // The plain sampler runs a full forward per step; the cached ones one per block.
+    assert_eq!((rows[0]["forwards"].as_i64(), rows[0]["full_forwards"].as_i64()), (Some(16), Some(16)));
+    assert_eq!(rows[1]["full_forwards"].as_i64(), Some(2));
+    assert!(rows.iter().all(|r| r["generated_tokens_per_second"].as_f64().unwrap() > 0.0));
+}

@@ -36,6 +36,9 @@ pub struct Proposer {
     pub alg: Alg,
 }
 
+/// Entries sorted when the top-p nucleus fits in them (see [`Proposer::sorted_head`]).
+pub const NUCLEUS_HEAD: i64 = 1024;
+
 /// Positions per chunk: about 512 M fp32 values per intermediate.
 fn chunk_rows(vocab: i64) -> i64 {
     ((1i64 << 29) / vocab.max(1)).max(1)
@@ -63,8 +66,8 @@ impl Proposer {
         let filtered = self.top_p < 1.0 || self.top_k.is_some();
         // Work in sorted order when filtering (top-p needs it); else in vocabulary order.
         let (values, order) = if filtered {
-            let (sorted, order) = scaled.sort(-1, true);
-            (self.filter_sorted(sorted), Some(order))
+            let (sorted, order, normaliser) = self.sorted_head(&scaled);
+            (self.filter_sorted(sorted, &normaliser), Some(order))
         } else {
             (scaled, None)
         };
@@ -101,12 +104,37 @@ impl Proposer {
         Proposal { tokens, confidence, probability }
     }
 
-    /// Top-p then top-k on logits sorted in descending order: removed entries become -inf.
-    fn filter_sorted(&self, sorted: Tensor) -> Tensor {
+    /// The logits in descending order with their vocabulary ids and each row's log-normaliser
+    /// (logsumexp over the whole vocabulary). Sorting 152k entries per position is the costly
+    /// part of a step, so only the largest [`NUCLEUS_HEAD`] (or top-k) are sorted when they
+    /// provably hold everything the filters keep: top-k within them, or a top-p nucleus whose
+    /// mass they already exceed in every row. Otherwise (flat distributions, as from random
+    /// weights) the whole vocabulary is sorted. Both give identical results.
+    fn sorted_head(&self, scaled: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let v = scaled.size()[1];
+        let normaliser = scaled.logsumexp([-1], true);
+        let head = self.top_k.unwrap_or(NUCLEUS_HEAD).min(v);
+        if head < v {
+            let (top, ids) = scaled.topk(head, -1, true, true);
+            let covered = self.top_k.is_some() || {
+                let mass = (&top - &normaliser).exp().sum_dim_intlist(-1, false, Kind::Float);
+                mass.gt(self.top_p).all().int64_value(&[]) != 0
+            };
+            if covered {
+                return (top, ids, normaliser);
+            }
+        }
+        let (sorted, ids) = scaled.sort(-1, true);
+        (sorted, ids, normaliser)
+    }
+
+    /// Top-p then top-k on logits sorted in descending order (a head of the vocabulary or all of
+    /// it; `normaliser` is the full row's logsumexp): removed entries become -inf.
+    fn filter_sorted(&self, sorted: Tensor, normaliser: &Tensor) -> Tensor {
         let (n, v) = (sorted.size()[0], sorted.size()[1]);
         let mut remove = Tensor::zeros([n, v], (Kind::Bool, sorted.device()));
         if self.top_p < 1.0 {
-            let cumulative = sorted.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
+            let cumulative = (&sorted - normaliser).exp().cumsum(-1, Kind::Float);
             let over = cumulative.gt(self.top_p);
             // Shift right: the entry that crosses p is kept, and the top entry always.
             let first = Tensor::zeros([n, 1], (Kind::Bool, sorted.device()));
@@ -187,6 +215,35 @@ mod tests {
             for (t, p) in probs.iter().enumerate() {
                 let freq = tokens.eq(t as i64).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
                 assert!((freq - *p as f64).abs() < 0.015, "top_p {top_p}: token {t}: {freq} vs {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_sorted_head_shortcut_changes_nothing() {
+        // Peaked rows (the nucleus fits in the head) and flat rows (it does not), over a
+        // vocabulary larger than the head.
+        let v = 3000;
+        let peaked = Tensor::randn([6, v], (Kind::Float, Device::Cpu)) * 8.0;
+        let flat = Tensor::randn([6, v], (Kind::Float, Device::Cpu)) * 0.1;
+        let u = Tensor::rand([6], (Kind::Float, Device::Cpu));
+        for logits in [peaked, flat] {
+            for (top_p, top_k) in [(0.95, None), (0.5, None), (1.0, Some(40)), (0.9, Some(2000))] {
+                for alg in [Alg::Entropy, Alg::TopkMargin, Alg::MaskgitPlus] {
+                    let fast = Proposer { temperature: 1.0, top_p, top_k, alg };
+                    let got = fast.propose(&logits, &u);
+                    // The reference: Dream's top_p_logits / top_k_logits over the full
+                    // vocabulary, then softmax, inverse CDF in sorted order.
+                    let (sorted, order) = logits.sort(-1, true);
+                    let full = fast.filter_sorted(sorted.shallow_clone(), &sorted.logsumexp([-1], true));
+                    let probs = full.softmax(-1, Kind::Float);
+                    let cdf = probs.cumsum(-1, Kind::Float);
+                    let idx = (u.unsqueeze(1) * cdf.narrow(1, v - 1, 1)).searchsorted(&cdf, false, true, "right", None::<Tensor>);
+                    let tokens = order.gather(1, &idx, false).squeeze_dim(1);
+                    assert!(got.tokens.equal(&tokens), "top_p {top_p} top_k {top_k:?}");
+                    let p = probs.gather(1, &idx, false).squeeze_dim(1);
+                    assert!(got.probability.allclose(&p, 1e-5, 1e-7, false));
+                }
             }
         }
     }

@@ -27,7 +27,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::cli::BenchModelArgs;
 
-const DREAM_CODER_7B: &str = include_str!("../../configs/models/dream-coder-7b.json");
+pub(crate) const DREAM_CODER_7B: &str = include_str!("../../configs/models/dream-coder-7b.json");
 
 #[derive(Debug, serde::Serialize)]
 struct Row {
@@ -142,14 +142,14 @@ impl Drop for MemoryProbe {
     }
 }
 
-fn synchronize(device: Device) {
+pub(crate) fn synchronize(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
     }
 }
 
 /// Median seconds of `iters` runs of `f` after one warm-up.
-fn time(device: Device, iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+pub(crate) fn time(device: Device, iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
     f()?;
     let mut samples = Vec::new();
     for _ in 0..iters.max(1) {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use crate::cli::Command;
 
 mod bench;
+mod bench_generate;
 mod bench_model;
 mod doctor;
 mod generate;
@@ -21,5 +22,6 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Model(command) => model::run(command),
         Command::Bench(crate::cli::BenchCommand::Verify(args)) => bench::run(args),
         Command::Bench(crate::cli::BenchCommand::Model(args)) => bench_model::run(args),
+        Command::Bench(crate::cli::BenchCommand::Generate(args)) => bench_generate::run(args),
     }
 }
