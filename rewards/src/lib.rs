@@ -1,3 +1,16 @@
-//! Rewards: turn verifier verdicts into scalar rewards and GRPO group advantages.
+//! Rewards: verifier verdicts → scalar rewards with reasons, group advantages, and the signals
+//! of reward hacking. No libtorch.
 //!
-//! Not implemented yet (issue 6); this crate exists so that the workspace shows the pipeline.
+//! - [`reward`]: [`RewardConfig`] (pass_all, pass_fraction, format, overlong; weighted) →
+//!   [`Reward`] with one reason per component.
+//! - [`advantage`]: GRPO / Dr. GRPO / RLOO group advantages, solve statistics, and
+//!   Dream-Coder's informative substitution.
+//! - [`hacks`]: signals of attempts on the judge, for the audit.
+
+pub mod advantage;
+pub mod hacks;
+pub mod reward;
+
+pub use advantage::{group_advantages, informative_substitution, AdvantageEstimator, SolveStats, Substitution};
+pub use hacks::{backend_disagreement, code_signals, HackSignal};
+pub use reward::{Judged, OverlongPenalty, Reward, RewardConfig, Unrewardable};
