@@ -48,6 +48,9 @@ pub enum Command {
     /// the step that committed each token, --html writes the same as a page, --out writes JSONL
     /// with token ids and step maps.
     Generate(GenerateArgs),
+    /// Evaluate a model on tasks: G completions per task, judged in the sandbox; unbiased
+    /// pass@k overall and per source and kind; per-task pass rates for `prompts difficulty`.
+    Eval(EvalArgs),
     /// Model checkpoints: make a random one of any shape, describe one.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -81,6 +84,23 @@ pub struct GenerateArgs {
     /// Samples per prompt.
     #[arg(long, short = 'n', default_value_t = 1)]
     pub samples: usize,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    /// Colour each completion by decode step in the terminal.
+    #[arg(long)]
+    pub show_order: bool,
+    /// Write the coloured decode order as a self-contained HTML page.
+    #[arg(long)]
+    pub html: Option<std::path::PathBuf>,
+    /// Write one JSON object per completion (ids, text, step map).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+/// Sampler options shared by `generate` and `eval` (defaults: Dream-Coder's evaluation
+/// settings, entropy order at temperature 0.1, top-p 0.95, one token per step).
+#[derive(Debug, Args)]
+pub struct SamplerArgs {
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: i64,
     /// Denoising steps [default: max-new-tokens].
@@ -121,15 +141,62 @@ pub struct GenerateArgs {
     /// bucket (equal prompt lengths per batch, no padding) or pad (left padding with a mask).
     #[arg(long, default_value = "bucket", value_parser = parse_enum::<dllm_rollout::Batching>)]
     pub batching: dllm_rollout::Batching,
-    /// Colour each completion by decode step in the terminal.
+}
+
+impl SamplerArgs {
+    pub fn config(&self) -> dllm_rollout::SamplerConfig {
+        dllm_rollout::SamplerConfig {
+            max_new_tokens: self.max_new_tokens,
+            steps: self.steps.unwrap_or(self.max_new_tokens),
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            alg: self.alg,
+            alg_temp: self.alg_temp,
+            block: self.block_length.map(|length| dllm_rollout::BlockConfig { length, cache: self.cache, threshold: self.threshold }),
+            pad_penalty: self.pad_penalty,
+            early_stop: !self.no_early_stop,
+            ..dllm_rollout::SamplerConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Checkpoint folder (Hugging Face layout, with a tokenizer).
     #[arg(long)]
-    pub show_order: bool,
-    /// Write the coloured decode order as a self-contained HTML page.
+    pub model: std::path::PathBuf,
+    /// A PEFT LoRA adapter folder to apply.
     #[arg(long)]
-    pub html: Option<std::path::PathBuf>,
-    /// Write one JSON object per completion (ids, text, step map).
+    pub lora: Option<std::path::PathBuf>,
+    /// Canonical tasks (JSONL) with a `prompt` each.
     #[arg(long)]
-    pub out: Option<std::path::PathBuf>,
+    pub tasks: std::path::PathBuf,
+    /// Completions per task (n of pass@k).
+    #[arg(long, short = 'n', default_value_t = 1)]
+    pub samples: usize,
+    /// The k of pass@k, comma-separated (those above --samples are skipped).
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10")]
+    pub k: Vec<usize>,
+    /// Only the first N tasks.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, value_enum, default_value_t = BackendArg::Native)]
+    pub backend: BackendArg,
+    /// Concurrent sandbox runs (default: the number of cores).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    /// Per-task pass rates (JSONL), what `prompts difficulty` reads.
+    #[arg(long)]
+    pub per_task: Option<std::path::PathBuf>,
+    /// Every completion with its verdict and reward (JSONL).
+    #[arg(long)]
+    pub completions: Option<std::path::PathBuf>,
+    /// Also write the summary as JSON.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

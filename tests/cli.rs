@@ -260,3 +260,44 @@ fn bench_generate_compares_samplers_on_a_tiny_shape() {
     assert_eq!(rows[1]["full_forwards"].as_i64(), Some(2));
     assert!(rows.iter().all(|r| r["generated_tokens_per_second"].as_f64().unwrap() > 0.0));
 }
+
+#[test]
+fn eval_generates_judges_and_writes_pass_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let init = dllm_rl().args(["-q", "model", "init", "--byte-tokenizer", "--config"]).arg(repo("configs/models/tiny.json")).arg("--out").arg(&model).output().unwrap();
+    assert!(init.status.success());
+    let tasks = dir.path().join("mbpp.jsonl");
+    let src = repo("tests/data/shared/sandboxfusion/code_eval_mbpp.jsonl");
+    assert!(dllm_rl().args(["-q", "prompts", "import", "--format", "sandboxfusion-mbpp", "--out"]).arg(&tasks).arg(&src).status().unwrap().success());
+    let per_task = dir.path().join("rates.jsonl");
+    let completions = dir.path().join("completions.jsonl");
+    let json = dir.path().join("summary.json");
+    let run = dllm_rl()
+        .args(["-q", "eval", "--model"])
+        .arg(&model)
+        .arg("--tasks")
+        .arg(&tasks)
+        .args(["--limit", "3", "--samples", "2", "--k", "1,2,5", "--max-new-tokens", "16", "--block-length", "8", "-j", "2"])
+        .arg("--per-task")
+        .arg(&per_task)
+        .arg("--completions")
+        .arg(&completions)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("| group | tasks | samples solved | pass@1 | pass@2 |") && !stdout.contains("pass@5"), "{stdout}");
+    let rates: Vec<serde_json::Value> = std::fs::read_to_string(&per_task).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rates.len(), 3);
+    assert!(rates.iter().all(|r| r["samples"] == 2 && r["kind"] == "assert"));
+    let judged: Vec<serde_json::Value> = std::fs::read_to_string(&completions).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(judged.len(), 6);
+    // A random model solves nothing, and every completion got a real verdict and a reward.
+    assert!(judged.iter().all(|j| j["verdict"] != "passed" && j["verdict"] != "sandbox_error" && j["reward"] == 0.0), "{judged:?}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(summary["overall"]["tasks"], 3);
+    assert_eq!(summary["overall"]["pass_at_k"]["1"], 0.0);
+}

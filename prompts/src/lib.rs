@@ -8,6 +8,8 @@
 //! rllm LeetCode and CodeContests, KodCode). The curation commands are issue 6's work.
 
 mod import;
+pub mod render;
 
 pub use dllm_verifier::Task;
 pub use import::{import_file, import_text, Format, ImportError, Imported, RowError};
+pub use render::{RenderConfig, Rendered};

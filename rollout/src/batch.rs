@@ -60,8 +60,9 @@ pub struct GenerateStats {
     pub full_forwards: i64,
 }
 
-/// Decodes every request's samples, at most `max_batch` rows at a time; `on_batch(done, total)`
-/// after each batch (rows).
+/// Decodes every request's samples, at most `max_batch` rows at a time; after each batch,
+/// `on_batch(its rollouts, rows done, rows in all)` (to start verifying while the next batch
+/// decodes, or to draw progress).
 pub fn generate(
     model: &DreamModel,
     cfg: &SamplerConfig,
@@ -69,7 +70,7 @@ pub fn generate(
     special: &SpecialIds,
     batching: Batching,
     max_batch: usize,
-    on_batch: &mut dyn FnMut(usize, usize),
+    on_batch: &mut dyn FnMut(&[Rollout], usize, usize),
 ) -> Result<(Vec<Rollout>, GenerateStats)> {
     cfg.validate()?;
     let limit = model.config.max_position_embeddings;
@@ -118,12 +119,17 @@ pub fn generate(
         let n = cfg.max_new_tokens;
         let responses = to_rows(&decoded.ids.narrow(1, canvas.prompt_len, n).to_device(Device::Cpu))?;
         let maps = to_rows(&decoded.step_map.to_device(Device::Cpu))?;
+        let mut finished = Vec::with_capacity(batch.len());
         for ((&(request, sample), response), step_map) in batch.iter().zip(responses).zip(maps) {
             let seed = requests[request].seeds[sample];
-            out[index[&(request, sample)]] = Some(Rollout { request, sample, seed, response, step_map });
+            finished.push(Rollout { request, sample, seed, response, step_map });
         }
         done += batch.len();
-        on_batch(done, rows.len());
+        on_batch(&finished, done, rows.len());
+        for r in finished {
+            let slot = index[&(r.request, r.sample)];
+            out[slot] = Some(r);
+        }
     }
     Ok((out.into_iter().flatten().collect(), stats))
 }

@@ -106,7 +106,7 @@ fn every_sampler_reproduces_the_trained_language() {
     let data = language();
     let requests: Vec<Request> = data.iter().map(|(p, _)| Request { prompt: p.clone(), seeds: vec![1, 2] }).collect();
     for (name, cfg) in configs() {
-        let (rollouts, stats) = generate(&model, &cfg, &requests, &special, Batching::Bucket, 16, &mut |_, _| {}).unwrap();
+        let (rollouts, stats) = generate(&model, &cfg, &requests, &special, Batching::Bucket, 16, &mut |_, _, _| {}).unwrap();
         assert_eq!(rollouts.len(), 8);
         for r in &rollouts {
             let expected = &data[r.request].1;
@@ -133,8 +133,8 @@ fn padded_batches_decode_what_buckets_decode() {
     let mut requests: Vec<Request> = data.iter().map(|(p, _)| Request { prompt: p.clone(), seeds: vec![3] }).collect();
     requests[0].prompt.insert(0, 1);
     let cfg = configs()[7].1.clone();
-    let (bucketed, b_stats) = generate(&model, &cfg, &requests, &special, Batching::Bucket, 16, &mut |_, _| {}).unwrap();
-    let (padded, p_stats) = generate(&model, &cfg, &requests, &special, Batching::Pad, 16, &mut |_, _| {}).unwrap();
+    let (bucketed, b_stats) = generate(&model, &cfg, &requests, &special, Batching::Bucket, 16, &mut |_, _, _| {}).unwrap();
+    let (padded, p_stats) = generate(&model, &cfg, &requests, &special, Batching::Pad, 16, &mut |_, _, _| {}).unwrap();
     assert_eq!((b_stats.batches, p_stats.batches), (2, 1));
     for (b, p) in bucketed.iter().zip(&padded) {
         assert_eq!(b.response, p.response);
@@ -147,7 +147,7 @@ fn pad_penalty_writes_the_answer_before_its_padding() {
     let special = SpecialIds::from_config(&model.config, &[]).unwrap();
     let requests = vec![Request { prompt: vec![1, 2], seeds: (0..8).collect() }];
     let base = SamplerConfig { block: None, ..configs()[0].1.clone() };
-    let run = |cfg: &SamplerConfig| generate(&model, cfg, &requests, &special, Batching::Bucket, 16, &mut |_, _| {}).unwrap().0;
+    let run = |cfg: &SamplerConfig| generate(&model, cfg, &requests, &special, Batching::Bucket, 16, &mut |_, _, _| {}).unwrap().0;
     let answer_first = |rollouts: &[dllm_rollout::Rollout]| {
         rollouts.iter().all(|r| r.step_map[..8].iter().max() < r.step_map[8..].iter().min())
     };

@@ -88,7 +88,7 @@ pub fn run(args: BenchGenerateArgs) -> anyhow::Result<ExitCode> {
     let mut measure = |name: String, cfg: &SamplerConfig, requests: &[Request], batching: Batching| -> anyhow::Result<()> {
         let mut last = None;
         let seconds = time(device, args.iters, || {
-            last = Some(generate(&model, cfg, requests, &special, batching, 64, &mut |_, _| {})?.1);
+            last = Some(generate(&model, cfg, requests, &special, batching, 64, &mut |_, _, _| {})?.1);
             Ok(())
         })?;
         let stats = last.unwrap_or_default();

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use dllm_policy::{chat_prompt, ChatMessage, ChatTokenizer, DreamModel, Placement};
 use dllm_rollout::order::{ansi, html, printable, Piece};
-use dllm_rollout::{generate, rollout_seed, BlockConfig, Request, SamplerConfig, SpecialIds};
+use dllm_rollout::{generate, rollout_seed, Request, SpecialIds};
 
 use crate::cli::GenerateArgs;
 
@@ -54,19 +54,25 @@ fn read_prompts(path: &Path, chat: bool) -> anyhow::Result<Vec<Prompt>> {
     Ok(prompts)
 }
 
-pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+/// Loads a checkpoint (and an adapter) onto the best device, with its tokenizer.
+pub(crate) fn load_policy(dir: &Path, lora: Option<&Path>) -> anyhow::Result<(DreamModel, ChatTokenizer)> {
     let placement = Placement::best_available();
-    let mut model = DreamModel::load(&args.model, placement).with_context(|| format!("loading {}", args.model.display()))?;
-    if let Some(lora) = &args.lora {
+    let mut model = DreamModel::load(dir, placement).with_context(|| format!("loading {}", dir.display()))?;
+    if let Some(lora) = lora {
         model.load_lora(lora).with_context(|| format!("loading the adapter {}", lora.display()))?;
     }
-    let tokenizer = ChatTokenizer::from_dir(&args.model, &model.config).with_context(|| {
+    let tokenizer = ChatTokenizer::from_dir(dir, &model.config).with_context(|| {
         format!(
             "{} has no usable tokenizer (tokenizer.json, or vocab.json + merges.txt); \
              `dllm-rl model init --byte-tokenizer` writes one for tiny models",
-            args.model.display()
+            dir.display()
         )
     })?;
+    Ok((model, tokenizer))
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let (model, tokenizer) = load_policy(&args.model, args.lora.as_deref())?;
     let prompts = match (&args.prompt, &args.prompts) {
         (Some(text), _) => {
             let text = if args.chat { chat_prompt(&[ChatMessage::new("user", text)]) } else { text.clone() };
@@ -75,19 +81,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         (None, Some(path)) => read_prompts(path, args.chat)?,
         (None, None) => bail!("give --prompt or --prompts"),
     };
-    let cfg = SamplerConfig {
-        max_new_tokens: args.max_new_tokens,
-        steps: args.steps.unwrap_or(args.max_new_tokens),
-        temperature: args.temperature,
-        top_p: args.top_p,
-        top_k: args.top_k,
-        alg: args.alg,
-        alg_temp: args.alg_temp,
-        block: args.block_length.map(|length| BlockConfig { length, cache: args.cache, threshold: args.threshold }),
-        pad_penalty: args.pad_penalty,
-        early_stop: !args.no_early_stop,
-        ..SamplerConfig::default()
-    };
+    let cfg = args.sampler.config();
     cfg.validate()?;
     let special = SpecialIds::from_config(&model.config, &tokenizer.stop_ids)?;
     let requests = prompts
@@ -95,7 +89,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         .enumerate()
         .map(|(i, p)| {
             let prompt = tokenizer.encode(&p.text).with_context(|| format!("tokenizing prompt {}", p.id))?;
-            let seeds = (0..args.samples as u64).map(|s| rollout_seed(args.seed, 0, i as u64, s)).collect();
+            let seeds = (0..args.samples as u64).map(|s| rollout_seed(args.sampler.seed, 0, i as u64, s)).collect();
             Ok(Request { prompt, seeds })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -104,11 +98,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let bar = indicatif::ProgressBar::new(rows as u64).with_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} completions, {elapsed}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    if rows <= args.batch_size {
+    if rows <= args.sampler.batch_size {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let start = Instant::now();
-    let (rollouts, stats) = generate(&model, &cfg, &requests, &special, args.batching, args.batch_size, &mut |done, _| bar.set_position(done as u64))?;
+    let (rollouts, stats) = generate(&model, &cfg, &requests, &special, args.sampler.batching, args.sampler.batch_size, &mut |_, done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
 

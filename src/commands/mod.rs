@@ -8,6 +8,7 @@ mod bench;
 mod bench_generate;
 mod bench_model;
 mod doctor;
+mod eval;
 mod generate;
 mod model;
 mod prompts;
@@ -19,6 +20,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify::run(args),
         Command::Prompts(command) => prompts::run(command),
         Command::Generate(args) => generate::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Model(command) => model::run(command),
         Command::Bench(crate::cli::BenchCommand::Verify(args)) => bench::run(args),
         Command::Bench(crate::cli::BenchCommand::Model(args)) => bench_model::run(args),
