@@ -136,10 +136,8 @@ fn format(completion: &str, v: &TaskVerdict) -> (f64, String) {
     let fences: Vec<(usize, &str)> =
         completion.lines().enumerate().filter_map(|(i, l)| l.trim_start().strip_prefix("```").map(|info| (i, info.trim()))).collect();
     let last_line = completion.trim_end().lines().count().saturating_sub(1);
-    let shape = match fences.as_slice() {
-        [(_, open), (close_at, "")] if matches!(*open, "python" | "py" | "python3") && *close_at == last_line => true,
-        _ => false,
-    };
+    let shape = matches!(fences.as_slice(),
+        [(_, open), (close_at, "")] if matches!(*open, "python" | "py" | "python3") && *close_at == last_line);
     if !shape || v.code_source != Some(CodeSource::Fenced) {
         let reason = match fences.len() {
             0 => "no fenced code block".to_string(),
