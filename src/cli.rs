@@ -386,6 +386,11 @@ pub enum FormatArg {
     RllmStdio,
     /// KodCode rows (pytest files importing from `solution`).
     Kodcode,
+    /// SandboxFusion LiveCodeBench rows (stdin or functional tests; pickled tests decoded
+    /// safely).
+    SandboxfusionLivecodebench,
+    /// SandboxFusion CRUXEval output-prediction rows (print the repr of f(input)).
+    SandboxfusionCruxeval,
 }
 
 impl From<FormatArg> for dllm_prompts::Format {
@@ -397,6 +402,8 @@ impl From<FormatArg> for dllm_prompts::Format {
             FormatArg::RllmLeetcode => Format::RllmLeetcode,
             FormatArg::RllmStdio => Format::RllmStdio,
             FormatArg::Kodcode => Format::Kodcode,
+            FormatArg::SandboxfusionLivecodebench => Format::SandboxfusionLivecodebench,
+            FormatArg::SandboxfusionCruxeval => Format::SandboxfusionCruxeval,
         }
     }
 }

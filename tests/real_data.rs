@@ -49,6 +49,7 @@ fn reference_tasks() -> Vec<(&'static str, Vec<Task>)> {
         ("leetcode", import(Format::RllmLeetcode, "rllm/leetcode_test.json")),
         ("kodcode algorithm", import(Format::Kodcode, "kodcode/algorithm_100_complete.json")),
         ("kodcode prefill", import(Format::Kodcode, "kodcode/prefill_200_complete.json")),
+        ("cruxeval", import(Format::SandboxfusionCruxeval, "sandboxfusion/code_eval_cruxeval.jsonl")),
     ]
 }
 
@@ -161,5 +162,43 @@ fn stdio_output_is_judged_per_test_and_strictly() {
         if has_letters {
             assert!(!lower.tests[0].verdict.passed(), "{}: lower-cased output accepted", p.task.id);
         }
+    }
+}
+
+#[test]
+fn every_shared_file_imports_without_a_bad_row() {
+    let files = [
+        (Format::SandboxfusionMbpp, "sandboxfusion/code_eval_mbpp.jsonl", 20),
+        (Format::SandboxfusionCommonOj, "sandboxfusion/code_eval_code_contests.jsonl", 20),
+        (Format::SandboxfusionLivecodebench, "sandboxfusion/code_eval_live_code_bench_v1.jsonl", 3),
+        (Format::SandboxfusionCruxeval, "sandboxfusion/code_eval_cruxeval.jsonl", 20),
+        (Format::RllmLeetcode, "rllm/leetcode_test.json", 200),
+        (Format::RllmStdio, "rllm/code_contests_test.json", 165),
+        (Format::Kodcode, "kodcode/algorithm_100_complete.json", 15),
+        (Format::Kodcode, "kodcode/prefill_200_complete.json", 80),
+    ];
+    for (format, file, rows) in files {
+        assert_eq!(import(format, file).len(), rows, "{file}");
+    }
+}
+
+#[test]
+fn livecodebench_pickled_tests_judge_real_solutions_and_refuse_the_exit_reference() {
+    let tasks = import(Format::SandboxfusionLivecodebench, "sandboxfusion/code_eval_live_code_bench_v1.jsonl");
+    let kinds: Vec<&str> = tasks.iter().map(|t| t.kind()).collect();
+    assert_eq!(kinds, ["stdio", "call", "stdio"]);
+    // The dataset's "reference" is `import sys; sys.exit(0)`: it must earn nothing.
+    assert_eq!(failing_references(Backend::Native, tasks.clone()).len(), 3);
+    let solutions = [
+        "t = int(input())\nfor _ in range(t):\n    s = input().strip()\n    print('YES' if sum(a != b for a, b in zip(s, 'abc')) in (0, 2) else 'NO')\n",
+        "```python\nclass Solution:\n    def countSeniors(self, details: List[str]) -> int:\n        return sum(int(d[11:13]) > 60 for d in details)\n```",
+        "n = int(input())\ns = input().strip()\nt, a = s.count('T'), s.count('A')\nif t != a:\n    print('T' if t > a else 'A')\nelse:\n    print('T' if s[-1] == 'A' else 'A')\n",
+    ];
+    let v = verifier(Backend::Native);
+    let prepared: Vec<PreparedTask> = tasks.into_iter().map(|t| v.prepare(t).unwrap()).collect();
+    let completions: Vec<Completion> = solutions.iter().enumerate().map(|(i, s)| Completion { task: i, text: s.to_string() }).collect();
+    for verdict in v.verify_batch(&prepared, &completions, &|_| {}) {
+        assert!(verdict.all_passed, "{}: {:?}", verdict.task_id, verdict.tests.iter().find(|t| !t.verdict.passed()));
+        assert!(verdict.tests.len() >= 2);
     }
 }

@@ -3,9 +3,11 @@
 //! A row that cannot be imported becomes a [`RowError`] naming the file, the row (1-based line
 //! for JSONL, 1-based index for a JSON array) and the field; nothing is dropped silently.
 
+mod pickle;
+
 use std::path::{Path, PathBuf};
 
-use dllm_verifier::task::{Limits, StdioTest, TestSpec, TextComparator};
+use dllm_verifier::task::{CallTest, Limits, StdioTest, TestSpec, TextComparator, ValueComparator};
 use dllm_verifier::Task;
 use serde_json::Value;
 
@@ -23,6 +25,13 @@ pub enum Format {
     RllmStdio,
     /// KodCode rows: `instruction`, `response`, `test_code` (pytest importing from `solution`).
     Kodcode,
+    /// SandboxFusion's LiveCodeBench rows: `content`, `labels.task_id`, `test` = LCB's
+    /// `input_output` (JSON, or base64(zlib(pickle))): stdin tests, or LeetCode-style functional
+    /// tests (`fn_name`, one JSON argument per input line).
+    SandboxfusionLivecodebench,
+    /// SandboxFusion's CRUXEval output-prediction rows: `code`, `input`, `output`. Imported as a
+    /// program that must print `repr()` of `f(input)`.
+    SandboxfusionCruxeval,
 }
 
 impl Format {
@@ -33,15 +42,19 @@ impl Format {
             Format::RllmLeetcode => "rllm-leetcode",
             Format::RllmStdio => "rllm-stdio",
             Format::Kodcode => "kodcode",
+            Format::SandboxfusionLivecodebench => "sandboxfusion-livecodebench",
+            Format::SandboxfusionCruxeval => "sandboxfusion-cruxeval",
         }
     }
 
-    pub const ALL: [Format; 5] = [
+    pub const ALL: [Format; 7] = [
         Format::SandboxfusionMbpp,
         Format::SandboxfusionCommonOj,
         Format::RllmLeetcode,
         Format::RllmStdio,
         Format::Kodcode,
+        Format::SandboxfusionLivecodebench,
+        Format::SandboxfusionCruxeval,
     ];
 }
 
@@ -125,6 +138,8 @@ fn import_row(format: Format, row: usize, v: &Value) -> RowResult {
         Format::RllmLeetcode => leetcode(row, v),
         Format::RllmStdio => rllm_stdio(row, v),
         Format::Kodcode => kodcode(row, v),
+        Format::SandboxfusionLivecodebench => livecodebench(row, v),
+        Format::SandboxfusionCruxeval => cruxeval(row, v),
     }
 }
 
@@ -268,6 +283,78 @@ fn kodcode(row: usize, v: &Value) -> RowResult {
         reference: Some(string(v, "response")?),
         prelude: String::new(),
         spec: TestSpec::Pytest { entry_points: vec![], test_code: string(v, "test_code")? },
+        limits: Limits::default(),
+    })
+}
+
+/// LiveCodeBench's `input_output`: JSON text, or base64(zlib(pickle({"input_output": JSON}))).
+fn lcb_input_output(text: &str) -> Result<Value, (String, String)> {
+    let json = match serde_json::from_str::<Value>(text) {
+        Ok(Value::String(inner)) => inner,
+        Ok(v) => return Ok(v),
+        Err(_) => {
+            let dict = pickle::decode_field(text).map_err(|e| ("test".to_owned(), e))?;
+            dict.get("input_output").cloned().flatten().ok_or_else(|| ("test".to_owned(), "no `input_output` in the pickled dict".to_owned()))?
+        }
+    };
+    serde_json::from_str(&json).map_err(|e| ("test".to_owned(), format!("input_output is not JSON: {e}")))
+}
+
+fn livecodebench(row: usize, v: &Value) -> RowResult {
+    let labels = json_or_string(v, "labels")?;
+    let id = labels.get("task_id").and_then(Value::as_str).map_or_else(|| row.to_string(), str::to_owned);
+    let io = lcb_input_output(&string(v, "test")?)?;
+    let list = |name: &str| -> Result<Vec<String>, (String, String)> {
+        strings(&io, name).map_err(|(f, m)| (format!("test.{f}"), m))
+    };
+    let (inputs, outputs) = (list("inputs")?, list("outputs")?);
+    let (spec, prelude) = match io.get("fn_name").and_then(Value::as_str) {
+        None => (TestSpec::Stdio { tests: stdio_tests(&inputs, &outputs, "test")?, comparator: TextComparator::Lines }, String::new()),
+        Some(name) => {
+            if inputs.len() != outputs.len() || inputs.is_empty() {
+                return Err(("test".into(), format!("{} inputs, {} outputs", inputs.len(), outputs.len())));
+            }
+            let parse = |s: &str| serde_json::from_str::<Value>(s).map_err(|e| ("test".to_owned(), format!("`{s}` is not JSON: {e}")));
+            let tests = inputs
+                .iter()
+                .zip(&outputs)
+                .map(|(i, o)| {
+                    let args = i.lines().filter(|l| !l.trim().is_empty()).map(parse).collect::<Result<Vec<_>, _>>()?;
+                    Ok(CallTest { args, kwargs: Default::default(), expected: parse(o)? })
+                })
+                .collect::<Result<Vec<_>, (String, String)>>()?;
+            let spec = TestSpec::Call { entry_point: name.into(), class_name: Some("Solution".into()), tests, comparator: ValueComparator::Exact };
+            (spec, LEETCODE_PRELUDE.to_owned())
+        }
+    };
+    Ok(Task {
+        id: format!("livecodebench/{id}"),
+        source: Some("livecodebench".into()),
+        prompt: Some(string(v, "content")?),
+        reference: v.get("canonical_solution").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned),
+        prelude,
+        spec,
+        limits: Limits::default(),
+    })
+}
+
+fn cruxeval(row: usize, v: &Value) -> RowResult {
+    let (code, input, output) = (string(v, "code")?, string(v, "input")?, string(v, "output")?);
+    let id = v.get("id").and_then(Value::as_str).map_or_else(|| row.to_string(), str::to_owned);
+    let prompt = format!(
+        "Here is a Python function:\n\n```python\n{code}\n```\n\nWhat does `f({input})` return? \
+         Write a program that prints the `repr()` of the returned value."
+    );
+    Ok(Task {
+        id: format!("cruxeval/{id}"),
+        source: Some("cruxeval".into()),
+        prompt: Some(prompt),
+        reference: Some(format!("{code}\nprint(repr(f({input})))\n")),
+        prelude: String::new(),
+        spec: TestSpec::Stdio {
+            tests: vec![StdioTest { stdin: String::new(), stdout: format!("{output}\n") }],
+            comparator: TextComparator::Lines,
+        },
         limits: Limits::default(),
     })
 }
