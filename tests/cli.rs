@@ -301,3 +301,78 @@ fn eval_generates_judges_and_writes_pass_rates() {
     assert_eq!(summary["overall"]["tasks"], 3);
     assert_eq!(summary["overall"]["pass_at_k"]["1"], 0.0);
 }
+
+fn read_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn curation_commands_catch_what_was_planted() {
+    let dir = tempfile::tempdir().unwrap();
+    let import = |format: &str, src: &str, out: &str| {
+        let out = dir.path().join(out);
+        let run = dllm_rl().args(["-q", "prompts", "import", "--format", format, "--out"]).arg(&out).arg(repo(src)).output().unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        out
+    };
+    let mbpp = import("sandboxfusion-mbpp", "tests/data/shared/sandboxfusion/code_eval_mbpp.jsonl", "mbpp.jsonl");
+    let kod = import("kodcode", "tests/data/shared/kodcode/algorithm_100_complete.json", "kod.jsonl");
+    // Plant: a renamed copy of a KodCode task (same prompt) and a training task that quotes an
+    // MBPP problem.
+    let mut rows = read_lines(&kod);
+    let mut copy = rows[0].clone();
+    copy["id"] = "planted/copy".into();
+    let mbpp_rows = read_lines(&mbpp);
+    let mut leak = rows[1].clone();
+    leak["id"] = "planted/leak".into();
+    leak["prompt"] = format!("Warm-up first. {}", mbpp_rows[3]["prompt"].as_str().unwrap()).into();
+    rows.push(copy);
+    rows.push(leak);
+    write(dir.path(), "train.jsonl", &rows.iter().map(|r| r.to_string() + "\n").collect::<String>());
+    let run = |args: &[&str]| {
+        let out = dllm_rl().arg("-q").args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+
+    let said = run(&["prompts", "validate", "--min-tests", "1", "--out", &p("valid.jsonl"), &p("train.jsonl")]);
+    assert!(said.contains("17 in, 17 kept"), "{said}");
+    let manifest = read_lines(&dir.path().join("valid.manifest.jsonl"));
+    assert_eq!(manifest.len(), 17);
+    assert!(manifest.iter().all(|d| d["reason"].as_str().unwrap().starts_with("reference passes all")));
+    // The default minimum of 5 tests drops KodCode files with fewer test functions.
+    let said = run(&["prompts", "validate", "--out", &p("valid5.jsonl"), &p("train.jsonl")]);
+    assert!(said.contains("too few tests"), "{said}");
+
+    run(&["prompts", "dedupe", "--out", &p("unique.jsonl"), &p("valid.jsonl")]);
+    let manifest = read_lines(&dir.path().join("unique.manifest.jsonl"));
+    let dropped: Vec<&serde_json::Value> = manifest.iter().filter(|d| d["kept"] == false).collect();
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert_eq!(dropped[0]["task_id"], "planted/copy");
+
+    run(&["prompts", "decontaminate", "--against", &p("mbpp.jsonl"), "--out", &p("clean.jsonl"), &p("unique.jsonl")]);
+    let manifest = read_lines(&dir.path().join("clean.manifest.jsonl"));
+    let dropped: Vec<&serde_json::Value> = manifest.iter().filter(|d| d["kept"] == false).collect();
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert_eq!((dropped[0]["task_id"].as_str(), dropped[0]["numbers"]["against"].as_str()), (Some("planted/leak"), Some("mbpp/14")));
+
+    // Mix MBPP and KodCode 1:1 (KodCode limits it to 15 + 15), then split and count.
+    let said = run(&["prompts", "mix", "--target", "mbpp=1,kodcode=1", "--seed", "3", "--out", &p("mix.jsonl"), &p("clean.jsonl"), &p("mbpp.jsonl")]);
+    assert!(said.contains("kodcode: 15 (50.0%, target 50.0%)") && said.contains("mbpp: 15 (50.0%"), "{said}");
+    run(&["prompts", "split", "--part", "train=0.8,test=0.2", "--out", &p("split"), &p("mix.jsonl")]);
+    let (a, b) = (read_lines(&dir.path().join("split/train.jsonl")).len(), read_lines(&dir.path().join("split/test.jsonl")).len());
+    assert_eq!(a + b, 30);
+
+    // Difficulty from eval-style pass rates, and stats with the histogram.
+    let rates = write(dir.path(), "rates.jsonl", "{\"task_id\": \"mbpp/11\", \"samples\": 4, \"passed\": 4}\n{\"task_id\": \"mbpp/12\", \"samples\": 4, \"passed\": 1}\n");
+    let said = run(&["prompts", "difficulty", "--rates", rates.to_str().unwrap(), "--out", &p("hard.jsonl"), &p("mbpp.jsonl")]);
+    assert!(said.contains("20 in, 1 kept, 19 dropped (no pass rate 18, too easy 1)"), "{said}");
+    let said = run(&["prompts", "stats", "--rates", rates.to_str().unwrap(), &p("mbpp.jsonl")]);
+    assert!(said.contains("20 tasks, 20 with a reference solution") && said.contains("pass rate:       (0, 0.25] 1, 1 1, unrated 18"), "{said}");
+
+    // A repeated id across inputs is an error naming both places.
+    let out = dllm_rl().args(["prompts", "dedupe", "--out"]).arg(p("x.jsonl")).arg(&mbpp).arg(&mbpp).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already at"), "{}", String::from_utf8_lossy(&out.stderr));
+}

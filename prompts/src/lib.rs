@@ -1,12 +1,13 @@
-//! Prompts: import real task sets into the verifier's canonical [`Task`] schema (and, later,
-//! curate them: validate, dedupe, decontaminate, difficulty, mix, split).
+//! Prompts: import real task sets into the verifier's canonical [`Task`] schema, render them
+//! into what the policy reads, and curate them.
 //!
-//! Main types: [`Format`] (the source layouts understood), [`import_file`] and its
-//! [`Imported`] report, where every bad row is named by file, row and field.
-//!
-//! Today: the importers for the formats of `shared/data` (SandboxFusion MBPP and CommonOJ,
-//! rllm LeetCode and CodeContests, KodCode). The curation commands are issue 6's work.
+//! - import: [`Format`] (the source layouts understood), [`import_file`] and its [`Imported`]
+//!   report, where every bad row is named by file, row and field;
+//! - [`render`]: [`RenderConfig`], the instruction by task kind, per source;
+//! - [`curate`]: validate, dedupe, decontaminate, difficulty, mix, split, stats; each step
+//!   returns the tasks kept and one decision per task.
 
+pub mod curate;
 mod import;
 pub mod render;
 

@@ -1,18 +1,47 @@
-//! `dllm-rl prompts ...`: import and curate task sets.
+//! `dllm-rl prompts ...`: import and curate task sets. Every curation step writes the tasks it
+//! keeps and a manifest with one decision per task.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use dllm_prompts::import_file;
+use dllm_prompts::curate::{self, Curated, Decision};
+use dllm_prompts::{import_file, Task};
+use serde_json::Value;
 
-use crate::cli::{ImportArgs, PromptsCommand};
+use super::verify::read_jsonl;
+use crate::cli::{
+    CurateIo, DecontaminateArgs, DedupeArgs, DifficultyArgs, ImportArgs, MixArgs, MixKeyArg, PromptsCommand, SplitArgs, StatsArgs,
+    ValidateArgs,
+};
 
 pub fn run(command: PromptsCommand) -> anyhow::Result<ExitCode> {
     match command {
         PromptsCommand::Import(args) => import(args),
+        PromptsCommand::Validate(args) => validate(args),
+        PromptsCommand::Dedupe(args) => dedupe(args),
+        PromptsCommand::Decontaminate(args) => decontaminate(args),
+        PromptsCommand::Difficulty(args) => difficulty(args),
+        PromptsCommand::Mix(args) => mix(args),
+        PromptsCommand::Split(args) => split(args),
+        PromptsCommand::Stats(args) => stats(args),
     }
+}
+
+fn write_jsonl<T: serde::Serialize>(path: &Path, items: impl IntoIterator<Item = T>) -> anyhow::Result<usize> {
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = BufWriter::new(file);
+    let mut n = 0;
+    for item in items {
+        serde_json::to_writer(&mut w, &item)?;
+        w.write_all(b"\n")?;
+        n += 1;
+    }
+    w.flush()?;
+    Ok(n)
 }
 
 fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
@@ -31,13 +60,208 @@ fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         tracing::debug!("{}: {} tasks, {} bad rows", input.display(), imported.tasks.len(), imported.errors.len());
         tasks.extend(imported.tasks);
     }
-    let file = File::create(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    let mut w = BufWriter::new(file);
-    for task in &tasks {
-        serde_json::to_writer(&mut w, task)?;
-        w.write_all(b"\n")?;
+    write_jsonl(&args.out, &tasks)?;
+    println!("{} tasks written to {} (from {} {} file(s); {bad} rows skipped)", tasks.len(), args.out.display(), args.inputs.len(), format.name());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Canonical tasks from several files; a repeated id is an error naming both places.
+fn read_tasks(inputs: &[PathBuf]) -> anyhow::Result<Vec<Task>> {
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut tasks = Vec::new();
+    for path in inputs {
+        for (line, task) in read_jsonl::<Task>(path)? {
+            let here = format!("{}:{line}", path.display());
+            if let Some(first) = seen.insert(task.id.clone(), here.clone()) {
+                bail!("{here}: task id {:?} already at {first}", task.id);
+            }
+            tasks.push(task);
+        }
     }
-    w.flush()?;
-    println!("{} tasks written to {} ({} as {}; {bad} rows skipped)", tasks.len(), args.out.display(), args.inputs.len(), format.name());
+    Ok(tasks)
+}
+
+/// `valid.jsonl` → `valid.manifest.jsonl`.
+fn manifest_path(out: &Path) -> PathBuf {
+    let stem = out.file_stem().map_or_else(|| "out".into(), |s| s.to_string_lossy().into_owned());
+    out.with_file_name(format!("{stem}.manifest.jsonl"))
+}
+
+fn finish(step: &str, io: &CurateIo, before: usize, curated: &Curated) -> anyhow::Result<ExitCode> {
+    write_jsonl(&io.out, &curated.kept)?;
+    let manifest = manifest_path(&io.out);
+    write_jsonl(&manifest, &curated.decisions)?;
+    let dropped = curated.dropped_by_reason();
+    let reasons: Vec<String> = dropped.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    let flagged = curated.decisions.iter().filter(|d| d.kept && d.reason.starts_with("flagged")).count();
+    println!(
+        "{step}: {before} in, {} kept{}, {} dropped{}; tasks in {}, decisions in {}",
+        curated.kept.len(),
+        if flagged > 0 { format!(" ({flagged} flagged)") } else { String::new() },
+        before - curated.kept.len(),
+        if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) },
+        io.out.display(),
+        manifest.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let tasks = read_tasks(&args.io.inputs)?;
+    let before = tasks.len();
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let verifier = dllm_verifier::Verifier::new(args.backend.into(), jobs).context("starting the sandbox")?;
+    let bar = indicatif::ProgressBar::new(before as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} references, {elapsed}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let cfg = curate::validate::ValidateConfig { min_tests: args.min_tests, keep_unverified: args.keep_unverified, flag_only: args.flag_only };
+    let curated = curate::validate::validate(tasks, &verifier, cfg, &|| bar.inc(1));
+    bar.finish_and_clear();
+    finish("validate", &args.io, before, &curated)
+}
+
+fn dedupe(args: DedupeArgs) -> anyhow::Result<ExitCode> {
+    if !(0.0..=1.0).contains(&args.threshold) {
+        bail!("--threshold {} is not in [0, 1]", args.threshold);
+    }
+    let tasks = read_tasks(&args.io.inputs)?;
+    let before = tasks.len();
+    let cfg = curate::dedupe::DedupeConfig { threshold: args.threshold, shingle: args.shingle, ..Default::default() };
+    finish("dedupe", &args.io, before, &curate::dedupe::dedupe(tasks, cfg))
+}
+
+/// Evaluation problems as (id, text) from any file `decontaminate --against` accepts.
+fn read_against(args: &DecontaminateArgs) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for path in &args.against {
+        if let Some(format) = args.against_format {
+            let imported = import_file(format.into(), path)?;
+            out.extend(imported.tasks.into_iter().map(|t| (t.id, t.prompt.unwrap_or_default())));
+            continue;
+        }
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let rows: Vec<(usize, Value)> = if text.trim_start().starts_with('[') {
+            let all: Vec<Value> = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+            all.into_iter().enumerate().map(|(i, v)| (i + 1, v)).collect()
+        } else {
+            read_jsonl::<Value>(path)?
+        };
+        for (line, row) in rows {
+            let text = ["prompt", "question", "content", "problem", "text"]
+                .iter()
+                .find_map(|k| row.get(*k).and_then(Value::as_str))
+                .with_context(|| format!("{}:{line}: no `prompt` (or question, content, problem, text) field", path.display()))?;
+            let id = ["id", "task_id"]
+                .iter()
+                .find_map(|k| row.get(*k))
+                .map_or_else(|| format!("{}:{line}", path.display()), |v| v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+            out.push((id, text.to_owned()));
+        }
+    }
+    Ok(out)
+}
+
+fn decontaminate(args: DecontaminateArgs) -> anyhow::Result<ExitCode> {
+    let against = read_against(&args)?;
+    let tasks = read_tasks(&args.io.inputs)?;
+    let before = tasks.len();
+    let cfg = curate::decontaminate::DecontaminateConfig { ngram: args.ngram, min_overlap: args.min_overlap.max(1) };
+    tracing::info!("{} evaluation problems", against.len());
+    finish("decontaminate", &args.io, before, &curate::decontaminate::decontaminate(tasks, &against, cfg))
+}
+
+fn read_rates(path: &Path) -> anyhow::Result<HashMap<String, curate::difficulty::PassRate>> {
+    Ok(read_jsonl::<curate::difficulty::PassRate>(path)?.into_iter().map(|(_, r)| (r.task_id.clone(), r)).collect())
+}
+
+fn difficulty(args: DifficultyArgs) -> anyhow::Result<ExitCode> {
+    if args.min > args.max {
+        bail!("--min {} is above --max {}", args.min, args.max);
+    }
+    let rates = read_rates(&args.rates)?;
+    let tasks = read_tasks(&args.io.inputs)?;
+    let before = tasks.len();
+    let cfg = curate::difficulty::DifficultyConfig { min: args.min, max: args.max, keep_unrated: args.keep_unrated };
+    finish("difficulty", &args.io, before, &curate::difficulty::difficulty(tasks, &rates, cfg))
+}
+
+/// `name=0.5` pairs; errors name the bad item.
+fn parse_pairs(items: &[String], flag: &str) -> anyhow::Result<Vec<(String, f64)>> {
+    items
+        .iter()
+        .map(|item| {
+            let (name, value) = item.split_once('=').with_context(|| format!("{flag} {item:?}: expected NAME=FRACTION"))?;
+            let value: f64 = value.trim().parse().with_context(|| format!("{flag} {item:?}: {value:?} is not a number"))?;
+            if value.is_nan() || value < 0.0 {
+                bail!("{flag} {item:?}: fractions must not be negative");
+            }
+            Ok((name.trim().to_owned(), value))
+        })
+        .collect()
+}
+
+fn mix(args: MixArgs) -> anyhow::Result<ExitCode> {
+    let targets: BTreeMap<String, f64> = parse_pairs(&args.target, "--target")?.into_iter().collect();
+    if targets.values().sum::<f64>() <= 0.0 {
+        bail!("--target: the proportions sum to zero");
+    }
+    let key = match args.by {
+        MixKeyArg::Source => curate::mix::MixKey::Source,
+        MixKeyArg::Kind => curate::mix::MixKey::Kind,
+        MixKeyArg::SourceKind => curate::mix::MixKey::SourceKind,
+    };
+    let tasks = read_tasks(&args.io.inputs)?;
+    let before = tasks.len();
+    let curated = curate::mix::mix(tasks, key, &targets, args.total, args.seed);
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for t in &curated.kept {
+        *counts.entry(key.of(t)).or_default() += 1;
+    }
+    let total = curated.kept.len().max(1) as f64;
+    for (g, n) in &counts {
+        println!("  {g}: {n} ({:.1}%, target {:.1}%)", 100.0 * *n as f64 / total, 100.0 * targets[g] / targets.values().sum::<f64>());
+    }
+    finish("mix", &args.io, before, &curated)
+}
+
+fn split(args: SplitArgs) -> anyhow::Result<ExitCode> {
+    let parts = parse_pairs(&args.part, "--part")?;
+    if parts.iter().map(|p| p.1).sum::<f64>() <= 0.0 {
+        bail!("--part: the fractions sum to zero");
+    }
+    let tasks = read_tasks(&args.inputs)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let (out, decisions): (BTreeMap<String, Vec<Task>>, Vec<Decision>) = curate::split::split(tasks, &parts, args.seed);
+    for (name, tasks) in &out {
+        let path = args.out.join(format!("{name}.jsonl"));
+        write_jsonl(&path, tasks)?;
+        println!("  {name}: {} tasks in {}", tasks.len(), path.display());
+    }
+    write_jsonl(&args.out.join("split.manifest.jsonl"), &decisions)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
+    let tasks = read_tasks(&args.inputs)?;
+    let rates = args.rates.as_deref().map(read_rates).transpose()?;
+    let s = curate::stats::stats(&tasks, rates.as_ref());
+    println!("{} tasks, {} with a reference solution", s.tasks, s.with_reference);
+    let line = |title: &str, cells: Vec<String>| println!("{title:<16} {}", cells.join(", "));
+    let cells = |pairs: &mut dyn Iterator<Item = (&String, &usize)>| pairs.map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>();
+    line("by source:", cells(&mut s.by_source.iter()));
+    line("by kind:", cells(&mut s.by_kind.iter()));
+    line("by tests:", cells(&mut s.by_test_count.iter().map(|(k, v)| (k, v))));
+    if let Some(t) = &s.tests {
+        println!("{:<16} min {}, median {}, p90 {}, max {}", "tests per task:", t.min, t.median, t.p90, t.max);
+    }
+    if let Some(p) = &s.prompt_chars {
+        println!("{:<16} min {}, median {}, p90 {}, max {}", "prompt chars:", p.min, p.median, p.p90, p.max);
+    }
+    if let Some(hist) = &s.pass_rate {
+        line("pass rate:", cells(&mut hist.iter().map(|(k, v)| (k, v))));
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&s)?).with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(ExitCode::SUCCESS)
 }

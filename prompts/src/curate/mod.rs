@@ -1,0 +1,103 @@
+//! Curation: each step reads a task set and writes the tasks it keeps plus a manifest with one
+//! [`Decision`] per task (kept or dropped, why, and the numbers behind it). Nothing is dropped
+//! without a line saying so.
+//!
+//! - [`validate`]: references must pass their own tests in the sandbox; a minimum number of tests.
+//! - [`dedupe`]: exact and near-duplicate prompts (MinHash-LSH over word shingles, Jaccard checked).
+//! - [`decontaminate`]: n-gram overlap with evaluation sets.
+//! - [`difficulty`]: pass rates of a model (from `dllm-rl eval`) within a range.
+//! - [`mix`]: seeded sampling to target proportions by source or kind.
+//! - [`split`]: seeded, stable splits by hashing task ids.
+//! - [`stats`]: counts by source, kind, number of tests, prompt length, pass rate.
+
+pub mod dedupe;
+pub mod decontaminate;
+pub mod difficulty;
+pub mod mix;
+pub mod split;
+pub mod stats;
+pub mod validate;
+
+use dllm_verifier::{Task, TestSpec};
+use serde::{Deserialize, Serialize};
+
+/// One task's fate at one curation step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub task_id: String,
+    pub step: String,
+    pub kept: bool,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub numbers: serde_json::Value,
+}
+
+impl Decision {
+    pub fn keep(task: &Task, step: &str, reason: impl Into<String>, numbers: serde_json::Value) -> Self {
+        Decision { task_id: task.id.clone(), step: step.into(), kept: true, reason: reason.into(), numbers }
+    }
+
+    pub fn drop(task: &Task, step: &str, reason: impl Into<String>, numbers: serde_json::Value) -> Self {
+        Decision { task_id: task.id.clone(), step: step.into(), kept: false, reason: reason.into(), numbers }
+    }
+}
+
+/// The outcome of a step: the tasks kept (in input order) and every decision.
+#[derive(Debug, Default)]
+pub struct Curated {
+    pub kept: Vec<Task>,
+    pub decisions: Vec<Decision>,
+}
+
+impl Curated {
+    /// Splits `tasks` by `decisions` (one per task, in order).
+    pub fn from_decisions(tasks: Vec<Task>, decisions: Vec<Decision>) -> Self {
+        let kept = tasks.into_iter().zip(&decisions).filter(|(_, d)| d.kept).map(|(t, _)| t).collect();
+        Curated { kept, decisions }
+    }
+
+    /// Dropped tasks counted by reason (the reason's text up to its first ':').
+    pub fn dropped_by_reason(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for d in self.decisions.iter().filter(|d| !d.kept) {
+            let key = d.reason.split(':').next().unwrap_or(&d.reason).trim().to_string();
+            *counts.entry(key).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+/// The words of a text, lowercased, punctuation dropped: what duplicate and contamination
+/// checks compare.
+pub fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+}
+
+/// A stable 64-bit hash (FNV-1a, then SplitMix64's finaliser so that every bit is mixed): the
+/// same on every machine and Rust version, so manifests and splits replay.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut z = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The number of tests of a task: cases for stdio and call tasks; `assert` statements for
+/// assertion tests; `def test_` functions for pytest files.
+pub fn test_count(task: &Task) -> usize {
+    match &task.spec {
+        TestSpec::Stdio { tests, .. } => tests.len(),
+        TestSpec::Call { tests, .. } => tests.len(),
+        TestSpec::Assert { test_code, .. } => test_code.lines().filter(|l| l.trim_start().starts_with("assert")).count(),
+        TestSpec::Pytest { test_code, .. } => test_code.lines().filter(|l| l.trim_start().starts_with("def test")).count(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn task(id: &str, source: &str, prompt: &str) -> Task {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "source": source, "prompt": prompt, "kind": "stdio",
+        "tests": [{"stdin": "", "stdout": "1\n"}]
+    }))
+    .expect("a test task")
+}
