@@ -446,6 +446,9 @@ pub struct DecontaminateArgs {
     /// Shared n-grams that make a task contaminated.
     #[arg(long, default_value_t = 1)]
     pub min_overlap: usize,
+    /// n-grams found in more training prompts than this are boilerplate and ignored.
+    #[arg(long, default_value_t = 3)]
+    pub common: usize,
     #[command(flatten)]
     pub io: CurateIo,
 }

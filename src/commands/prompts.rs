@@ -165,7 +165,7 @@ fn decontaminate(args: DecontaminateArgs) -> anyhow::Result<ExitCode> {
     let against = read_against(&args)?;
     let tasks = read_tasks(&args.io.inputs)?;
     let before = tasks.len();
-    let cfg = curate::decontaminate::DecontaminateConfig { ngram: args.ngram, min_overlap: args.min_overlap.max(1) };
+    let cfg = curate::decontaminate::DecontaminateConfig { ngram: args.ngram, min_overlap: args.min_overlap.max(1), common: args.common };
     tracing::info!("{} evaluation problems", against.len());
     finish("decontaminate", &args.io, before, &curate::decontaminate::decontaminate(tasks, &against, cfg))
 }

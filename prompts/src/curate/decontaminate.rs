@@ -1,6 +1,10 @@
 //! Decontamination: a training task whose prompt shares an n-gram of words (default 13, the
 //! GPT-3 / Llama recipe) with any evaluation problem is dropped, naming the problem and the
 //! number of shared n-grams. Prompts shorter than n words are compared whole.
+//!
+//! Boilerplate is not evidence: an n-gram found in more than `common` training prompts (the
+//! judge's "You can output the answer in any case (for example, the strings yEs, yes ..." of
+//! every Codeforces YES/NO problem) is ignored, else every such problem would match every other.
 
 use std::collections::HashMap;
 
@@ -13,11 +17,13 @@ pub struct DecontaminateConfig {
     pub ngram: usize,
     /// Shared n-grams needed to call a task contaminated.
     pub min_overlap: usize,
+    /// n-grams found in more training prompts than this are boilerplate and ignored.
+    pub common: usize,
 }
 
 impl Default for DecontaminateConfig {
     fn default() -> Self {
-        DecontaminateConfig { ngram: 13, min_overlap: 1 }
+        DecontaminateConfig { ngram: 13, min_overlap: 1, common: 3 }
     }
 }
 
@@ -41,11 +47,20 @@ pub fn decontaminate(tasks: Vec<Task>, against: &[(String, String)], cfg: Decont
         // Short evaluation texts are also matched whole against short training prompts.
         index.entry(stable_hash(format!("whole:{}", words(text).join(" ")).as_bytes())).or_insert(i);
     }
+    let task_grams: Vec<Vec<u64>> = tasks.iter().map(|t| grams(t.prompt.as_deref().unwrap_or_default(), n)).collect();
+    let mut frequency: HashMap<u64, usize> = HashMap::new();
+    for g in &task_grams {
+        let unique: std::collections::HashSet<&u64> = g.iter().collect();
+        for &h in unique {
+            *frequency.entry(h).or_default() += 1;
+        }
+    }
     let decisions = tasks
         .iter()
-        .map(|task| {
+        .zip(&task_grams)
+        .map(|(task, task_grams)| {
             let mut hits: HashMap<usize, usize> = HashMap::new();
-            for g in grams(task.prompt.as_deref().unwrap_or_default(), n) {
+            for g in task_grams.iter().copied().filter(|g| frequency.get(g).copied().unwrap_or(0) <= cfg.common) {
                 if let Some(&e) = index.get(&g) {
                     *hits.entry(e).or_default() += 1;
                 }
@@ -83,5 +98,10 @@ mod tests {
         assert_eq!(kept, ["train/2"]);
         assert!(out.decisions[0].reason.contains("with evaluation problem mbpp/2"), "{}", out.decisions[0].reason);
         assert!(out.decisions[2].reason.contains("he/0"));
+        let boilerplate = "You can output the answer in any case, for example the strings yEs, yes, Yes and YES will be recognized as a positive answer.";
+        let against = vec![("cf/1".to_string(), format!("Sort three cards. {boilerplate}"))];
+        let tasks: Vec<Task> = (0..5).map(|i| task(&format!("t{i}"), "x", &format!("Problem number {i} is different. {boilerplate}"))).collect();
+        let common = decontaminate(tasks, &against, DecontaminateConfig::default());
+        assert_eq!(common.kept.len(), 5, "boilerplate shared by many training prompts is not contamination");
     }
 }
