@@ -538,6 +538,20 @@ pub enum FormatArg {
     SandboxfusionLivecodebench,
     /// SandboxFusion CRUXEval output-prediction rows (print the repr of f(input)).
     SandboxfusionCruxeval,
+    /// HumanEval / HumanEval+ (`prompt`, `canonical_solution`, `test`, `entry_point`).
+    Humaneval,
+    /// MBPP as google-research publishes it (`text`, `code`, `test_list`).
+    Mbpp,
+    /// APPS and TACO (`question`, `solutions`, `input_output`).
+    AppsTaco,
+    /// CodeContests from deepmind (`description`, `public_tests`, `private_tests`).
+    Codecontests,
+    /// LiveCodeBench Hugging Face rows (public and private test cases).
+    Livecodebench,
+    /// DeepCoder-Preview rows (`problem`, `tests` in each source's shape).
+    Deepcoder,
+    /// verl rows: guru-RL code, Dream-Coder-RL-17k (`prompt`, `reward_model.ground_truth`).
+    Verl,
 }
 
 impl From<FormatArg> for dllm_prompts::Format {
@@ -551,6 +565,13 @@ impl From<FormatArg> for dllm_prompts::Format {
             FormatArg::Kodcode => Format::Kodcode,
             FormatArg::SandboxfusionLivecodebench => Format::SandboxfusionLivecodebench,
             FormatArg::SandboxfusionCruxeval => Format::SandboxfusionCruxeval,
+            FormatArg::Humaneval => Format::Humaneval,
+            FormatArg::Mbpp => Format::Mbpp,
+            FormatArg::AppsTaco => Format::AppsTaco,
+            FormatArg::Codecontests => Format::Codecontests,
+            FormatArg::Livecodebench => Format::Livecodebench,
+            FormatArg::Deepcoder => Format::Deepcoder,
+            FormatArg::Verl => Format::Verl,
         }
     }
 }
@@ -565,7 +586,7 @@ pub struct ImportArgs {
     /// Stop at the first bad row instead of skipping it.
     #[arg(long)]
     pub strict: bool,
-    /// Input files (JSONL or a JSON array).
+    /// Input files: JSONL or a JSON array (optionally .gz), or Parquet.
     #[arg(required = true)]
     pub inputs: Vec<std::path::PathBuf>,
 }

@@ -3,7 +3,11 @@
 //! A row that cannot be imported becomes a [`RowError`] naming the file, the row (1-based line
 //! for JSONL, 1-based index for a JSON array) and the field; nothing is dropped silently.
 
+mod datasets;
 mod pickle;
+mod rows;
+
+pub use rows::read_rows;
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +36,22 @@ pub enum Format {
     /// SandboxFusion's CRUXEval output-prediction rows: `code`, `input`, `output`. Imported as a
     /// program that must print `repr()` of `f(input)`.
     SandboxfusionCruxeval,
+    /// HumanEval / HumanEval+: `prompt`, `canonical_solution`, `test`, `entry_point`.
+    Humaneval,
+    /// MBPP (google-research): `text`, `code`, `test_list`, `test_setup_code`.
+    Mbpp,
+    /// APPS and TACO: `question`, `solutions`, `starter_code`, `input_output`.
+    AppsTaco,
+    /// CodeContests (deepmind): `description`, `public_tests`, `private_tests`, `solutions`.
+    Codecontests,
+    /// LiveCodeBench (Hugging Face rows): `question_content`, `public_test_cases`,
+    /// `private_test_cases` (possibly pickled), `metadata.func_name`.
+    Livecodebench,
+    /// DeepCoder-Preview (rllm): `problem`, `tests` in its source's shape.
+    Deepcoder,
+    /// The verl layout (guru-RL code, Dream-Coder-RL-17k): chat `prompt`, `data_source`,
+    /// `reward_model.ground_truth`.
+    Verl,
 }
 
 impl Format {
@@ -44,10 +64,24 @@ impl Format {
             Format::Kodcode => "kodcode",
             Format::SandboxfusionLivecodebench => "sandboxfusion-livecodebench",
             Format::SandboxfusionCruxeval => "sandboxfusion-cruxeval",
+            Format::Humaneval => "humaneval",
+            Format::Mbpp => "mbpp",
+            Format::AppsTaco => "apps-taco",
+            Format::Codecontests => "codecontests",
+            Format::Livecodebench => "livecodebench",
+            Format::Deepcoder => "deepcoder",
+            Format::Verl => "verl",
         }
     }
 
-    pub const ALL: [Format; 7] = [
+    pub const ALL: [Format; 14] = [
+        Format::Humaneval,
+        Format::Mbpp,
+        Format::AppsTaco,
+        Format::Codecontests,
+        Format::Livecodebench,
+        Format::Deepcoder,
+        Format::Verl,
         Format::SandboxfusionMbpp,
         Format::SandboxfusionCommonOj,
         Format::RllmLeetcode,
@@ -72,6 +106,8 @@ pub enum ImportError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: not valid JSON: {source}")]
     Json { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: not a readable Parquet file: {message}")]
+    Parquet { path: PathBuf, message: String },
 }
 
 /// One row that could not be imported.
@@ -98,37 +134,29 @@ pub struct Imported {
 
 type RowResult = Result<Task, (String, String)>;
 
-/// Reads `path` (JSONL, or a JSON array) in `format`.
+/// Reads `path` (JSONL or a JSON array, optionally `.gz`; or `.parquet`) in `format`.
 pub fn import_file(format: Format, path: &Path) -> Result<Imported, ImportError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ImportError::Read { path: path.into(), source })?;
-    import_text(format, path, &text)
+    Ok(import_rows(format, path, rows::read_rows(path)?))
 }
 
 /// Imports `text` (the contents of `path`, which is only used in messages).
 pub fn import_text(format: Format, path: &Path, text: &str) -> Result<Imported, ImportError> {
-    let rows: Vec<(usize, Result<Value, serde_json::Error>)> = if text.trim_start().starts_with('[') {
-        let all: Vec<Value> =
-            serde_json::from_str(text).map_err(|source| ImportError::Json { path: path.into(), source })?;
-        all.into_iter().enumerate().map(|(i, v)| (i + 1, Ok(v))).collect()
-    } else {
-        text.lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| (i + 1, serde_json::from_str(l)))
-            .collect()
-    };
+    Ok(import_rows(format, path, rows::text_rows(path, text)?))
+}
+
+fn import_rows(format: Format, path: &Path, rows: Vec<rows::Row>) -> Imported {
     let mut out = Imported::default();
     for (row, value) in rows {
         let result = match value {
             Ok(v) => import_row(format, row, &v),
-            Err(e) => Err(("(row)".into(), format!("not valid JSON: {e}"))),
+            Err(e) => Err(("(row)".into(), e)),
         };
         match result {
             Ok(task) => out.tasks.push(task),
             Err((field, message)) => out.errors.push(RowError { file: path.into(), row, field, message }),
         }
     }
-    Ok(out)
+    out
 }
 
 fn import_row(format: Format, row: usize, v: &Value) -> RowResult {
@@ -140,6 +168,13 @@ fn import_row(format: Format, row: usize, v: &Value) -> RowResult {
         Format::Kodcode => kodcode(row, v),
         Format::SandboxfusionLivecodebench => livecodebench(row, v),
         Format::SandboxfusionCruxeval => cruxeval(row, v),
+        Format::Humaneval => datasets::humaneval(v),
+        Format::Mbpp => datasets::mbpp_original(v),
+        Format::AppsTaco => datasets::apps_taco(row, v),
+        Format::Codecontests => datasets::codecontests(row, v),
+        Format::Livecodebench => datasets::livecodebench_hf(row, v),
+        Format::Deepcoder => datasets::deepcoder(row, v),
+        Format::Verl => datasets::verl(row, v),
     }
 }
 

@@ -9,15 +9,31 @@ use std::io::Read;
 
 use base64::Engine;
 
-/// Decodes a base64(zlib(pickle)) field into its dict of strings.
+/// What a decoded field held.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pickled {
+    Dict(BTreeMap<String, Option<String>>),
+    Str(String),
+}
+
+/// Decodes a base64(zlib(pickle)) field holding a dict of strings.
 pub fn decode_field(text: &str) -> Result<BTreeMap<String, Option<String>>, String> {
+    match decode_any(text)? {
+        Pickled::Dict(d) => Ok(d),
+        Pickled::Str(_) => Err("the pickle holds a string, not a dict".into()),
+    }
+}
+
+/// Decodes a base64(zlib(pickle)) field holding a dict of strings or one string (raw
+/// LiveCodeBench rows pickle the JSON text of their private tests).
+pub fn decode_any(text: &str) -> Result<Pickled, String> {
     let compressed = base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|e| format!("not base64: {e}"))?;
     let mut raw = Vec::new();
     flate2::read::ZlibDecoder::new(compressed.as_slice())
         .take(1 << 30)
         .read_to_end(&mut raw)
         .map_err(|e| format!("not zlib: {e}"))?;
-    unpickle_string_dict(&raw)
+    unpickle(&raw)
 }
 
 #[derive(Debug, Clone)]
@@ -28,8 +44,8 @@ enum Item {
     None,
 }
 
-/// A pickle (protocols 2-5) holding one dict whose keys are strings and values strings or None.
-pub fn unpickle_string_dict(data: &[u8]) -> Result<BTreeMap<String, Option<String>>, String> {
+/// A pickle holding a dict of strings or a single string.
+pub fn unpickle(data: &[u8]) -> Result<Pickled, String> {
     let mut stack: Vec<Item> = Vec::new();
     let mut memo: Vec<Item> = Vec::new();
     let mut at = 0usize;
@@ -97,8 +113,9 @@ pub fn unpickle_string_dict(data: &[u8]) -> Result<BTreeMap<String, Option<Strin
             }
             b'.' => {
                 return match stack.pop() {
-                    Some(Item::Dict(dict)) => Ok(dict),
-                    _ => Err("the pickle does not hold a dict".into()),
+                    Some(Item::Dict(dict)) => Ok(Pickled::Dict(dict)),
+                    Some(Item::Str(s)) => Ok(Pickled::Str(s)),
+                    _ => Err("the pickle holds neither a dict of strings nor a string".into()),
                 };
             }
             other => return Err(format!("unsupported pickle opcode 0x{other:02x} (only a dict of strings is read)")),
@@ -115,7 +132,7 @@ mod tests {
 
     #[test]
     fn reads_a_dict_of_strings() {
-        let d = unpickle_string_dict(PICKLED).unwrap();
+        let Pickled::Dict(d) = unpickle(PICKLED).unwrap() else { panic!("a dict") };
         assert_eq!(d["input_output"].as_deref(), Some("{\"inputs\": []}"));
         assert_eq!(d["x"], None);
     }
@@ -124,8 +141,10 @@ mod tests {
     fn refuses_anything_that_could_run_code() {
         // pickle.dumps of os.system("echo hi") via __reduce__: GLOBAL / STACK_GLOBAL + REDUCE.
         let hostile = b"\x80\x04\x95\"\x00\x00\x00\x00\x00\x00\x00\x8c\x05posix\x94\x8c\x06system\x94\x93\x94\x8c\x07echo hi\x94\x85\x94R\x94.";
-        let err = unpickle_string_dict(hostile).unwrap_err();
+        let err = unpickle(hostile).unwrap_err();
         assert!(err.contains("unsupported pickle opcode 0x93"), "{err}");
-        assert!(unpickle_string_dict(&PICKLED[..20]).is_err());
+        assert!(unpickle(&PICKLED[..20]).is_err());
+        // pickle.dumps("[1, 2]", protocol=4)
+        assert_eq!(unpickle(b"\x80\x04\x95\n\x00\x00\x00\x00\x00\x00\x00\x8c\x06[1, 2]\x94.").unwrap(), Pickled::Str("[1, 2]".into()));
     }
 }
