@@ -11,6 +11,8 @@
 //! - [`tokenizer`]: [`ChatTokenizer`], the Qwen2.5 chat template, completion cutting.
 //! - [`estimator`]: coupled masks, CART / 1/t token weights, [`ScoredBatch`] scoring;
 //!   [`recompute`]: the memory-bounded backward (layer recomputation, chunked head).
+//! - [`optim`]: AdamW with fp32 moments and master weights whose state is saved; clipping; LR
+//!   schedules.
 //! - [`device`]: which libtorch is loaded and what accelerators it sees (`dllm-rl doctor`).
 //!
 //! Shape letters used in comments throughout: B batch, G samples per prompt, P prompt length,
@@ -26,6 +28,7 @@ pub mod head;
 pub mod kv_cache;
 pub mod lora;
 pub mod model;
+pub mod optim;
 pub mod recompute;
 pub mod tokenizer;
 
@@ -37,5 +40,6 @@ pub use estimator::{coupled_masks, mask_seed, token_weights, CoupledMasks, MaskS
 pub use kv_cache::KvCache;
 pub use lora::{LoraConfig, ALL_PROJECTIONS};
 pub use model::{DreamModel, Init, Pass, Placement};
+pub use optim::{AdamW, AdamWConfig, LrSchedule};
 pub use recompute::BackwardOptions;
 pub use tokenizer::{chat_prompt, ChatMessage, ChatTokenizer};
