@@ -194,6 +194,10 @@ pub struct EvalArgs {
     /// Every completion with its verdict and reward (JSONL).
     #[arg(long)]
     pub completions: Option<std::path::PathBuf>,
+    /// Record the evaluation (every rollout, its tests, rewards and decode order) in this run
+    /// store (SQLite; created if needed; see docs/run-store.md).
+    #[arg(long)]
+    pub store: Option<std::path::PathBuf>,
     /// Also write the summary as JSON.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,

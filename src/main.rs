@@ -8,6 +8,7 @@ use clap::Parser;
 
 mod cli;
 mod commands;
+mod store;
 mod telemetry;
 
 fn main() -> ExitCode {

@@ -273,8 +273,11 @@ fn eval_generates_judges_and_writes_pass_rates() {
     let per_task = dir.path().join("rates.jsonl");
     let completions = dir.path().join("completions.jsonl");
     let json = dir.path().join("summary.json");
+    let store = dir.path().join("runs.sqlite");
     let run = dllm_rl()
-        .args(["-q", "eval", "--model"])
+        .args(["-q", "eval", "--store"])
+        .arg(&store)
+        .arg("--model")
         .arg(&model)
         .arg("--tasks")
         .arg(&tasks)
@@ -300,6 +303,19 @@ fn eval_generates_judges_and_writes_pass_rates() {
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(summary["overall"]["tasks"], 3);
     assert_eq!(summary["overall"]["pass_at_k"]["1"], 0.0);
+    // The run store has every rollout with its tests and decode order.
+    let db = rusqlite::Connection::open(&store).unwrap();
+    let (runs, rollouts, tests, maps): (i64, i64, i64, i64) = db
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM runs WHERE kind = 'eval' AND status = 'finished'), (SELECT COUNT(*) FROM rollouts), \
+             (SELECT COUNT(*) FROM test_results), (SELECT COUNT(*) FROM rollouts WHERE json_array_length(step_map) > 0 OR tokens = 0)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!((runs, rollouts, maps), (1, 6, 6));
+    let expected_tests: usize = judged.iter().map(|j| j["detail"]["tests"].as_array().unwrap().len()).sum();
+    assert_eq!(tests as usize, expected_tests);
 }
 
 fn read_lines(path: &std::path::Path) -> Vec<serde_json::Value> {

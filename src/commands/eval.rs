@@ -19,6 +19,7 @@ use dllm_verifier::{Completion, PreparedTask, Task, TaskVerdict, Verifier};
 use super::generate::load_policy;
 use super::verify::read_jsonl;
 use crate::cli::EvalArgs;
+use crate::store::{RolloutRecord, RunStore, TestRecord};
 
 /// Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k),
 /// as the numerically stable product.
@@ -37,8 +38,9 @@ struct Judgement {
     task: usize,
     sample: usize,
     text: String,
+    tokens: usize,
     verdict: TaskVerdict,
-    reward: Option<f64>,
+    reward: Option<dllm_rewards::Reward>,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -105,6 +107,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     );
     let start = Instant::now();
     let (tx, rx) = mpsc::channel::<Vec<(usize, usize, String, usize)>>();
+    // Seeds and decode orders, for the run store.
+    let mut orders: std::collections::HashMap<(usize, usize), (u64, Vec<i64>)> = std::collections::HashMap::new();
     let judged: Vec<Judgement> = std::thread::scope(|scope| -> anyhow::Result<Vec<Judgement>> {
         let verifying = scope.spawn(|| {
             let ready: Vec<PreparedTask> = prepared.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
@@ -129,13 +133,16 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
                             v
                         }
                     };
-                    let reward = rewards.reward(&Judged { completion: &text, tokens, verdict: &verdict }).ok().map(|r| r.total);
-                    out.push(Judgement { task, sample, text, verdict, reward });
+                    let reward = rewards.reward(&Judged { completion: &text, tokens, verdict: &verdict }).ok();
+                    out.push(Judgement { task, sample, text, tokens, verdict, reward });
                 }
             }
             out
         });
         generate(&model, &cfg, &requests, &special, args.sampler.batching, args.sampler.batch_size, &mut |batch, _, _| {
+            for r in batch {
+                orders.insert((r.request, r.sample), (r.seed, r.step_map.clone()));
+            }
             let texts = batch
                 .iter()
                 .map(|r| {
@@ -197,7 +204,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         for j in sorted {
             let line = serde_json::json!({
                 "task_id": tasks[j.task].id, "sample": j.sample, "completion": j.text,
-                "verdict": j.verdict.summary(), "reward": j.reward, "detail": j.verdict,
+                "verdict": j.verdict.summary(), "reward": j.reward.as_ref().map(|r| r.total), "detail": j.verdict,
             });
             writeln!(file, "{line}")?;
         }
@@ -227,6 +234,41 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         row(&format!("kind {name}"), g);
     }
     tracing::info!("{} completions generated and judged in {seconds:.1} s", judged.len());
+    if let Some(path) = &args.store {
+        let name = format!("eval-{}", std::process::id());
+        let config = serde_json::json!({"model": summary.model, "tasks": summary.tasks_file, "samples": args.samples, "sampler": cfg});
+        let store = RunStore::create(path, &name, "eval", &config)?;
+        let records = judged
+            .iter()
+            .map(|j| {
+                let (seed, step_map) = orders.get(&(j.task, j.sample)).cloned().unwrap_or_default();
+                RolloutRecord {
+                    step: 0,
+                    prompt_id: tasks[j.task].id.clone(),
+                    sample: j.sample as i64,
+                    seed,
+                    completion: j.text.clone(),
+                    tokens: j.tokens as i64,
+                    step_map,
+                    reward: j.reward.as_ref().map(|r| r.total),
+                    reward_components: j.reward.as_ref().and_then(|r| serde_json::to_value(&r.components).ok()),
+                    verdict: j.verdict.summary().into(),
+                    hack_signals: serde_json::Value::Array(vec![]),
+                    tests: j
+                        .verdict
+                        .tests
+                        .iter()
+                        .map(|t| TestRecord { verdict: t.verdict.name().into(), seconds: t.seconds, stdout: t.stdout.clone(), stderr: t.stderr.clone() })
+                        .collect(),
+                }
+            })
+            .collect();
+        store.log_rollouts(records)?;
+        store.log_step(0, serde_json::to_value(&summary)?)?;
+        store.set_status("finished")?;
+        store.flush()?;
+        println!("run {name} recorded in {}", path.display());
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&summary)?).with_context(|| format!("writing {}", path.display()))?;
     }
