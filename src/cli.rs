@@ -51,6 +51,10 @@ pub enum Command {
     /// Evaluate a model on tasks: G completions per task, judged in the sandbox; unbiased
     /// pass@k overall and per source and kind; per-task pass rates for `prompts difficulty`.
     Eval(EvalArgs),
+    /// Train a policy with coupled GRPO (Dream-Coder's recipe) from one TOML config; every step
+    /// and rollout goes to the run's SQLite store; checkpoints every `run.save_freq` steps and on
+    /// Ctrl-C; `--resume` continues from the newest checkpoint exactly.
+    Train(TrainArgs),
     /// Model checkpoints: make a random one of any shape, describe one.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -201,6 +205,16 @@ pub struct EvalArgs {
     /// Also write the summary as JSON.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The run's TOML config (see configs/).
+    #[arg(long)]
+    pub config: std::path::PathBuf,
+    /// Continue the run from its newest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Debug, Subcommand)]

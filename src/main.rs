@@ -9,6 +9,7 @@ use clap::Parser;
 mod cli;
 mod commands;
 mod store;
+mod train;
 mod telemetry;
 
 fn main() -> ExitCode {

@@ -11,6 +11,7 @@
 //! - [`tokenizer`]: [`ChatTokenizer`], the Qwen2.5 chat template, completion cutting.
 //! - [`estimator`]: coupled masks, CART / 1/t token weights, [`ScoredBatch`] scoring;
 //!   [`recompute`]: the memory-bounded backward (layer recomputation, chunked head).
+//! - [`grpo`]: the clip-higher PPO token loss of coupled GRPO.
 //! - [`optim`]: AdamW with fp32 moments and master weights whose state is saved; clipping; LR
 //!   schedules.
 //! - [`device`]: which libtorch is loaded and what accelerators it sees (`dllm-rl doctor`).
@@ -24,6 +25,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod estimator;
+pub mod grpo;
 pub mod head;
 pub mod kv_cache;
 pub mod lora;

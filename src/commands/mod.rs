@@ -12,7 +12,10 @@ mod eval;
 mod generate;
 mod model;
 mod prompts;
+mod train;
 mod verify;
+
+pub use verify::read_jsonl;
 
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
@@ -21,6 +24,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Prompts(command) => prompts::run(command),
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Train(args) => train::run(args),
         Command::Model(command) => model::run(command),
         Command::Bench(crate::cli::BenchCommand::Verify(args)) => bench::run(args),
         Command::Bench(crate::cli::BenchCommand::Model(args)) => bench_model::run(args),

@@ -123,7 +123,6 @@ enum Message {
 /// The writing side of one run's store.
 pub struct RunStore {
     pub path: PathBuf,
-    pub run_id: i64,
     /// Resume count: 0 for a fresh run, +1 per resume (steps and rollouts carry it).
     pub attempt: i64,
     tx: Option<mpsc::Sender<Message>>,
@@ -170,7 +169,7 @@ impl RunStore {
             .name("run-store".into())
             .spawn(move || writer_loop(conn, rx, run_id, attempt, &store_path))
             .expect("spawning the run-store writer thread");
-        RunStore { path: path.into(), run_id, attempt, tx: Some(tx), writer: Some(writer) }
+        RunStore { path: path.into(), attempt, tx: Some(tx), writer: Some(writer) }
     }
 
     fn send(&self, message: Message) -> Result<()> {

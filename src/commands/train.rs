@@ -1,0 +1,56 @@
+//! `dllm-rl train --config run.toml [--resume]`.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::cli::TrainArgs;
+use crate::train::config::TrainConfig;
+use crate::train::Trainer;
+
+pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let cfg = TrainConfig::from_file(&args.config)?;
+    let total = cfg.run.total_steps;
+    let mut trainer = Trainer::new(cfg, args.resume)?;
+    // Ctrl-C: finish the current step, checkpoint, stop. A second Ctrl-C kills.
+    install_sigint();
+    let stop: &AtomicBool = &STOP;
+    let bar = indicatif::ProgressBar::new(total as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed}]").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(trainer.state.step as u64);
+    trainer.run(stop, &mut |step, m| {
+        let line = format!(
+            "reward {:.3}, solved {:.1}%, loss {:.4}, clip {:.3}, {:.1} s",
+            m["reward_mean"].as_f64().unwrap_or(f64::NAN),
+            100.0 * m["solve_mean"].as_f64().unwrap_or(f64::NAN),
+            m["loss"].as_f64().unwrap_or(f64::NAN),
+            m["clip_fraction"].as_f64().unwrap_or(f64::NAN),
+            m["seconds"]["total"].as_f64().unwrap_or(f64::NAN),
+        );
+        bar.set_position(step as u64 + 1);
+        bar.set_message(line.clone());
+        bar.suspend(|| tracing::info!("step {step}: {line}"));
+    })?;
+    bar.finish_and_clear();
+    println!("run {} at step {}; store: {}", trainer.cfg.run.name, trainer.state.step, trainer.store.path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    // Only async-signal-safe work here: flip the flag; the second time, exit at once.
+    if STOP.swap(true, Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+fn install_sigint() {
+    let handler = on_sigint as extern "C" fn(libc::c_int);
+    // SAFETY: installs a handler that only touches an atomic (and may _exit).
+    let previous = unsafe { libc::signal(libc::SIGINT, handler as *const () as libc::sighandler_t) };
+    if previous == libc::SIG_ERR {
+        tracing::warn!("cannot catch Ctrl-C: {}", std::io::Error::last_os_error());
+    }
+}

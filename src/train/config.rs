@@ -1,0 +1,326 @@
+//! One TOML file → typed sections, validated at start-up; unknown keys are errors naming the
+//! key. Defaults follow Dream-Coder's `run_rl.sh` (`../shared/research/dllm_rl.md` §3.3); names
+//! follow verl where it has one (`train_batch_size`, `ppo_epochs`, `clip_ratio_low`, ...).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use dllm_policy::{AdamWConfig, LrSchedule, TokenWeighting};
+use dllm_prompts::RenderConfig;
+use dllm_rewards::{AdvantageEstimator, RewardConfig};
+use dllm_rollout::SamplerConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub run: RunSection,
+    pub model: ModelSection,
+    pub data: DataSection,
+    #[serde(default)]
+    pub rollout: RolloutSection,
+    #[serde(default)]
+    pub verifier: VerifierSection,
+    #[serde(default)]
+    pub reward: RewardConfig,
+    #[serde(default)]
+    pub algorithm: AlgorithmSection,
+    #[serde(default)]
+    pub actor: ActorSection,
+    #[serde(default)]
+    pub optim: OptimSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    pub name: String,
+    /// The run's folder is `<out_dir>/<name>/`: `store.sqlite`, `checkpoints/step-N/`.
+    #[serde(default = "default_out_dir")]
+    pub out_dir: PathBuf,
+    #[serde(default)]
+    pub seed: u64,
+    pub total_steps: i64,
+    /// Checkpoint every this many steps (verl's `save_freq`), and at the end.
+    #[serde(default = "default_save_freq")]
+    pub save_freq: i64,
+}
+
+fn default_out_dir() -> PathBuf {
+    PathBuf::from("runs")
+}
+
+fn default_save_freq() -> i64 {
+    10
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A Hugging Face checkpoint folder with its tokenizer.
+    pub path: PathBuf,
+    /// LoRA adapters on a frozen base; absent: full fine-tuning.
+    #[serde(default)]
+    pub lora: Option<LoraSection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    pub r: i64,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f64,
+    #[serde(default = "all_projections")]
+    pub target_modules: Vec<String>,
+}
+
+fn all_projections() -> Vec<String> {
+    dllm_policy::ALL_PROJECTIONS.iter().map(|s| s.to_string()).collect()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Canonical task files (JSONL).
+    pub train_files: Vec<PathBuf>,
+    /// Prompts per step (verl's `data.train_batch_size`; Dream-Coder 96).
+    #[serde(default = "default_batch")]
+    pub train_batch_size: usize,
+    #[serde(default)]
+    pub render: RenderConfig,
+}
+
+fn default_batch() -> usize {
+    96
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutSection {
+    /// Samples per prompt (G).
+    pub n: usize,
+    /// Rows the sampler decodes together.
+    pub batch_size: usize,
+    pub sampler: SamplerConfig,
+}
+
+impl Default for RolloutSection {
+    fn default() -> Self {
+        RolloutSection { n: 16, batch_size: 64, sampler: SamplerConfig::default() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendName {
+    Native,
+    Wasm,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifierSection {
+    pub backend: BackendName,
+    /// Concurrent sandbox runs; 0: the number of cores.
+    pub jobs: usize,
+}
+
+impl Default for VerifierSection {
+    fn default() -> Self {
+        VerifierSection { backend: BackendName::Native, jobs: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlgorithmSection {
+    pub adv_estimator: AdvantageEstimator,
+    /// Dream-Coder's intra-batch informative substitution.
+    pub dynamic_filtering: bool,
+}
+
+impl Default for AlgorithmSection {
+    fn default() -> Self {
+        AlgorithmSection { adv_estimator: AdvantageEstimator::Grpo, dynamic_filtering: true }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskSharing {
+    /// One noise level and position pattern per batch (Dream-Coder).
+    Batch,
+    PerSample,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActorSection {
+    pub ppo_epochs: usize,
+    pub clip_ratio_low: f64,
+    pub clip_ratio_high: f64,
+    /// CART's p; `None`: 1/t weights.
+    pub context_adaptive_reweight_p: Option<f64>,
+    pub no_loss_on_pad: bool,
+    pub mask_sharing: MaskSharing,
+    /// Rows per forward/backward (verl's `ppo_micro_batch_size_per_gpu`).
+    pub ppo_micro_batch_size: usize,
+    /// Layer recomputation in the backward.
+    pub gradient_checkpointing: bool,
+    pub grad_clip: f64,
+}
+
+impl Default for ActorSection {
+    fn default() -> Self {
+        ActorSection {
+            ppo_epochs: 2,
+            clip_ratio_low: 0.2,
+            clip_ratio_high: 0.28,
+            context_adaptive_reweight_p: Some(0.1),
+            no_loss_on_pad: true,
+            mask_sharing: MaskSharing::Batch,
+            ppo_micro_batch_size: 16,
+            gradient_checkpointing: true,
+            grad_clip: 1.0,
+        }
+    }
+}
+
+impl ActorSection {
+    pub fn weighting(&self) -> TokenWeighting {
+        match self.context_adaptive_reweight_p {
+            Some(p) => TokenWeighting::Cart { p },
+            None => TokenWeighting::InverseT,
+        }
+    }
+}
+
+/// AdamW's settings (as `torch.optim.AdamW`) and the schedule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimSection {
+    pub lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Parameter-name substrings exempt from weight decay.
+    pub no_decay: Vec<String>,
+    /// fp32 master copies of bf16 weights.
+    pub master_weights: bool,
+    pub lr_schedule: LrSchedule,
+}
+
+impl Default for OptimSection {
+    fn default() -> Self {
+        // Dream-Coder: AdamW, lr 5e-7 constant, weight decay 0.01 on everything, fp32 masters.
+        let a = AdamWConfig::default();
+        OptimSection {
+            lr: 5e-7,
+            betas: a.betas,
+            eps: a.eps,
+            weight_decay: a.weight_decay,
+            no_decay: vec![],
+            master_weights: true,
+            lr_schedule: LrSchedule::default(),
+        }
+    }
+}
+
+impl OptimSection {
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig {
+            lr: self.lr,
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            no_decay: self.no_decay.clone(),
+            master_weights: self.master_weights,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads and validates a config file; relative paths are taken from the file's folder.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut cfg: TrainConfig = toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut cfg.model.path);
+        resolve(&mut cfg.run.out_dir);
+        cfg.data.train_files.iter_mut().for_each(resolve);
+        cfg.validate().with_context(|| format!("{}: invalid config", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.rollout.sampler.validate()?;
+        let positive = |key: &str, v: usize| if v == 0 { bail!("{key} must be at least 1") } else { Ok(()) };
+        positive("rollout.n", self.rollout.n)?;
+        positive("rollout.batch_size", self.rollout.batch_size)?;
+        positive("data.train_batch_size", self.data.train_batch_size)?;
+        positive("actor.ppo_epochs", self.actor.ppo_epochs)?;
+        positive("actor.ppo_micro_batch_size", self.actor.ppo_micro_batch_size)?;
+        if self.run.total_steps < 1 || self.run.save_freq < 1 {
+            bail!("run.total_steps and run.save_freq must be at least 1");
+        }
+        if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) {
+            bail!("run.name {:?} must be a non-empty file name", self.run.name);
+        }
+        if self.data.train_files.is_empty() {
+            bail!("data.train_files is empty");
+        }
+        if !(self.actor.clip_ratio_low >= 0.0 && self.actor.clip_ratio_low < 1.0 && self.actor.clip_ratio_high >= 0.0) {
+            bail!("actor.clip_ratio_low must be in [0, 1) and actor.clip_ratio_high non-negative");
+        }
+        if let Some(p) = self.actor.context_adaptive_reweight_p {
+            if !(p > 0.0 && p < 1.0) {
+                bail!("actor.context_adaptive_reweight_p {p} is not in (0, 1)");
+            }
+        }
+        if !(self.actor.grad_clip > 0.0 && self.optim.lr > 0.0) {
+            bail!("actor.grad_clip and optim.lr must be positive");
+        }
+        Ok(())
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.run.out_dir.join(&self.run.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[run]\nname = \"r\"\ntotal_steps = 3\n[model]\npath = \"m\"\n[data]\ntrain_files = [\"t.jsonl\"]\n";
+
+    #[test]
+    fn defaults_are_dream_coders() {
+        let cfg: TrainConfig = toml::from_str(MINIMAL).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!((cfg.rollout.n, cfg.data.train_batch_size, cfg.actor.ppo_epochs), (16, 96, 2));
+        assert_eq!((cfg.actor.clip_ratio_low, cfg.actor.clip_ratio_high), (0.2, 0.28));
+        assert_eq!(cfg.actor.weighting(), TokenWeighting::Cart { p: 0.1 });
+        assert_eq!(cfg.optim.lr, 5e-7);
+        assert_eq!((cfg.rollout.sampler.max_new_tokens, cfg.rollout.sampler.steps), (768, 768));
+        assert!(cfg.algorithm.dynamic_filtering);
+    }
+
+    #[test]
+    fn unknown_and_bad_keys_are_named() {
+        let err = toml::from_str::<TrainConfig>(&format!("{MINIMAL}[actor]\nppo_epoch = 2\n")).unwrap_err().to_string();
+        assert!(err.contains("ppo_epoch"), "{err}");
+        let err = toml::from_str::<TrainConfig>(&format!("{MINIMAL}[rollout.sampler]\ntop_p = \"x\"\n")).unwrap_err().to_string();
+        assert!(err.contains("top_p"), "{err}");
+        let cfg: TrainConfig = toml::from_str(&format!("{MINIMAL}[rollout.sampler]\ntop_p = 2.0\n")).unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("top_p"));
+        let cfg: TrainConfig = toml::from_str(&format!("{MINIMAL}[optim]\nlr = 1e-5\nweight_decay = 0.0\n")).unwrap();
+        assert_eq!((cfg.optim.lr, cfg.optim.weight_decay), (1e-5, 0.0));
+    }
+}

@@ -1,0 +1,238 @@
+//! `dllm-rl train`: the coupled-GRPO loop, its checkpoints and exact resume.
+//!
+//! A run lives in `<out_dir>/<name>/`: `store.sqlite` (every step and rollout, see
+//! `docs/run-store.md`), `config.toml` (the resolved config), `checkpoints/step-N/` (adapters in
+//! PEFT's layout or the full model in Hugging Face's, the optimizer state, the trainer state:
+//! step and data cursor). A checkpoint is written to `step-N.tmp` and renamed, so a crash never
+//! leaves half of one; `--resume` continues from the newest complete one. Every random choice
+//! comes from the run seed and the step, so a resumed run repeats an uninterrupted one.
+
+pub mod config;
+mod step;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{bail, Context};
+use dllm_policy::{chat_prompt, AdamW, ChatMessage, ChatTokenizer, DreamModel, LoraConfig, Placement, SaveOptions};
+use dllm_rollout::SpecialIds;
+use dllm_verifier::{PreparedTask, Task, Verifier};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::store::RunStore;
+use config::{BackendName, TrainConfig};
+
+/// What a checkpoint needs besides weights and optimizer: where the data order stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Steps completed.
+    pub step: i64,
+    /// Position in the current pass over the prompts.
+    pub cursor: usize,
+    /// Passes over the prompts started (seeds each pass's order).
+    pub epoch: u64,
+}
+
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub model: DreamModel,
+    pub tokenizer: ChatTokenizer,
+    pub special: SpecialIds,
+    /// Usable tasks, their rendered and encoded prompts, their prepared tests.
+    pub tasks: Vec<Task>,
+    pub prompts: Vec<Vec<i64>>,
+    pub prepared: Vec<PreparedTask>,
+    pub verifier: Verifier,
+    pub optimizer: AdamW,
+    pub store: RunStore,
+    pub state: TrainerState,
+}
+
+fn read_tasks(files: &[PathBuf]) -> anyhow::Result<Vec<Task>> {
+    let mut tasks = Vec::new();
+    for f in files {
+        tasks.extend(crate::commands::read_jsonl::<Task>(f)?.into_iter().map(|(_, t)| t));
+    }
+    Ok(tasks)
+}
+
+/// The newest complete checkpoint folder of a run, with its step.
+fn latest_checkpoint(run_dir: &Path) -> Option<(i64, PathBuf)> {
+    let entries = std::fs::read_dir(run_dir.join("checkpoints")).ok()?;
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step: i64 = name.strip_prefix("step-")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .max_by_key(|(step, _)| *step)
+}
+
+impl Trainer {
+    /// Sets a run up: fresh, or resumed from its newest checkpoint.
+    pub fn new(cfg: TrainConfig, resume: bool) -> anyhow::Result<Self> {
+        let run_dir = cfg.run_dir();
+        let store_path = run_dir.join("store.sqlite");
+        let checkpoint = if resume {
+            let found = latest_checkpoint(&run_dir);
+            if found.is_none() {
+                bail!("{}: no checkpoint to resume from", run_dir.display());
+            }
+            found
+        } else {
+            if store_path.exists() {
+                bail!("{} already has a run; resume it with --resume, or choose another run.name", run_dir.display());
+            }
+            None
+        };
+        std::fs::create_dir_all(run_dir.join("checkpoints")).with_context(|| format!("creating {}", run_dir.display()))?;
+
+        let placement = Placement::best_available();
+        let mut model = match (&checkpoint, &cfg.model.lora) {
+            (Some((_, dir)), None) => DreamModel::load(&dir.join("model"), placement)?,
+            _ => DreamModel::load(&cfg.model.path, placement).with_context(|| format!("loading {}", cfg.model.path.display()))?,
+        };
+        if let Some(lora) = &cfg.model.lora {
+            match &checkpoint {
+                Some((_, dir)) => model.load_lora(&dir.join("adapter"))?,
+                None => {
+                    let lora = LoraConfig { r: lora.r, lora_alpha: lora.lora_alpha, lora_dropout: lora.lora_dropout, target_modules: lora.target_modules.clone(), use_rslora: false };
+                    model.attach_lora(lora, (cfg.run.seed >> 1) as i64)?;
+                }
+            }
+        }
+        let tokenizer = ChatTokenizer::from_dir(&cfg.model.path, &model.config)?;
+        let special = SpecialIds::from_config(&model.config, &tokenizer.stop_ids)?;
+
+        // Tasks: rendered, encoded, their tests prepared; unusable ones are reported and left out.
+        let jobs = if cfg.verifier.jobs == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.verifier.jobs };
+        let backend = match cfg.verifier.backend {
+            BackendName::Native => dllm_verifier::Backend::Native,
+            BackendName::Wasm => dllm_verifier::Backend::Wasm,
+        };
+        let verifier = Verifier::new(backend, jobs).context("starting the sandbox")?;
+        let all = read_tasks(&cfg.data.train_files)?;
+        let prepared_all = verifier.prepare_all(all.clone());
+        let (mut tasks, mut prompts, mut prepared) = (Vec::new(), Vec::new(), Vec::new());
+        for (task, p) in all.into_iter().zip(prepared_all) {
+            let rendered = match (cfg.data.render.render(&task), p) {
+                (Ok(r), Ok(p)) => (r, p),
+                (Err(e), _) => {
+                    tracing::warn!("left out: {e}");
+                    continue;
+                }
+                (_, Err(e)) => {
+                    tracing::warn!("left out: {e}");
+                    continue;
+                }
+            };
+            let mut messages = Vec::new();
+            if let Some(system) = &rendered.0.system {
+                messages.push(ChatMessage::new("system", system));
+            }
+            messages.push(ChatMessage::new("user", &rendered.0.user));
+            prompts.push(tokenizer.encode(&chat_prompt(&messages))?);
+            prepared.push(rendered.1);
+            tasks.push(task);
+        }
+        if tasks.is_empty() {
+            bail!("no usable task in {:?}", cfg.data.train_files);
+        }
+
+        let params: Vec<(String, tch::Tensor)> = match &model.lora {
+            Some(lora) => lora.vs.variables().into_iter().collect(),
+            None => model.vs.variables().into_iter().collect(),
+        };
+        let mut optimizer = AdamW::new(params, cfg.optim.adamw());
+        let (store, state) = match &checkpoint {
+            Some((step, dir)) => {
+                optimizer.load(&dir.join("optimizer.safetensors"))?;
+                let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(dir.join("trainer.json"))?)?;
+                tracing::info!("resuming {} from step {step}", cfg.run.name);
+                (RunStore::resume(&store_path, &cfg.run.name, *step)?, state)
+            }
+            None => {
+                let resolved = serde_json::to_value(&cfg)?;
+                std::fs::write(run_dir.join("config.toml"), toml::to_string(&cfg)?)?;
+                (RunStore::create(&store_path, &cfg.run.name, "train", &resolved)?, TrainerState::default())
+            }
+        };
+        Ok(Trainer { cfg, model, tokenizer, special, tasks, prompts, prepared, verifier, optimizer, store, state })
+    }
+
+    /// The next `train_batch_size` prompts: passes over the tasks in a seeded order.
+    fn next_prompts(&mut self) -> Vec<usize> {
+        let n = self.tasks.len();
+        let mut out = Vec::with_capacity(self.cfg.data.train_batch_size);
+        while out.len() < self.cfg.data.train_batch_size {
+            let order = {
+                let mut rng = ChaCha8Rng::seed_from_u64(dllm_policy::mask_seed(self.cfg.run.seed, self.state.epoch, 0x6461_7461));
+                let mut order: Vec<usize> = (0..n).collect();
+                for i in (1..n).rev() {
+                    order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+                }
+                order
+            };
+            while self.state.cursor < n && out.len() < self.cfg.data.train_batch_size {
+                out.push(order[self.state.cursor]);
+                self.state.cursor += 1;
+            }
+            if self.state.cursor == n {
+                self.state.cursor = 0;
+                self.state.epoch += 1;
+            }
+        }
+        out
+    }
+
+    /// Writes `checkpoints/step-N/` atomically (a temporary folder, then a rename).
+    pub fn checkpoint(&mut self) -> anyhow::Result<PathBuf> {
+        let dir = self.cfg.run_dir().join("checkpoints");
+        let final_dir = dir.join(format!("step-{}", self.state.step));
+        let tmp = dir.join(format!("step-{}.tmp", self.state.step));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        match &self.model.lora {
+            Some(_) => self.model.save_lora(&tmp.join("adapter"), Some(&self.cfg.model.path.display().to_string()))?,
+            None => {
+                let options = SaveOptions { kind: self.model.placement.param_kind, copy_from: Some(self.cfg.model.path.clone()), ..SaveOptions::default() };
+                self.model.save_pretrained(&tmp.join("model"), &options)?;
+            }
+        }
+        self.optimizer.save(&tmp.join("optimizer.safetensors"))?;
+        std::fs::write(tmp.join("trainer.json"), serde_json::to_string_pretty(&self.state)?)?;
+        let _ = std::fs::remove_dir_all(&final_dir);
+        std::fs::rename(&tmp, &final_dir)?;
+        self.store.log_checkpoint(self.state.step, &final_dir)?;
+        Ok(final_dir)
+    }
+
+    /// Runs steps until `run.total_steps` or until `stop` is set (then checkpoints and returns).
+    pub fn run(&mut self, stop: &AtomicBool, on_step: &mut dyn FnMut(i64, &serde_json::Value)) -> anyhow::Result<()> {
+        while self.state.step < self.cfg.run.total_steps {
+            let metrics = self.grpo_step()?;
+            self.store.log_step(self.state.step, metrics.clone())?;
+            on_step(self.state.step, &metrics);
+            self.state.step += 1;
+            let due = self.state.step % self.cfg.run.save_freq == 0 || self.state.step == self.cfg.run.total_steps;
+            let stopping = stop.load(Ordering::Relaxed);
+            if due || stopping {
+                let path = self.checkpoint()?;
+                tracing::info!("checkpoint: {}", path.display());
+            }
+            self.store.flush()?;
+            if stopping {
+                tracing::info!("interrupted: stopped after step {} with a checkpoint", self.state.step);
+                self.store.set_status("interrupted")?;
+                self.store.flush()?;
+                return Ok(());
+            }
+        }
+        self.store.set_status("finished")?;
+        self.store.flush()?;
+        Ok(())
+    }
+}
