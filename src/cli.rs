@@ -55,6 +55,13 @@ pub enum Command {
     /// and rollout goes to the run's SQLite store; checkpoints every `run.save_freq` steps and on
     /// Ctrl-C; `--resume` continues from the newest checkpoint exactly.
     Train(TrainArgs),
+    /// Supervised fine-tuning with the masked-diffusion objective on tasks' reference
+    /// solutions (1/t or CART weights, random truncation of trailing padding).
+    Sft(TrainArgs),
+    /// The whole pipeline on a laptop, from nothing: toy coding tasks judged by the real
+    /// verifier, a byte-level tokenizer, a tiny Dream-architecture model, SFT, held-out pass@1,
+    /// coupled GRPO, held-out pass@1 again. Everything under ./quickstart/.
+    Quickstart(QuickstartArgs),
     /// Model checkpoints: make a random one of any shape, describe one.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -205,6 +212,22 @@ pub struct EvalArgs {
     /// Also write the summary as JSON.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct QuickstartArgs {
+    /// Where everything is written.
+    #[arg(long, default_value = "quickstart")]
+    pub out: std::path::PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 300)]
+    pub sft_steps: i64,
+    #[arg(long, default_value_t = 40)]
+    pub rl_steps: i64,
+    /// Samples per held-out task for pass@1 (50 tasks).
+    #[arg(long, default_value_t = 4)]
+    pub eval_samples: usize,
 }
 
 #[derive(Debug, Args)]

@@ -125,3 +125,47 @@ fn train_logs_learns_checkpoints_and_resumes_exactly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
 }
+
+#[test]
+fn sft_fits_reference_solutions_and_writes_a_loadable_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = setup(tmp.path());
+    let text = r#"[run]
+name = "sft"
+out_dir = "runs"
+total_steps = 30
+save_freq = 15
+
+[model]
+path = "model"
+
+[data]
+train_files = ["tasks.jsonl"]
+
+[sft]
+batch_size = 4
+micro_batch_size = 2
+max_response_tokens = 160
+
+[optim]
+lr = 0.003
+weight_decay = 0.0
+"#;
+    std::fs::write(dir.join("sft.toml"), text).unwrap();
+    run(&["sft", "--config", dir.join("sft.toml").to_str().unwrap()]);
+    let db = rusqlite::Connection::open(dir.join("runs/sft/store.sqlite")).unwrap();
+    let losses: Vec<f64> = db
+        .prepare("SELECT metrics ->> '$.loss' FROM steps ORDER BY step")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(losses.len(), 30);
+    let (first, last) = (losses[..5].iter().sum::<f64>() / 5.0, losses[25..].iter().sum::<f64>() / 5.0);
+    assert!(last < 0.7 * first, "the loss falls on 4 memorisable answers: {first:.3} -> {last:.3}");
+    // The checkpoint is a Hugging Face model folder with the tokenizer: generate from it.
+    let ckpt = dir.join("runs/sft/checkpoints/step-30/model");
+    assert!(ckpt.join("tokenizer.json").exists());
+    run(&["generate", "--model", ckpt.to_str().unwrap(), "--prompt", "hi", "--max-new-tokens", "8"]);
+}

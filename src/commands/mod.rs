@@ -12,6 +12,7 @@ mod eval;
 mod generate;
 mod model;
 mod prompts;
+mod quickstart;
 mod train;
 mod verify;
 
@@ -25,6 +26,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Train(args) => train::run(args),
+        Command::Quickstart(args) => quickstart::run(args),
+        Command::Sft(args) => train::run_sft(args),
         Command::Model(command) => model::run(command),
         Command::Bench(crate::cli::BenchCommand::Verify(args)) => bench::run(args),
         Command::Bench(crate::cli::BenchCommand::Model(args)) => bench_model::run(args),

@@ -36,6 +36,20 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn run_sft(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let cfg = crate::train::sft::SftConfig::from_file(&args.config)?;
+    let bar = indicatif::ProgressBar::new(cfg.run.total_steps as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed}]").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let last = crate::train::sft::run_sft(&cfg, args.resume, &mut |step, m| {
+        bar.set_position(step as u64 + 1);
+        bar.set_message(format!("loss {:.4}", m["loss"].as_f64().unwrap_or(f64::NAN)));
+    })?;
+    bar.finish_and_clear();
+    println!("SFT done; final checkpoint: {}", last.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigint(_: libc::c_int) {

@@ -8,6 +8,7 @@
 //! comes from the run seed and the step, so a resumed run repeats an uninterrupted one.
 
 pub mod config;
+pub mod sft;
 mod step;
 
 use std::path::{Path, PathBuf};
@@ -59,7 +60,7 @@ fn read_tasks(files: &[PathBuf]) -> anyhow::Result<Vec<Task>> {
 }
 
 /// The newest complete checkpoint folder of a run, with its step.
-fn latest_checkpoint(run_dir: &Path) -> Option<(i64, PathBuf)> {
+pub(crate) fn latest_checkpoint(run_dir: &Path) -> Option<(i64, PathBuf)> {
     let entries = std::fs::read_dir(run_dir.join("checkpoints")).ok()?;
     entries
         .filter_map(|e| e.ok())
@@ -69,6 +70,29 @@ fn latest_checkpoint(run_dir: &Path) -> Option<(i64, PathBuf)> {
             Some((step, e.path()))
         })
         .max_by_key(|(step, _)| *step)
+}
+
+/// Writes `run_dir/checkpoints/step-N/` (N = `state.step`): adapters (PEFT) or the model
+/// (Hugging Face, tokenizer copied from `base`), the optimizer state and `trainer.json`, into a
+/// temporary folder renamed at the end.
+pub fn write_checkpoint(run_dir: &Path, base: &Path, model: &DreamModel, optimizer: &AdamW, state: &TrainerState) -> anyhow::Result<PathBuf> {
+    let dir = run_dir.join("checkpoints");
+    let final_dir = dir.join(format!("step-{}", state.step));
+    let tmp = dir.join(format!("step-{}.tmp", state.step));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    match &model.lora {
+        Some(_) => model.save_lora(&tmp.join("adapter"), Some(&base.display().to_string()))?,
+        None => {
+            let options = SaveOptions { kind: model.placement.param_kind, copy_from: Some(base.to_path_buf()), ..SaveOptions::default() };
+            model.save_pretrained(&tmp.join("model"), &options)?;
+        }
+    }
+    optimizer.save(&tmp.join("optimizer.safetensors"))?;
+    std::fs::write(tmp.join("trainer.json"), serde_json::to_string_pretty(state)?)?;
+    let _ = std::fs::remove_dir_all(&final_dir);
+    std::fs::rename(&tmp, &final_dir)?;
+    Ok(final_dir)
 }
 
 impl Trainer {
@@ -190,24 +214,9 @@ impl Trainer {
 
     /// Writes `checkpoints/step-N/` atomically (a temporary folder, then a rename).
     pub fn checkpoint(&mut self) -> anyhow::Result<PathBuf> {
-        let dir = self.cfg.run_dir().join("checkpoints");
-        let final_dir = dir.join(format!("step-{}", self.state.step));
-        let tmp = dir.join(format!("step-{}.tmp", self.state.step));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)?;
-        match &self.model.lora {
-            Some(_) => self.model.save_lora(&tmp.join("adapter"), Some(&self.cfg.model.path.display().to_string()))?,
-            None => {
-                let options = SaveOptions { kind: self.model.placement.param_kind, copy_from: Some(self.cfg.model.path.clone()), ..SaveOptions::default() };
-                self.model.save_pretrained(&tmp.join("model"), &options)?;
-            }
-        }
-        self.optimizer.save(&tmp.join("optimizer.safetensors"))?;
-        std::fs::write(tmp.join("trainer.json"), serde_json::to_string_pretty(&self.state)?)?;
-        let _ = std::fs::remove_dir_all(&final_dir);
-        std::fs::rename(&tmp, &final_dir)?;
-        self.store.log_checkpoint(self.state.step, &final_dir)?;
-        Ok(final_dir)
+        let dir = write_checkpoint(&self.cfg.run_dir(), &self.cfg.model.path, &self.model, &self.optimizer, &self.state)?;
+        self.store.log_checkpoint(self.state.step, &dir)?;
+        Ok(dir)
     }
 
     /// Runs steps until `run.total_steps` or until `stop` is set (then checkpoints and returns).
