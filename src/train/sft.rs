@@ -182,7 +182,7 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serd
     while state.step < cfg.run.total_steps {
         let started = Instant::now();
         let step = state.step;
-        tch::manual_seed((mask_seed(cfg.run.seed, step as u64, 0x7366_74) >> 1) as i64);
+        tch::manual_seed((mask_seed(cfg.run.seed, step as u64, 0x0073_6674) >> 1) as i64);
         let rows = next_rows(&mut state, pairs.len(), cfg.sft.batch_size, cfg.run.seed);
         let mut rng = ChaCha8Rng::seed_from_u64(mask_seed(cfg.run.seed, step as u64, 0x6d61_736b));
         let uniform = |rng: &mut ChaCha8Rng| ((rng.next_u64() >> 40) as f64 + 0.5) / (1u64 << 24) as f64;
