@@ -177,6 +177,22 @@ fn verl_layout_guru_ground_truths() {
 }
 
 #[test]
+fn kodcode_v1_rows() {
+    let task = import_one(
+        Format::Kodcode,
+        json!({
+            "question_id": "Leetcode_1_I", "subset": "Leetcode", "style": "instruct",
+            "question": "Write `add(a, b)`.", "solution": "def add(a, b):\n    return a + b\n",
+            "test_code": "from solution import add\n\ndef test_add():\n    assert add(1, 2) == 3\n",
+            "test_info": [{"function_name": "add", "parameter_list": "(a, b)", "function_declaration": "def add(a, b):", "docstring": null}]
+        }),
+    );
+    assert_eq!((task.id.as_str(), task.kind()), ("kodcode/Leetcode_1_I", "pytest"));
+    let reference = task.reference.clone().unwrap();
+    assert_eq!(judge(&task, &[&reference, "def add(a, b):\n    return a - b\n"]), [true, false]);
+}
+
+#[test]
 fn bad_rows_name_their_field() {
     let text = "{\"question\": \"q\", \"input_output\": \"{\\\"inputs\\\": [\\\"1\\\"], \\\"outputs\\\": []}\"}\n";
     let got = import_text(Format::AppsTaco, Path::new("taco.jsonl"), text).unwrap();

@@ -1,6 +1,6 @@
 //! `dllm-rl quickstart`: the whole pipeline on a laptop, in minutes, from nothing.
 //!
-//! 1. a family of toy coding tasks (`f(x) = x <op> k`: write `f`), judged by the real verifier
+//! 1. a family of toy coding tasks (`g(y) = y <op> k`: write `g`), judged by the real verifier
 //!    on several inputs each, split three ways: SFT (with reference solutions), RL (tests only)
 //!    and held-out;
 //! 2. a byte-level tokenizer and a tiny random Dream-architecture model;
@@ -41,25 +41,31 @@ const MODEL: &str = r#"{
   "mask_token_id": 259, "pad_token_id": 256, "eos_token_id": 256, "torch_dtype": "float32"
 }"#;
 
-/// The task family: `f(x) = x <op> k`, tested on five inputs.
+/// The task family: `g(y) = y <op> k` for five function names, five variable names, three
+/// operators and k in 1..=9 (675 tasks), each tested on five inputs.
 fn toy_tasks() -> Vec<Task> {
     let mut tasks = Vec::new();
-    for (name, op) in [("add", "+"), ("sub", "-"), ("mul", "*")] {
-        for k in 1..=999i64 {
-            let apply = |x: i64| match op {
-                "+" => x + k,
-                "-" => x - k,
-                _ => x * k,
-            };
-            let tests: Vec<serde_json::Value> = [-3i64, 0, 2, 7, 11].iter().map(|&x| serde_json::json!({"args": [x], "expected": apply(x)})).collect();
-            let task = serde_json::json!({
-                "id": format!("toy/{name}-{k}"), "source": format!("toy-{name}"),
-                "prompt": format!("f(x) = x {op} {k}"),
-                "reference": format!("def f(x):\n    return x {op} {k}"),
-                "kind": "call", "entry_point": "f", "tests": tests,
-            });
-            if let Ok(task) = serde_json::from_value(task) {
-                tasks.push(task);
+    for name in ["f", "g", "h", "p", "q"] {
+        for var in ["x", "y", "z", "n", "a"] {
+            for (op_name, op) in [("add", "+"), ("sub", "-"), ("mul", "*")] {
+                for k in 1..=9i64 {
+                    let apply = |x: i64| match op {
+                        "+" => x + k,
+                        "-" => x - k,
+                        _ => x * k,
+                    };
+                    let tests: Vec<serde_json::Value> =
+                        [-3i64, 0, 2, 7, 11].iter().map(|&x| serde_json::json!({"args": [x], "expected": apply(x)})).collect();
+                    let task = serde_json::json!({
+                        "id": format!("toy/{name}-{var}-{op_name}-{k}"), "source": format!("toy-{op_name}"),
+                        "prompt": format!("{name}({var}) = {var} {op} {k}"),
+                        "reference": format!("def {name}({var}):\n    return {var} {op} {k}"),
+                        "kind": "call", "entry_point": name, "tests": tests,
+                    });
+                    if let Ok(task) = serde_json::from_value(task) {
+                        tasks.push(task);
+                    }
+                }
             }
         }
     }

@@ -313,6 +313,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_configs_parse_and_validate() {
+        for name in ["dream-coder-7b-lora.toml", "dream-coder-7b-full.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(name);
+            let cfg = TrainConfig::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert_eq!((cfg.rollout.n, cfg.data.train_batch_size), (16, 96), "{name}");
+            assert_eq!(cfg.model.lora.is_some(), name.contains("lora"));
+        }
+    }
+
+    #[test]
     fn unknown_and_bad_keys_are_named() {
         let err = toml::from_str::<TrainConfig>(&format!("{MINIMAL}[actor]\nppo_epoch = 2\n")).unwrap_err().to_string();
         assert!(err.contains("ppo_epoch"), "{err}");

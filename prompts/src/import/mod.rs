@@ -306,18 +306,32 @@ fn rllm_stdio(row: usize, v: &Value) -> RowResult {
     })
 }
 
+/// KodCode: the demo files' `instruction` / `response` / `metadata.prompt_id`, or the
+/// KodCode-V1 dataset's `question` / `solution` / `question_id` / `test_info` (whose
+/// `function_name`s name the entry points).
 fn kodcode(row: usize, v: &Value) -> RowResult {
-    // Prompt ids restart in each KodCode subset: qualify them with the subset (`mode`).
-    let prompt_id = v.pointer("/metadata/prompt_id").and_then(Value::as_str);
-    let mode = v.pointer("/metadata/mode").and_then(Value::as_str).unwrap_or("kodcode");
-    let id = prompt_id.map_or_else(|| format!("{mode}-row{row}"), |p| format!("{mode}-{p}"));
+    let v1 = v.get("question").is_some();
+    let id = if v1 {
+        v.get("question_id").and_then(Value::as_str).map_or_else(|| format!("row{row}"), str::to_owned)
+    } else {
+        // Prompt ids restart in each demo subset: qualify them with the subset (`mode`).
+        let prompt_id = v.pointer("/metadata/prompt_id").and_then(Value::as_str);
+        let mode = v.pointer("/metadata/mode").and_then(Value::as_str).unwrap_or("kodcode");
+        prompt_id.map_or_else(|| format!("{mode}-row{row}"), |p| format!("{mode}-{p}"))
+    };
+    let entry_points = v
+        .get("test_info")
+        .and_then(Value::as_array)
+        .map(|infos| infos.iter().filter_map(|i| i.get("function_name").and_then(Value::as_str).map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let (prompt, reference) = if v1 { (string(v, "question")?, string(v, "solution")?) } else { (string(v, "instruction")?, string(v, "response")?) };
     Ok(Task {
         id: format!("kodcode/{id}"),
         source: Some("kodcode".into()),
-        prompt: Some(string(v, "instruction")?),
-        reference: Some(string(v, "response")?),
+        prompt: Some(prompt),
+        reference: Some(reference),
         prelude: String::new(),
-        spec: TestSpec::Pytest { entry_points: vec![], test_code: string(v, "test_code")? },
+        spec: TestSpec::Pytest { entry_points, test_code: string(v, "test_code")? },
         limits: Limits::default(),
     })
 }
