@@ -182,6 +182,7 @@ function_instruction = "Define {{entry_point}}."
 batch_size = 32
 micro_batch_size = 32
 max_response_tokens = 48
+context_adaptive_reweight_p = 0.1
 
 [optim]
 lr = 3e-3

@@ -219,10 +219,45 @@ impl Trainer {
         Ok(dir)
     }
 
+    /// One step, with libtorch's panics (tch panics on a failed op, CUDA out-of-memory included)
+    /// turned into errors, and out-of-memory ones told which settings to lower.
+    fn guarded_step(&mut self) -> anyhow::Result<serde_json::Value> {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.grpo_step()));
+        let message = match outcome {
+            Ok(result) => return result,
+            Err(payload) => payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic without a message".into()),
+        };
+        if message.contains("out of memory") {
+            bail!(
+                "step {}: the GPU ran out of memory. Lower actor.ppo_micro_batch_size (now {}) or rollout.batch_size \
+                 (now {}), keep actor.gradient_checkpointing on, or shorten rollout.sampler.max_new_tokens; \
+                 then resume with --resume. ({message})",
+                self.state.step,
+                self.cfg.actor.ppo_micro_batch_size,
+                self.cfg.rollout.batch_size
+            );
+        }
+        bail!("step {} failed in libtorch: {message}", self.state.step)
+    }
+
     /// Runs steps until `run.total_steps` or until `stop` is set (then checkpoints and returns).
     pub fn run(&mut self, stop: &AtomicBool, on_step: &mut dyn FnMut(i64, &serde_json::Value)) -> anyhow::Result<()> {
+        let mut idle = 0;
         while self.state.step < self.cfg.run.total_steps {
-            let metrics = self.grpo_step()?;
+            let metrics = self.guarded_step()?;
+            // A run where every group is solved by all or none of its samples learns nothing.
+            idle = if metrics.get("skipped_update").is_some() { idle + 1 } else { 0 };
+            if idle == 5 {
+                tracing::warn!(
+                    "no update for 5 steps: every prompt's samples all pass or all fail, so nothing is learned. \
+                     Choose prompts the model solves sometimes (dllm-rl prompts difficulty), raise rollout.n, \
+                     or, if rewards collapsed to 0 after an update, lower optim.lr"
+                );
+            }
             self.store.log_step(self.state.step, metrics.clone())?;
             on_step(self.state.step, &metrics);
             self.state.step += 1;
