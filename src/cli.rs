@@ -221,7 +221,7 @@ pub struct QuickstartArgs {
     pub out: std::path::PathBuf,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 3000)]
     pub sft_steps: i64,
     #[arg(long, default_value_t = 40)]
     pub rl_steps: i64,

@@ -41,12 +41,14 @@ const MODEL: &str = r#"{
   "mask_token_id": 259, "pad_token_id": 256, "eos_token_id": 256, "torch_dtype": "float32"
 }"#;
 
-/// The task family: `g(y) = y <op> k` for five function names, five variable names, three
-/// operators and k in 1..=9 (675 tasks), each tested on five inputs.
+/// The task family: `g(y) = y <op> k` for every pair of distinct one-letter function and
+/// variable names, three operators and k in 1..=9 (17,550 tasks), each tested on five inputs.
+/// So many that SFT cannot memorise answers and must learn to read them off the prompt.
 fn toy_tasks() -> Vec<Task> {
+    let letters: Vec<String> = ('a'..='z').map(String::from).collect();
     let mut tasks = Vec::new();
-    for name in ["f", "g", "h", "p", "q"] {
-        for var in ["x", "y", "z", "n", "a"] {
+    for name in &letters {
+        for var in letters.iter().filter(|v| *v != name) {
             for (op_name, op) in [("add", "+"), ("sub", "-"), ("mul", "*")] {
                 for k in 1..=9i64 {
                     let apply = |x: i64| match op {
@@ -91,8 +93,9 @@ fn write_tasks(path: &Path, tasks: &[Task]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Short prompts: a tiny model copies from nearby positions far more easily.
 fn render() -> RenderConfig {
-    RenderConfig { system: Some("Write Python.".into()), function_instruction: "Define {entry_point}.".into(), ..RenderConfig::default() }
+    RenderConfig { system: Some("Code.".into()), function_instruction: "{entry_point}".into(), ..RenderConfig::default() }
 }
 
 fn sampler(temperature: f64) -> SamplerConfig {
@@ -175,8 +178,8 @@ path = "base-model"
 [data]
 train_files = ["sft-tasks.jsonl"]
 [data.render]
-system = "Write Python."
-function_instruction = "Define {{entry_point}}."
+system = "Code."
+function_instruction = "{{entry_point}}"
 
 [sft]
 batch_size = 32
@@ -222,8 +225,8 @@ path = "{sft_model}"
 train_files = ["rl-tasks.jsonl"]
 train_batch_size = 8
 [data.render]
-system = "Write Python."
-function_instruction = "Define {{entry_point}}."
+system = "Code."
+function_instruction = "{{entry_point}}"
 
 [rollout]
 n = 8
@@ -241,7 +244,7 @@ ppo_epochs = 2
 ppo_micro_batch_size = 32
 
 [optim]
-lr = 5e-4
+lr = 5e-5
 weight_decay = 0.0
 "#,
         seed = args.seed,

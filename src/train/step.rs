@@ -133,7 +133,7 @@ impl Trainer {
             }
         }
 
-        // 7-9. Per PPO epoch: coupled masks, old log-probs, then the update.
+        // 7-9. Coupled masks and old log-probs for every epoch, then the PPO epochs.
         let update_start = Instant::now();
         let actor = &self.cfg.actor;
         let clip = ClipRange { low: actor.clip_ratio_low, high: actor.clip_ratio_high };
@@ -141,11 +141,14 @@ impl Trainer {
         let options = BackwardOptions { recompute: actor.gradient_checkpointing, head_chunk: None };
         let (mut loss_sum, mut clipped, mut scored, mut kl_sum, mut grad_norm) = (0.0, 0i64, 0i64, 0.0, 0.0);
         let mut old_seconds = 0.0;
+        // Every epoch's masks and old log-probs first, all under the rollout's weights (as
+        // Dream-Coder computes them right after the rollout): the PPO ratio of a later epoch is
+        // then against the policy that sampled, and clipping can act.
+        let old_start = Instant::now();
+        let mut epochs_passes = Vec::with_capacity(actor.ppo_epochs);
         for epoch in 0..actor.ppo_epochs {
             let epoch_seed = mask_seed(seed, step as u64, 1000 + epoch as u64);
-            // The passes of every micro-batch, with their fixed inputs.
             let mut passes = Vec::new();
-            let old_start = Instant::now();
             for (b, mb) in batches.iter().enumerate() {
                 let (rows, len) = (mb.sequences.size()[0], mb.sequences.size()[1]);
                 let response = Tensor::ones([rows, sampler.max_new_tokens], (Kind::Bool, device));
@@ -166,20 +169,28 @@ impl Trainer {
                     passes.push((batch, w, old, adv));
                 }
             }
-            old_seconds += old_start.elapsed().as_secs_f64();
+            epochs_passes.push(passes);
+        }
+        old_seconds += old_start.elapsed().as_secs_f64();
+        let mut non_finite = 0;
+        for passes in &epochs_passes {
             let normaliser: f64 = passes.iter().map(|p| p.1 .1.sum(Kind::Double).double_value(&[])).sum();
             self.optimizer.zero_grad();
-            for (batch, (w_loss, _), old, adv) in &passes {
+            let mut epoch_loss = 0.0;
+            for (batch, (w_loss, _), old, adv) in passes {
                 let clipped_here = Cell::new(0i64);
                 let objective = |lp: &Tensor, start: i64| {
                     let n = lp.size()[0];
                     let terms = ppo_terms(lp, &old.narrow(0, start, n), &adv.narrow(0, start, n), clip);
                     let w = w_loss.narrow(0, start, n);
                     clipped_here.set(clipped_here.get() + terms.clipped.logical_and(&w.gt(0.0)).sum(Kind::Int64).int64_value(&[]));
+                    // Tokens of zero weight must not turn an infinite ratio into NaN (0 · inf).
+                    let live_loss = terms.loss.where_self(&w.gt(0.0), &terms.loss.zeros_like());
+                    let terms = dllm_policy::grpo::PpoTerms { loss: live_loss, clipped: terms.clipped, ratio: terms.ratio };
                     weighted_loss(&terms, &w, normaliser)
                 };
                 let (new, loss) = self.model.backward_scored(batch, Pass::TRAIN, options, &objective)?;
-                loss_sum += loss;
+                epoch_loss += loss;
                 clipped += clipped_here.get();
                 let live = w_loss.gt(0.0);
                 scored += live.sum(Kind::Int64).int64_value(&[]);
@@ -187,11 +198,20 @@ impl Trainer {
                 kl_sum += (old - &new).masked_select(&live).sum(Kind::Double).double_value(&[]);
             }
             grad_norm = self.optimizer.clip_grad_norm(actor.grad_clip);
+            // A non-finite loss or gradient would poison every weight: skip that update.
+            if !epoch_loss.is_finite() || !grad_norm.is_finite() {
+                non_finite += 1;
+                self.optimizer.zero_grad();
+                tracing::warn!("step {step}: non-finite loss {epoch_loss} or gradient norm {grad_norm}; update skipped");
+                continue;
+            }
+            loss_sum += epoch_loss;
             let lr = self.cfg.optim.lr_schedule.lr(self.cfg.optim.lr, self.optimizer.step);
             self.optimizer.set_lr(lr);
             self.optimizer.step();
             metrics["lr"] = lr.into();
         }
+        metrics["non_finite_updates_skipped"] = non_finite.into();
         let update_seconds = update_start.elapsed().as_secs_f64() - old_seconds;
         let epochs = actor.ppo_epochs as f64;
         metrics["loss"] = (loss_sum / epochs).into();
