@@ -175,6 +175,10 @@ impl Trainer {
         let mut non_finite = 0;
         for passes in &epochs_passes {
             let normaliser: f64 = passes.iter().map(|p| p.1 .1.sum(Kind::Double).double_value(&[])).sum();
+            if normaliser <= 0.0 {
+                // Every token weighs nothing (CART with a noise level near 1: no visible context).
+                continue;
+            }
             self.optimizer.zero_grad();
             let mut epoch_loss = 0.0;
             for (batch, (w_loss, _), old, adv) in passes {
