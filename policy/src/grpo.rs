@@ -39,11 +39,13 @@ pub fn ppo_terms(logp: &Tensor, old_logp: &Tensor, advantages: &Tensor, clip: Cl
 }
 
 /// The chunk's contribution to the mini-batch loss: `Σ w_loss · L / Σ_minibatch w_norm`.
-/// A zero normaliser (every weight zero: CART on a pass with no visible context) gives zero,
-/// not 0/0: the floor is well above f32's smallest normal number, since the division happens in
-/// the tensor's dtype.
+/// Tokens of zero weight contribute nothing even when their term is infinite (0 · inf would be
+/// NaN), and a zero normaliser (every weight zero: CART on a pass with no visible context) gives
+/// zero, not 0/0: the floor is well above f32's smallest normal number, since the division
+/// happens in the tensor's dtype.
 pub fn weighted_loss(terms: &PpoTerms, loss_weights: &Tensor, normaliser: f64) -> Tensor {
-    (&terms.loss * loss_weights).sum(Kind::Float) / normaliser.max(1e-6)
+    let live = terms.loss.where_self(&loss_weights.ne(0.0), &terms.loss.zeros_like());
+    (live * loss_weights).sum(Kind::Float) / normaliser.max(1e-6)
 }
 
 #[cfg(test)]
@@ -69,6 +71,15 @@ mod tests {
         let w = Tensor::from_slice(&[1.0f32, 1.0, 1.0, 0.0, 2.0, 0.0]);
         let l = weighted_loss(&t, &w, 4.0).double_value(&[]);
         assert!((l - (-0.5 - 1.0 - 1.28 + 2.0) / 4.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_zero_weight_token_with_an_infinite_ratio_is_not_nan() {
+        let lp = Tensor::from_slice(&[100.0f32, -1.0]);
+        let old = Tensor::from_slice(&[-100.0f32, -1.0]);
+        let t = ppo_terms(&lp, &old, &Tensor::from_slice(&[-1.0f32, 1.0]), ClipRange::default());
+        let l = weighted_loss(&t, &Tensor::from_slice(&[0.0f32, 1.0]), 1.0).double_value(&[]);
+        assert!((l + 1.0).abs() < 1e-6, "{l}");
     }
 
     #[test]

@@ -188,9 +188,6 @@ impl Trainer {
                     let terms = ppo_terms(lp, &old.narrow(0, start, n), &adv.narrow(0, start, n), clip);
                     let w = w_loss.narrow(0, start, n);
                     clipped_here.set(clipped_here.get() + terms.clipped.logical_and(&w.gt(0.0)).sum(Kind::Int64).int64_value(&[]));
-                    // Tokens of zero weight must not turn an infinite ratio into NaN (0 · inf).
-                    let live_loss = terms.loss.where_self(&w.gt(0.0), &terms.loss.zeros_like());
-                    let terms = dllm_policy::grpo::PpoTerms { loss: live_loss, clipped: terms.clipped, ratio: terms.ratio };
                     weighted_loss(&terms, &w, normaliser)
                 };
                 let (new, loss) = self.model.backward_scored(batch, Pass::TRAIN, options, &objective)?;
