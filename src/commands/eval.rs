@@ -10,7 +10,6 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use dllm_policy::{chat_prompt, ChatMessage};
 use dllm_prompts::RenderConfig;
 use dllm_rewards::{Judged, RewardConfig};
 use dllm_rollout::{generate, rollout_seed, Request, SpecialIds};
@@ -20,6 +19,7 @@ use super::generate::load_policy;
 use super::verify::read_jsonl;
 use crate::cli::EvalArgs;
 use crate::store::{RolloutRecord, RunStore, TestRecord};
+use crate::train::chat_text;
 
 /// Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k),
 /// as the numerically stable product.
@@ -82,13 +82,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .enumerate()
         .map(|(i, task)| {
-            let rendered = render.render(task)?;
-            let mut messages = Vec::new();
-            if let Some(system) = &rendered.system {
-                messages.push(ChatMessage::new("system", system));
-            }
-            messages.push(ChatMessage::new("user", &rendered.user));
-            let prompt = tokenizer.encode(&chat_prompt(&messages))?;
+            let prompt = tokenizer.encode(&chat_text(&render.render(task)?))?;
             let seeds = (0..args.samples as u64).map(|s| rollout_seed(args.sampler.seed, 0, i as u64, s)).collect();
             Ok(Request { prompt, seeds })
         })
@@ -254,12 +248,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
                     reward_components: j.reward.as_ref().and_then(|r| serde_json::to_value(&r.components).ok()),
                     verdict: j.verdict.summary().into(),
                     hack_signals: serde_json::Value::Array(vec![]),
-                    tests: j
-                        .verdict
-                        .tests
-                        .iter()
-                        .map(|t| TestRecord { verdict: t.verdict.name().into(), seconds: t.seconds, stdout: t.stdout.clone(), stderr: t.stderr.clone() })
-                        .collect(),
+                    tests: TestRecord::from_verdict(&j.verdict),
                 }
             })
             .collect();

@@ -20,17 +20,15 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::Context;
-use dllm_policy::{chat_prompt, ChatMessage, ChatTokenizer, DreamModel, Init, ModelConfig, Placement, SaveOptions};
+use dllm_policy::{ChatTokenizer, DreamModel, Init, ModelConfig, Placement, SaveOptions};
 use dllm_prompts::RenderConfig;
 use dllm_rollout::{generate, rollout_seed, BlockConfig, CacheMode, Request, SamplerConfig, SpecialIds};
 use dllm_verifier::{Completion, Task, Verifier};
-use rand_chacha::ChaCha8Rng;
-use rand_core::{Rng, SeedableRng};
 
 use crate::cli::QuickstartArgs;
 use crate::train::config::TrainConfig;
 use crate::train::sft::SftConfig;
-use crate::train::Trainer;
+use crate::train::{chat_text, Trainer};
 
 const MODEL: &str = r#"{
   "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
@@ -75,11 +73,10 @@ fn toy_tasks() -> Vec<Task> {
 }
 
 /// Splits by a seeded shuffle: (SFT, RL, held-out).
-fn split(mut tasks: Vec<Task>, seed: u64) -> (Vec<Task>, Vec<Task>, Vec<Task>) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    for i in (1..tasks.len()).rev() {
-        tasks.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-    }
+fn split(tasks: Vec<Task>, seed: u64) -> (Vec<Task>, Vec<Task>, Vec<Task>) {
+    let order = crate::train::seeded_permutation(tasks.len(), seed);
+    let mut slots: Vec<Option<Task>> = tasks.into_iter().map(Some).collect();
+    let mut tasks: Vec<Task> = order.into_iter().filter_map(|i| slots[i].take()).collect();
     let held = tasks.split_off(tasks.len() - 50);
     let rl = tasks.split_off(tasks.len() / 2);
     (tasks, rl, held)
@@ -118,9 +115,7 @@ fn pass_at_1(model_dir: &Path, lora: Option<&Path>, tasks: &[Task], samples: usi
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let r = render.render(t)?;
-            let messages = [ChatMessage::new("system", r.system.as_deref().unwrap_or_default()), ChatMessage::new("user", &r.user)];
-            Ok(Request { prompt: tokenizer.encode(&chat_prompt(&messages))?, seeds: (0..samples as u64).map(|s| rollout_seed(seed, 9999, i as u64, s)).collect() })
+            Ok(Request { prompt: tokenizer.encode(&chat_text(&render.render(t)?))?, seeds: (0..samples as u64).map(|s| rollout_seed(seed, 9999, i as u64, s)).collect() })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (rollouts, _) = generate(&model, &sampler(1.0), &requests, &special, dllm_rollout::Batching::Bucket, 64, &mut |_, _, _| {})?;

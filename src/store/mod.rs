@@ -112,6 +112,17 @@ pub struct TestRecord {
     pub stderr: String,
 }
 
+impl TestRecord {
+    /// One record per test of a verdict.
+    pub fn from_verdict(verdict: &dllm_verifier::TaskVerdict) -> Vec<TestRecord> {
+        verdict
+            .tests
+            .iter()
+            .map(|t| TestRecord { verdict: t.verdict.name().into(), seconds: t.seconds, stdout: t.stdout.clone(), stderr: t.stderr.clone() })
+            .collect()
+    }
+}
+
 enum Message {
     Step { step: i64, metrics: serde_json::Value },
     Rollouts(Vec<RolloutRecord>),

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{bail, Context};
 use dllm_policy::{chat_prompt, AdamW, ChatMessage, ChatTokenizer, DreamModel, LoraConfig, Placement, SaveOptions};
 use dllm_rollout::SpecialIds;
+use dllm_prompts::Rendered;
 use dllm_verifier::{PreparedTask, Task, Verifier};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
@@ -57,6 +58,44 @@ fn read_tasks(files: &[PathBuf]) -> anyhow::Result<Vec<Task>> {
         tasks.extend(crate::commands::read_jsonl::<Task>(f)?.into_iter().map(|(_, t)| t));
     }
     Ok(tasks)
+}
+
+/// `0..n` in an order drawn from `seed` (Fisher-Yates on a ChaCha8 stream).
+pub fn seeded_permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// The next `count` indices of seeded passes over `0..n`, advancing the state's cursor (a new
+/// order each pass): what a resumed run needs to continue the data exactly.
+pub fn next_indices(state: &mut TrainerState, n: usize, count: usize, seed: u64) -> Vec<usize> {
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let order = seeded_permutation(n, dllm_policy::mask_seed(seed, state.epoch, 0x6461_7461));
+        while state.cursor < n && out.len() < count {
+            out.push(order[state.cursor]);
+            state.cursor += 1;
+        }
+        if state.cursor == n {
+            state.cursor = 0;
+            state.epoch += 1;
+        }
+    }
+    out
+}
+
+/// The chat-template text of a rendered prompt (a system turn only when the render has one).
+pub fn chat_text(rendered: &Rendered) -> String {
+    let mut messages = Vec::new();
+    if let Some(system) = &rendered.system {
+        messages.push(ChatMessage::new("system", system));
+    }
+    messages.push(ChatMessage::new("user", &rendered.user));
+    chat_prompt(&messages)
 }
 
 /// The newest complete checkpoint folder of a run, with its step.
@@ -153,12 +192,7 @@ impl Trainer {
                     continue;
                 }
             };
-            let mut messages = Vec::new();
-            if let Some(system) = &rendered.0.system {
-                messages.push(ChatMessage::new("system", system));
-            }
-            messages.push(ChatMessage::new("user", &rendered.0.user));
-            prompts.push(tokenizer.encode(&chat_prompt(&messages))?);
+            prompts.push(tokenizer.encode(&chat_text(&rendered.0))?);
             prepared.push(rendered.1);
             tasks.push(task);
         }
@@ -189,27 +223,7 @@ impl Trainer {
 
     /// The next `train_batch_size` prompts: passes over the tasks in a seeded order.
     fn next_prompts(&mut self) -> Vec<usize> {
-        let n = self.tasks.len();
-        let mut out = Vec::with_capacity(self.cfg.data.train_batch_size);
-        while out.len() < self.cfg.data.train_batch_size {
-            let order = {
-                let mut rng = ChaCha8Rng::seed_from_u64(dllm_policy::mask_seed(self.cfg.run.seed, self.state.epoch, 0x6461_7461));
-                let mut order: Vec<usize> = (0..n).collect();
-                for i in (1..n).rev() {
-                    order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-                }
-                order
-            };
-            while self.state.cursor < n && out.len() < self.cfg.data.train_batch_size {
-                out.push(order[self.state.cursor]);
-                self.state.cursor += 1;
-            }
-            if self.state.cursor == n {
-                self.state.cursor = 0;
-                self.state.epoch += 1;
-            }
-        }
-        out
+        next_indices(&mut self.state, self.tasks.len(), self.cfg.data.train_batch_size, self.cfg.run.seed)
     }
 
     /// Writes `checkpoints/step-N/` atomically (a temporary folder, then a rename).

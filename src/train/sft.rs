@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use dllm_policy::estimator::token_weights;
-use dllm_policy::{chat_prompt, mask_seed, AdamW, BackwardOptions, ChatMessage, ChatTokenizer, DreamModel, Pass, Placement, ScoredBatch, TokenWeighting};
+use dllm_policy::{mask_seed, AdamW, BackwardOptions, ChatTokenizer, DreamModel, Pass, Placement, ScoredBatch, TokenWeighting};
 use dllm_prompts::RenderConfig;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::config::{ModelSection, OptimSection, RunSection};
-use super::{latest_checkpoint, write_checkpoint, TrainerState};
+use super::{chat_text, latest_checkpoint, next_indices, write_checkpoint, TrainerState};
 use crate::store::RunStore;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,12 +139,7 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serd
         for (line, task) in crate::commands::read_jsonl::<dllm_verifier::Task>(file)? {
             let Some(reference) = &task.reference else { continue };
             let rendered = cfg.data.render.render(&task)?;
-            let mut messages = Vec::new();
-            if let Some(system) = &rendered.system {
-                messages.push(ChatMessage::new("system", system));
-            }
-            messages.push(ChatMessage::new("user", &rendered.user));
-            let prompt = tokenizer.encode(&chat_prompt(&messages))?;
+            let prompt = tokenizer.encode(&chat_text(&rendered))?;
             let mut response = tokenizer.encode(&answer_text(reference))?;
             response.push(eos);
             if response.len() > n {
@@ -183,7 +178,7 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serd
         let started = Instant::now();
         let step = state.step;
         tch::manual_seed((mask_seed(cfg.run.seed, step as u64, 0x0073_6674) >> 1) as i64);
-        let rows = next_rows(&mut state, pairs.len(), cfg.sft.batch_size, cfg.run.seed);
+        let rows = next_indices(&mut state, pairs.len(), cfg.sft.batch_size, cfg.run.seed);
         let mut rng = ChaCha8Rng::seed_from_u64(mask_seed(cfg.run.seed, step as u64, 0x6d61_736b));
         let uniform = |rng: &mut ChaCha8Rng| ((rng.next_u64() >> 40) as f64 + 0.5) / (1u64 << 24) as f64;
         // Build every micro-batch first: the loss divides by the masked count of the whole batch.
@@ -248,25 +243,4 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serd
     store.flush()?;
     let last = last.or_else(|| latest_checkpoint(&run_dir).map(|(_, d)| d)).context("no checkpoint written")?;
     Ok(last)
-}
-
-/// The next `count` rows of seeded passes over `n` pairs.
-fn next_rows(state: &mut TrainerState, n: usize, count: usize, seed: u64) -> Vec<usize> {
-    let mut out = Vec::with_capacity(count);
-    while out.len() < count {
-        let mut rng = ChaCha8Rng::seed_from_u64(mask_seed(seed, state.epoch, 0x6461_7461));
-        let mut order: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
-            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-        }
-        while state.cursor < n && out.len() < count {
-            out.push(order[state.cursor]);
-            state.cursor += 1;
-        }
-        if state.cursor == n {
-            state.cursor = 0;
-            state.epoch += 1;
-        }
-    }
-    out
 }

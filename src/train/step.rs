@@ -244,12 +244,7 @@ impl Trainer {
                     reward_components: s.components.clone(),
                     verdict: s.verdict.summary().into(),
                     hack_signals: serde_json::to_value(code_signals(&code, stdio)).unwrap_or_default(),
-                    tests: s
-                        .verdict
-                        .tests
-                        .iter()
-                        .map(|t| TestRecord { verdict: t.verdict.name().into(), seconds: t.seconds, stdout: t.stdout.clone(), stderr: t.stderr.clone() })
-                        .collect(),
+                    tests: TestRecord::from_verdict(&s.verdict),
                 }
             })
             .collect();
