@@ -95,10 +95,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         verifier.prepare_all(tasks.clone()).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
     let rewards = RewardConfig::default();
 
-    let bar = indicatif::ProgressBar::new((tasks.len() * args.samples) as u64).with_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} completions judged, {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = crate::telemetry::progress_bar((tasks.len() * args.samples) as u64, "{bar:30} {pos}/{len} completions judged, {elapsed}");
     let start = Instant::now();
     let (tx, rx) = mpsc::channel::<Vec<(usize, usize, String, usize)>>();
     // Seeds and decode orders, for the run store.

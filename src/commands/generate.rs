@@ -95,9 +95,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     let rows = requests.len() * args.samples;
-    let bar = indicatif::ProgressBar::new(rows as u64).with_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} completions, {elapsed}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = crate::telemetry::progress_bar(rows as u64, "{bar:30} {pos}/{len} completions, {elapsed}");
     if rows <= args.sampler.batch_size {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }

@@ -111,9 +111,7 @@ fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let before = tasks.len();
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let verifier = dllm_verifier::Verifier::new(args.backend.into(), jobs).context("starting the sandbox")?;
-    let bar = indicatif::ProgressBar::new(before as u64).with_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} references, {elapsed}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = crate::telemetry::progress_bar(before as u64, "{bar:30} {pos}/{len} references, {elapsed}");
     let cfg = curate::validate::ValidateConfig { min_tests: args.min_tests, keep_unverified: args.keep_unverified, flag_only: args.flag_only };
     let curated = curate::validate::validate(tasks, &verifier, cfg, &|| bar.inc(1));
     bar.finish_and_clear();

@@ -191,9 +191,7 @@ weight_decay = 0.0
     );
     std::fs::write(out.join("sft.toml"), &sft_toml)?;
     let sft_cfg = SftConfig::from_file(&out.join("sft.toml"))?;
-    let bar = indicatif::ProgressBar::new(args.sft_steps as u64).with_style(
-        indicatif::ProgressStyle::with_template("SFT {bar:30} {pos}/{len} {msg} [{elapsed}]").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = crate::telemetry::progress_bar(args.sft_steps as u64, "SFT {bar:30} {pos}/{len} {msg} [{elapsed}]");
     let sft_dir = crate::train::sft::run_sft(&sft_cfg, false, &mut |s, m| {
         bar.set_position(s as u64 + 1);
         bar.set_message(format!("loss {:.3}", m["loss"].as_f64().unwrap_or(f64::NAN)));
@@ -249,9 +247,7 @@ weight_decay = 0.0
     std::fs::write(out.join("rl.toml"), &rl_toml)?;
     let rl_cfg = TrainConfig::from_file(&out.join("rl.toml"))?;
     let mut trainer = Trainer::new(rl_cfg, false)?;
-    let bar = indicatif::ProgressBar::new(args.rl_steps as u64).with_style(
-        indicatif::ProgressStyle::with_template("RL  {bar:30} {pos}/{len} {msg} [{elapsed}]").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = crate::telemetry::progress_bar(args.rl_steps as u64, "RL  {bar:30} {pos}/{len} {msg} [{elapsed}]");
     let mut rewards: BTreeMap<i64, f64> = BTreeMap::new();
     trainer.run(&AtomicBool::new(false), &mut |s, m| {
         let r = m["reward_mean"].as_f64().unwrap_or(f64::NAN);

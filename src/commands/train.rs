@@ -14,9 +14,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     // Ctrl-C: finish the current step, checkpoint, stop. A second Ctrl-C kills.
     install_sigint();
     let stop: &AtomicBool = &STOP;
-    let bar = indicatif::ProgressBar::new(total as u64).with_style(
-        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed}]").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = crate::telemetry::progress_bar(total as u64, "{bar:30} step {pos}/{len} {msg} [{elapsed}]");
     bar.set_position(trainer.state.step as u64);
     trainer.run(stop, &mut |step, m| {
         let line = format!(
@@ -38,9 +36,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
 
 pub fn run_sft(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let cfg = crate::train::sft::SftConfig::from_file(&args.config)?;
-    let bar = indicatif::ProgressBar::new(cfg.run.total_steps as u64).with_style(
-        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed}]").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = crate::telemetry::progress_bar(cfg.run.total_steps as u64, "{bar:30} step {pos}/{len} {msg} [{elapsed}]");
     let last = crate::train::sft::run_sft(&cfg, args.resume, &mut |step, m| {
         bar.set_position(step as u64 + 1);
         bar.set_message(format!("loss {:.4}", m["loss"].as_f64().unwrap_or(f64::NAN)));
