@@ -196,7 +196,9 @@ impl ActorSection {
     }
 }
 
-/// AdamW's settings (as `torch.optim.AdamW`) and the schedule.
+/// AdamW's settings (as `torch.optim.AdamW`) and the schedule. The fields repeat
+/// `AdamWConfig`'s rather than flattening it: serde cannot combine `flatten` with
+/// `deny_unknown_fields`, and a misspelt key must be an error.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimSection {
