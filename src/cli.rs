@@ -2,6 +2,9 @@
 
 use clap::{Args, Parser, Subcommand};
 
+mod audit;
+pub use audit::*;
+
 /// RL with verifiable rewards for masked diffusion language models of code.
 ///
 /// Pipeline: prompts -> rollout (diffusion sampling) -> verifier (sandboxed unit tests) ->
@@ -62,6 +65,10 @@ pub enum Command {
     /// verifier, a byte-level tokenizer, a tiny Dream-architecture model, SFT, held-out pass@1,
     /// coupled GRPO, held-out pass@1 again. Everything under ./quickstart/.
     Quickstart(QuickstartArgs),
+    /// Read, question and plot a run's reward logs (its SQLite store): runs, steps, prompts,
+    /// rollouts, hack hunting, an HTML report, exports. Safe on a run in progress.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Model checkpoints: make a random one of any shape, describe one.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -197,6 +204,10 @@ pub struct EvalArgs {
     /// Concurrent sandbox runs (default: the number of cores).
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,
+    /// A train or SFT config (TOML) whose `[data.render]` section renders the prompts, so the
+    /// model is asked in the format it was trained on (default: the built-in instructions).
+    #[arg(long, value_name = "CONFIG")]
+    pub prompt_format: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub sampler: SamplerArgs,
     /// Per-task pass rates (JSONL), what `prompts difficulty` reads.
@@ -228,6 +239,11 @@ pub struct QuickstartArgs {
     /// Samples per held-out task for pass@1 (50 tasks).
     #[arg(long, default_value_t = 4)]
     pub eval_samples: usize,
+    /// Weight of a format reward (a fenced python block ending the answer) added to the RL
+    /// reward, as DiffuCoder does: gives a barely trained model something to learn (the CI
+    /// test's short run uses it).
+    #[arg(long, default_value_t = 0.0)]
+    pub format_reward: f64,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod audit;
 mod cli;
 mod commands;
 mod store;

@@ -99,6 +99,12 @@ impl ChatTokenizer {
         self.inner.decode(&ids, skip_special).map_err(|e| self.error(e.to_string()))
     }
 
+    /// The text of each token on its own (a token holding part of a multi-byte character shows
+    /// as U+FFFD), for showing the order a diffusion model wrote a completion in.
+    pub fn pieces(&self, ids: &[i64]) -> Vec<String> {
+        ids.iter().map(|&id| self.decode(&[id], false).unwrap_or_else(|_| "\u{fffd}".into())).collect()
+    }
+
     /// The generated ids up to (not including) the first stop id.
     pub fn completion_ids<'a>(&self, ids: &'a [i64]) -> &'a [i64] {
         let end = ids.iter().position(|id| self.stop_ids.contains(id)).unwrap_or(ids.len());

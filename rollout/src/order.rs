@@ -39,26 +39,29 @@ pub fn ansi(pieces: &[Piece]) -> String {
     out
 }
 
-fn escape(text: &str) -> String {
+/// Text made safe inside HTML elements and attributes.
+pub fn html_escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// One completion as a `<pre>` of coloured spans (hover: the step), for embedding in a page.
+pub fn html_pre(pieces: &[Piece]) -> String {
+    let last = pieces.iter().map(|p| p.1).max().unwrap_or(0);
+    let mut out = String::from("<pre class=\"order\">");
+    for (text, step) in pieces {
+        let style = if *step < 0 { "color:#999".to_string() } else { format!("background:hsl({:.0},75%,82%)", 240.0 * (1.0 - fraction(*step, last))) };
+        let label = if *step < 0 { "filled after the answer".to_string() } else { format!("step {step}") };
+        out.push_str(&format!("<span style=\"{style}\" title=\"{label}\">{}</span>", html_escape(text)));
+    }
+    out.push_str("</pre>");
+    out
 }
 
 /// One section per completion: `(title, pieces)`; a page with no external resources.
 pub fn html(sections: &[(String, Vec<Piece>)]) -> String {
     let mut body = String::new();
     for (title, pieces) in sections {
-        let last = pieces.iter().map(|p| p.1).max().unwrap_or(0);
-        body.push_str(&format!("<h2>{}</h2>\n<pre>", escape(title)));
-        for (text, step) in pieces {
-            let style = if *step < 0 {
-                "color:#999".to_string()
-            } else {
-                format!("background:hsl({:.0},75%,82%)", 240.0 * (1.0 - fraction(*step, last)))
-            };
-            let label = if *step < 0 { "filled after the answer".to_string() } else { format!("step {step}") };
-            body.push_str(&format!("<span style=\"{style}\" title=\"{label}\">{}</span>", escape(text)));
-        }
-        body.push_str("</pre>\n");
+        body.push_str(&format!("<h2>{}</h2>\n{}\n", html_escape(title), html_pre(pieces)));
     }
     format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>decode order</title>\n<style>body{{font-family:sans-serif;margin:2em}}pre{{font-size:14px;line-height:1.5;white-space:pre-wrap}}</style></head>\n<body><p>Each token is coloured by the denoising step that committed it: blue early, red late; grey: pad filled after the answer. Hover for the step.</p>\n{body}</body></html>\n"

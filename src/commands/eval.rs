@@ -18,7 +18,7 @@ use dllm_verifier::{Completion, PreparedTask, Task, TaskVerdict, Verifier};
 use super::generate::load_policy;
 use super::verify::read_jsonl;
 use crate::cli::EvalArgs;
-use crate::store::{RolloutRecord, RunStore, TestRecord};
+use crate::store::{PromptRecord, RolloutRecord, RunStore, TestRecord};
 use crate::train::chat_text;
 
 /// Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k),
@@ -62,6 +62,16 @@ struct Summary {
     seconds: f64,
 }
 
+/// The `[data.render]` table of a train or SFT config; other sections are not read.
+fn prompt_format(path: &std::path::Path) -> anyhow::Result<RenderConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let doc: toml::Table = toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
+    match doc.get("data").and_then(|d| d.get("render")) {
+        Some(render) => render.clone().try_into().with_context(|| format!("{}: [data.render]", path.display())),
+        None => bail!("{}: no [data.render] section to take the prompt format from", path.display()),
+    }
+}
+
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let mut tasks: Vec<Task> = read_jsonl::<Task>(&args.tasks)?.into_iter().map(|(_, t)| t).collect();
     if let Some(limit) = args.limit {
@@ -77,7 +87,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let cfg = args.sampler.config();
     cfg.validate()?;
     let special = SpecialIds::from_config(&model.config, &tokenizer.stop_ids)?;
-    let render = RenderConfig::default();
+    let render = match &args.prompt_format {
+        Some(path) => prompt_format(path)?,
+        None => RenderConfig::default(),
+    };
     let requests = tasks
         .iter()
         .enumerate()
@@ -99,7 +112,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let (tx, rx) = mpsc::channel::<Vec<(usize, usize, String, usize)>>();
     // Seeds and decode orders, for the run store.
-    let mut orders: std::collections::HashMap<(usize, usize), (u64, Vec<i64>)> = std::collections::HashMap::new();
+    let mut orders: std::collections::HashMap<(usize, usize), (u64, Vec<i64>, Vec<String>)> = std::collections::HashMap::new();
     let judged: Vec<Judgement> = std::thread::scope(|scope| -> anyhow::Result<Vec<Judgement>> {
         let verifying = scope.spawn(|| {
             let ready: Vec<PreparedTask> = prepared.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
@@ -132,7 +145,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         });
         generate(&model, &cfg, &requests, &special, args.sampler.batching, args.sampler.batch_size, &mut |batch, _, _| {
             for r in batch {
-                orders.insert((r.request, r.sample), (r.seed, r.step_map.clone()));
+                orders.insert((r.request, r.sample), (r.seed, r.step_map.clone(), tokenizer.pieces(r.completion(&special.stop))));
             }
             let texts = batch
                 .iter()
@@ -229,10 +242,21 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         let name = format!("eval-{}", std::process::id());
         let config = serde_json::json!({"model": summary.model, "tasks": summary.tasks_file, "samples": args.samples, "sampler": cfg});
         let store = RunStore::create(path, &name, "eval", &config)?;
+        let prompts = tasks
+            .iter()
+            .zip(&requests)
+            .map(|(t, r)| PromptRecord {
+                prompt_id: t.id.clone(),
+                source: t.source.clone().unwrap_or_default(),
+                kind: t.kind().into(),
+                text: tokenizer.decode(&r.prompt, false).unwrap_or_default(),
+            })
+            .collect();
+        store.log_prompts(prompts)?;
         let records = judged
             .iter()
             .map(|j| {
-                let (seed, step_map) = orders.get(&(j.task, j.sample)).cloned().unwrap_or_default();
+                let (seed, step_map, pieces) = orders.get(&(j.task, j.sample)).cloned().unwrap_or_default();
                 RolloutRecord {
                     step: 0,
                     prompt_id: tasks[j.task].id.clone(),
@@ -241,6 +265,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
                     completion: j.text.clone(),
                     tokens: j.tokens as i64,
                     step_map,
+                    pieces,
                     reward: j.reward.as_ref().map(|r| r.total),
                     reward_components: j.reward.as_ref().and_then(|r| serde_json::to_value(&r.components).ok()),
                     verdict: j.verdict.summary().into(),

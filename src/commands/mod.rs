@@ -29,6 +29,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Quickstart(args) => quickstart::run(args),
         Command::Sft(args) => train::run_sft(args),
         Command::Model(command) => model::run(command),
+        Command::Audit(command) => crate::audit::run(command),
         Command::Bench(crate::cli::BenchCommand::Verify(args)) => bench::run(args),
         Command::Bench(crate::cli::BenchCommand::Model(args)) => bench_model::run(args),
         Command::Bench(crate::cli::BenchCommand::Generate(args)) => bench_generate::run(args),

@@ -236,10 +236,15 @@ length = 16
 ppo_epochs = 2
 ppo_micro_batch_size = 32
 
+[reward]
+pass_all = 1.0
+format = {format:?}
+
 [optim]
 lr = 5e-5
 weight_decay = 0.0
 "#,
+        format = args.format_reward,
         seed = args.seed,
         steps = args.rl_steps,
         sft_model = sft_model.display()

@@ -70,7 +70,7 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     // RFC 3339 in UTC from the system clock, without a date crate.
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -97,6 +97,9 @@ pub struct RolloutRecord {
     pub completion: String,
     pub tokens: i64,
     pub step_map: Vec<i64>,
+    /// The text of each completion token (aligned with the start of `step_map`); empty when
+    /// unknown.
+    pub pieces: Vec<String>,
     pub reward: Option<f64>,
     pub reward_components: Option<serde_json::Value>,
     pub verdict: String,
@@ -123,8 +126,18 @@ impl TestRecord {
     }
 }
 
+/// A prompt as the model saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptRecord {
+    pub prompt_id: String,
+    pub source: String,
+    pub kind: String,
+    pub text: String,
+}
+
 enum Message {
     Step { step: i64, metrics: serde_json::Value },
+    Prompts(Vec<PromptRecord>),
     Rollouts(Vec<RolloutRecord>),
     Checkpoint { step: i64, path: String },
     Status(&'static str),
@@ -191,6 +204,11 @@ impl RunStore {
         self.send(Message::Step { step, metrics })
     }
 
+    /// Records prompts; one already recorded for this run is left as it is.
+    pub fn log_prompts(&self, prompts: Vec<PromptRecord>) -> Result<()> {
+        self.send(Message::Prompts(prompts))
+    }
+
     pub fn log_rollouts(&self, rollouts: Vec<RolloutRecord>) -> Result<()> {
         self.send(Message::Rollouts(rollouts))
     }
@@ -241,11 +259,18 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Message>, run_id: i64, a
                         tx.prepare_cached("INSERT OR REPLACE INTO steps (run_id, step, attempt, at, metrics) VALUES (?1, ?2, ?3, ?4, ?5)")?
                             .execute(params![run_id, step, attempt, now(), metrics.to_string()])?;
                     }
+                    Message::Prompts(prompts) => {
+                        for p in prompts {
+                            tx.prepare_cached("INSERT OR IGNORE INTO prompts (run_id, prompt_id, source, kind, text) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                                .execute(params![run_id, p.prompt_id, p.source, p.kind, p.text])?;
+                        }
+                    }
                     Message::Rollouts(rollouts) => {
                         for r in rollouts {
                             tx.prepare_cached(
                                 "INSERT INTO rollouts (run_id, step, attempt, prompt_id, sample, seed, completion, tokens, step_map, \
-                                 reward, reward_components, verdict, hack_signals) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                 reward, reward_components, verdict, hack_signals, pieces) \
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                             )?
                             .execute(params![
                                 run_id,
@@ -261,6 +286,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Message>, run_id: i64, a
                                 r.reward_components.as_ref().map(|c| c.to_string()),
                                 r.verdict,
                                 r.hack_signals.to_string(),
+                                (!r.pieces.is_empty()).then(|| serde_json::to_string(&r.pieces).unwrap_or_else(|_| "[]".into())),
                             ])?;
                             let rollout_id = tx.last_insert_rowid();
                             for (i, t) in r.tests.iter().enumerate() {
@@ -307,6 +333,7 @@ mod tests {
             completion: "```python\ndef f(): pass\n```".into(),
             tokens: 9,
             step_map: vec![0, 2, 1],
+            pieces: vec!["```".into(), "python".into(), "\n".into()],
             reward: Some(1.0),
             reward_components: Some(serde_json::json!([{"name": "pass_all", "value": 1.0}])),
             verdict: "passed".into(),
@@ -369,6 +396,39 @@ mod tests {
         drop(conn);
         let err = RunStore::create(&path, "r", "train", &serde_json::json!({})).err().unwrap();
         assert!(err.to_string().contains("schema version 99 is newer"), "{err}");
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO runs (name, kind, status, config, code_version, started_at) VALUES ('old', 'train', 'finished', '{}', '0.0', 'x')",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO rollouts (run_id, step, attempt, prompt_id, sample, seed, completion, tokens, step_map, verdict) \
+             VALUES (1, 0, 0, 'p', 0, '1', 'c', 1, '[0]', 'passed')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let store = RunStore::create(&path, "new", "train", &serde_json::json!({})).unwrap();
+        store.log_prompts(vec![PromptRecord { prompt_id: "p".into(), source: "s".into(), kind: "call".into(), text: "hi".into() }]).unwrap();
+        store.log_rollouts(vec![rollout(0, 0)]).unwrap();
+        store.flush().unwrap();
+        let reader = open_read_only(&path).unwrap();
+        let version: i64 = reader.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let pieces: Vec<Option<String>> =
+            reader.prepare("SELECT pieces FROM rollouts ORDER BY id").unwrap().query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(pieces, vec![None, Some(r#"["```","python","\n"]"#.to_string())]);
+        let text: String = reader.query_row("SELECT text FROM prompts WHERE run_id = 2", [], |r| r.get(0)).unwrap();
+        assert_eq!(text, "hi");
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! - `rollouts`: one row per sampled completion, with its reward, verdict, decode order and hack
 //!   signals; `test_results`: one row per test of a rollout.
 //! - `checkpoints`: what was saved when, and where.
+//! - `prompts` (version 2): each prompt a run used, as the model saw it, with its source and
+//!   kind, so `dllm-rl audit` needs nothing but the store; `rollouts.pieces` (version 2): the
+//!   text of each response token, aligned with `step_map`, to show the decode order.
 
 pub const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -67,5 +70,17 @@ pub const MIGRATIONS: &[&str] = &[
         at TEXT NOT NULL,
         PRIMARY KEY (run_id, step)
     );
+    "#,
+    // 2: prompts as the model saw them; token pieces for the decode order.
+    r#"
+    CREATE TABLE prompts (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        prompt_id TEXT NOT NULL,
+        source TEXT NOT NULL DEFAULT '',
+        kind TEXT NOT NULL DEFAULT '',
+        text TEXT NOT NULL,
+        PRIMARY KEY (run_id, prompt_id)
+    );
+    ALTER TABLE rollouts ADD COLUMN pieces TEXT CHECK (pieces IS NULL OR json_valid(pieces));
     "#,
 ];

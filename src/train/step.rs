@@ -17,7 +17,7 @@ use tch::{Kind, Tensor};
 
 use super::config::MaskSharing;
 use super::Trainer;
-use crate::store::{RolloutRecord, TestRecord};
+use crate::store::{PromptRecord, RolloutRecord, TestRecord};
 
 /// One sample of the step, judged.
 struct Sample {
@@ -99,7 +99,7 @@ impl Trainer {
             dllm_rewards::Substitution { source: (0..groups.len()).collect(), replaced: 0, no_informative_group: false }
         };
 
-        self.log_rollouts(step, &samples)?;
+        self.log_rollouts(step, &chosen, &samples)?;
         let reward_mean = samples.iter().map(|s| s.reward).sum::<f64>() / samples.len().max(1) as f64;
         let mut metrics = serde_json::json!({
             "reward_mean": reward_mean,
@@ -226,7 +226,17 @@ impl Trainer {
         Ok(metrics)
     }
 
-    fn log_rollouts(&self, step: i64, samples: &[Sample]) -> anyhow::Result<()> {
+    fn log_rollouts(&self, step: i64, chosen: &[usize], samples: &[Sample]) -> anyhow::Result<()> {
+        let prompts = chosen
+            .iter()
+            .map(|&t| PromptRecord {
+                prompt_id: self.tasks[t].id.clone(),
+                source: self.tasks[t].source.clone().unwrap_or_default(),
+                kind: self.tasks[t].kind().into(),
+                text: self.tokenizer.decode(&self.prompts[t], false).unwrap_or_default(),
+            })
+            .collect();
+        self.store.log_prompts(prompts)?;
         let records = samples
             .iter()
             .map(|s| {
@@ -240,6 +250,7 @@ impl Trainer {
                     completion: s.text.clone(),
                     tokens: s.tokens as i64,
                     step_map: s.rollout.step_map.clone(),
+                    pieces: self.tokenizer.pieces(s.rollout.completion(&self.special.stop)),
                     reward: Some(s.reward),
                     reward_components: s.components.clone(),
                     verdict: s.verdict.summary().into(),
