@@ -45,7 +45,7 @@ fn store_of(dir: &Path) -> rusqlite::Connection {
 fn the_short_quickstart_trains_logs_rewards_and_changes_the_weights() {
     let dir = quickstart();
     let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap();
-    assert_eq!(result["held_out_samples"], 50);
+    assert_eq!(result["held_out_samples"], 200, "200 held-out tasks x 1 sample");
     for key in ["sft_pass_at_1", "rl_pass_at_1"] {
         let p = result[key].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&p), "{key} = {p}");

@@ -120,10 +120,54 @@ fn train_logs_learns_checkpoints_and_resumes_exactly() {
     let steps: i64 = db.query_row("SELECT COUNT(*) FROM steps WHERE superseded = 0", [], |r| r.get(0)).unwrap();
     assert_eq!(steps, 4);
 
+    // kill -9 at an arbitrary moment after the step-2 checkpoint (mid-step or mid-checkpoint),
+    // then --resume: the same adapters again, and no half-written checkpoint was ever visible.
+    let cfg = config(&dir, "k", 4);
+    let mut child = dllm_rl().args(["-q", "train", "--config", cfg.to_str().unwrap()]).spawn().unwrap();
+    let ckpts = dir.join("runs/k/checkpoints");
+    let started = std::time::Instant::now();
+    while !ckpts.join("step-2").exists() {
+        assert!(started.elapsed().as_secs() < 600, "no step-2 checkpoint after 10 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The nanoseconds of the clock pick the moment: 0-1.5 s into step 3 (a step takes ~1 s).
+    let delay = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() % 1_500_000_000;
+    std::thread::sleep(std::time::Duration::from_nanos(delay as u64));
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    for entry in std::fs::read_dir(&ckpts).unwrap() {
+        let entry = entry.unwrap().path();
+        let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+        // `step-N.tmp` is a checkpoint being written; only `step-N` counts (and must be whole).
+        if name.strip_prefix("step-").is_some_and(|n| n.parse::<i64>().is_ok()) {
+            assert!(entry.join("adapter/adapter_model.safetensors").exists(), "{name} is a half checkpoint");
+        }
+    }
+    run(&["train", "--resume", "--config", cfg.to_str().unwrap()]);
+    assert!(adapter(&dir, "k", 4) == last, "the run killed after {delay} ns and resumed differs from the uninterrupted one");
+
     // A second fresh run under the same name is refused with the way out.
     let out = dllm_rl().args(["train", "--config", config(&dir, "a", 4).to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+}
+
+#[test]
+fn a_kl_penalty_to_the_base_model_is_measured_and_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = setup(tmp.path());
+    let cfg = config(&dir, "kl", 2);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("[actor]\n", "[actor]\nuse_kl_loss = true\nkl_loss_coef = 0.1\n");
+    std::fs::write(&cfg, text).unwrap();
+    run(&["train", "--config", cfg.to_str().unwrap()]);
+    let db = rusqlite::Connection::open(dir.join("runs/kl/store.sqlite")).unwrap();
+    let kl: Vec<Option<f64>> =
+        db.prepare("SELECT metrics ->> '$.kl_loss' FROM steps ORDER BY step").unwrap().query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
+    assert_eq!(kl.len(), 2);
+    // The adapters start as the identity (B = 0), so the policy is the base until the first
+    // update; after it, the penalty is positive (and k3 is clamped at 10).
+    assert!(kl.iter().all(|k| k.is_some_and(|k| (0.0..10.0).contains(&k))), "{kl:?}");
+    assert!(kl[1].unwrap() > 0.0, "{kl:?}");
 }
 
 #[test]

@@ -48,8 +48,24 @@ pub fn weighted_loss(terms: &PpoTerms, loss_weights: &Tensor, normaliser: f64) -
     (live * loss_weights).sum(Kind::Float) / normaliser.max(1e-6)
 }
 
+/// k3, the low-variance KL estimate of KL(new ‖ ref) per token (Schulman; verl's `low_var_kl`):
+/// `exp(ref - new) - (ref - new) - 1`, non-negative, clamped to [0, 10] as verl does so one
+/// wild token cannot dominate.
+pub fn k3(logp: &Tensor, ref_logp: &Tensor) -> Tensor {
+    let d = (ref_logp - logp).clamp(-20.0, 20.0);
+    (d.exp() - &d - 1.0).clamp(0.0, 10.0)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn k3_is_zero_at_the_reference_and_grows_both_ways() {
+        let r = Tensor::from_slice(&[-1.0f32, -1.0, -1.0]);
+        let v: Vec<f32> = Vec::try_from(&k3(&Tensor::from_slice(&[-1.0f32, -0.5, -2.0]), &r)).unwrap();
+        assert_eq!(v[0], 0.0);
+        assert!((v[1] - ((-0.5f32).exp() + 0.5 - 1.0)).abs() < 1e-6 && (v[2] - (1.0f32.exp() - 2.0)).abs() < 1e-6, "{v:?}");
+    }
+
     use super::*;
 
     #[test]

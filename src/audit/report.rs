@@ -207,11 +207,22 @@ pub fn render(store: &Opened, run: &RunInfo, samples: usize) -> anyhow::Result<S
         version = html_escape(&run.code_version),
         store = html_escape(&store.path.display().to_string()),
     );
-    let first_last = |f: fn(&StepStats) -> f64| match (stats.first(), stats.last()) {
-        (Some(a), Some(b)) => format!("{} → {}", short_number(f(a)), short_number(f(b))),
-        _ => "–".into(),
+    // Single steps are noisy: compare the means of the first and last tenth of the run.
+    let window = (stats.len() / 10).max(1);
+    let first_last = |f: fn(&StepStats) -> f64| {
+        if stats.is_empty() {
+            return "–".to_string();
+        }
+        let mean = |rows: &[StepStats]| rows.iter().map(f).sum::<f64>() / rows.len() as f64;
+        format!("{} → {}", short_number(mean(&stats[..window])), short_number(mean(&stats[stats.len() - window..])))
     };
-    let _ = writeln!(html, "<p>Reward per step {}; pass rate {}.</p>", first_last(|s| s.reward_mean), first_last(|s| s.pass_rate));
+    let _ = writeln!(
+        html,
+        "<p>Reward {}; pass rate {} (means of the first and last {window} step{}).</p>",
+        first_last(|s| s.reward_mean),
+        first_last(|s| s.pass_rate),
+        if window == 1 { "" } else { "s" }
+    );
 
     html.push_str("<h2>Learning</h2><div class=grid>\n");
     let xs = |f: &dyn Fn(&StepStats) -> f64| stats.iter().map(|s| (s.step as f64, f(s))).collect::<Vec<_>>();

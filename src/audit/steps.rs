@@ -210,6 +210,22 @@ mod tests {
     }
 
     #[test]
+    fn a_run_in_progress_is_read_while_its_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite");
+        let writer = crate::store::RunStore::create(&path, "live", "train", &serde_json::json!({})).unwrap();
+        writer.log_step(0, serde_json::json!({"reward_mean": 0.1})).unwrap();
+        writer.flush().unwrap();
+        let (store, run) = resolve(&RunSelector { run: path.display().to_string(), db: dir.path().into() }).unwrap();
+        assert_eq!(run.status, "running");
+        assert_eq!(load_steps(&store, &run).unwrap().len(), 1);
+        // The reader keeps its connection open; the writer still commits, and the reader sees it.
+        writer.log_step(1, serde_json::json!({"reward_mean": 0.2})).unwrap();
+        writer.flush().unwrap();
+        assert_eq!(load_steps(&store, &run).unwrap().len(), 2);
+    }
+
+    #[test]
     fn store_times_round_trip() {
         let t = crate::store::now();
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;

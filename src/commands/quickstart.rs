@@ -4,7 +4,8 @@
 //!    on several inputs each, split three ways: SFT (with reference solutions), RL (tests only)
 //!    and held-out;
 //! 2. a byte-level tokenizer and a tiny random Dream-architecture model;
-//! 3. SFT on the first split, held-out pass@1;
+//! 3. SFT on the first split, held-out pass@1 (the SFT data is noisy on purpose, as real SFT
+//!    data is: `--reference-noise` of the solutions are off by one);
 //! 4. coupled GRPO on the second split (prompts and tests only: no solutions), held-out pass@1
 //!    again, printed side by side with the path of the run store.
 //!
@@ -29,6 +30,9 @@ use crate::cli::QuickstartArgs;
 use crate::train::config::TrainConfig;
 use crate::train::sft::SftConfig;
 use crate::train::{chat_text, Trainer};
+
+/// The RL stage's config; the quickstart fills in its seed, steps, SFT checkpoint and format weight.
+const RL_CONFIG: &str = include_str!("../../configs/quickstart.toml");
 
 const MODEL: &str = r#"{
   "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
@@ -72,14 +76,34 @@ fn toy_tasks() -> Vec<Task> {
     tasks
 }
 
+/// Held-out tasks; pass@1 is measured on `HELD_OUT` x `--eval-samples` completions.
+const HELD_OUT: usize = 200;
+
 /// Splits by a seeded shuffle: (SFT, RL, held-out).
 fn split(tasks: Vec<Task>, seed: u64) -> (Vec<Task>, Vec<Task>, Vec<Task>) {
     let order = crate::train::seeded_permutation(tasks.len(), seed);
     let mut slots: Vec<Option<Task>> = tasks.into_iter().map(Some).collect();
     let mut tasks: Vec<Task> = order.into_iter().filter_map(|i| slots[i].take()).collect();
-    let held = tasks.split_off(tasks.len() - 50);
+    let held = tasks.split_off(tasks.len() - HELD_OUT);
     let rl = tasks.split_off(tasks.len() / 2);
     (tasks, rl, held)
+}
+
+/// SFT data as it comes in practice (scraped, or written by another model): a fraction of the
+/// reference solutions are subtly wrong. Here `noise` of them carry an off-by-one (`+ 1`
+/// appended), chosen by a seeded draw per task. Too many tasks to memorise which, SFT learns
+/// the bug as a habit it falls into at random; RL, rewarded by the tests alone, can unlearn it.
+fn add_reference_noise(tasks: &mut [Task], noise: f64, seed: u64) {
+    use rand_core::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6e6f_6973_65);
+    for task in tasks {
+        let draw = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        if draw < noise {
+            if let Some(reference) = &mut task.reference {
+                reference.push_str(" + 1");
+            }
+        }
+    }
 }
 
 fn write_tasks(path: &Path, tasks: &[Task]) -> anyhow::Result<()> {
@@ -139,14 +163,21 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     println!("quickstart in {}", out.display());
 
     // 1. Tasks.
-    let (sft_tasks, rl_tasks, held) = split(toy_tasks(), args.seed);
+    let (mut sft_tasks, rl_tasks, held) = split(toy_tasks(), args.seed);
+    add_reference_noise(&mut sft_tasks, args.reference_noise, args.seed);
     write_tasks(&out.join("sft-tasks.jsonl"), &sft_tasks)?;
     write_tasks(&out.join("rl-tasks.jsonl"), &rl_tasks)?;
     write_tasks(&out.join("held-out.jsonl"), &held)?;
     let mut rl_only = rl_tasks.clone();
     rl_only.iter_mut().for_each(|t| t.reference = None);
     write_tasks(&out.join("rl-tasks.jsonl"), &rl_only)?;
-    println!("tasks: {} for SFT (with solutions), {} for RL (tests only), {} held out", sft_tasks.len(), rl_tasks.len(), held.len());
+    println!(
+        "tasks: {} for SFT (with solutions, {:.0}% of them off by one), {} for RL (tests only), {} held out",
+        sft_tasks.len(),
+        100.0 * args.reference_noise,
+        rl_tasks.len(),
+        held.len()
+    );
 
     // 2. Tokenizer and model.
     let base = out.join("base-model");
@@ -203,52 +234,18 @@ weight_decay = 0.0
     println!("SFT done ({:.0} s): held-out pass@1 {:.1}%", started.elapsed().as_secs_f64(), 100.0 * before);
 
     // 4. Coupled GRPO from the SFT checkpoint.
-    let rl_toml = format!(
-        r#"[run]
-name = "rl"
-out_dir = "."
-seed = {seed}
-total_steps = {steps}
-save_freq = {steps}
-
-[model]
-path = "{sft_model}"
-
-[data]
-train_files = ["rl-tasks.jsonl"]
-train_batch_size = 8
-[data.render]
-system = "Code."
-function_instruction = "{{entry_point}}"
-
-[rollout]
-n = 8
-batch_size = 64
-[rollout.sampler]
-max_new_tokens = 48
-steps = 48
-temperature = 1.0
-top_p = 1.0
-[rollout.sampler.block]
-length = 16
-
-[actor]
-ppo_epochs = 2
-ppo_micro_batch_size = 32
-
-[reward]
-pass_all = 1.0
-format = {format:?}
-
-[optim]
-lr = 5e-5
-weight_decay = 0.0
-"#,
-        format = args.format_reward,
-        seed = args.seed,
-        steps = args.rl_steps,
-        sft_model = sft_model.display()
-    );
+    let mut rl_toml: toml::Table = toml::from_str(RL_CONFIG).context("configs/quickstart.toml")?;
+    let set = |table: &mut toml::Table, section: &str, key: &str, value: toml::Value| {
+        if let Some(toml::Value::Table(t)) = table.get_mut(section) {
+            t.insert(key.into(), value);
+        }
+    };
+    set(&mut rl_toml, "run", "seed", toml::Value::Integer(args.seed as i64));
+    set(&mut rl_toml, "run", "total_steps", toml::Value::Integer(args.rl_steps));
+    set(&mut rl_toml, "run", "save_freq", toml::Value::Integer(args.rl_steps));
+    set(&mut rl_toml, "model", "path", toml::Value::String(sft_model.display().to_string()));
+    set(&mut rl_toml, "reward", "format", toml::Value::Float(args.format_reward));
+    let rl_toml = toml::to_string(&rl_toml)?;
     std::fs::write(out.join("rl.toml"), &rl_toml)?;
     let rl_cfg = TrainConfig::from_file(&out.join("rl.toml"))?;
     let mut trainer = Trainer::new(rl_cfg, false)?;
@@ -258,7 +255,7 @@ weight_decay = 0.0
         let r = m["reward_mean"].as_f64().unwrap_or(f64::NAN);
         rewards.insert(s, r);
         bar.set_position(s as u64 + 1);
-        bar.set_message(format!("reward {r:.2}"));
+        bar.set_message(crate::train::step_line(m));
     })?;
     bar.finish_and_clear();
     let store = trainer.store.path.clone();
@@ -276,6 +273,7 @@ weight_decay = 0.0
     );
     println!("held-out pass@1: SFT {:.1}% -> RL {:.1}%", 100.0 * before, 100.0 * after);
     println!("run store: {}", store.display());
+    println!("audit it:  dllm-rl audit report {} --out report.html", store.parent().unwrap_or(&out).display());
     println!("total time: {:.0} s", started.elapsed().as_secs_f64());
     let result = serde_json::json!({"sft_pass_at_1": before, "rl_pass_at_1": after, "held_out_samples": held.len() * args.eval_samples,
                                     "seconds": started.elapsed().as_secs_f64(), "store": store, "seed": args.seed});

@@ -17,14 +17,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let bar = crate::telemetry::progress_bar(total as u64, "{bar:30} step {pos}/{len} {msg} [{elapsed}]");
     bar.set_position(trainer.state.step as u64);
     trainer.run(stop, &mut |step, m| {
-        let line = format!(
-            "reward {:.3}, solved {:.1}%, loss {:.4}, clip {:.3}, {:.1} s",
-            m["reward_mean"].as_f64().unwrap_or(f64::NAN),
-            100.0 * m["solve_mean"].as_f64().unwrap_or(f64::NAN),
-            m["loss"].as_f64().unwrap_or(f64::NAN),
-            m["clip_fraction"].as_f64().unwrap_or(f64::NAN),
-            m["seconds"]["total"].as_f64().unwrap_or(f64::NAN),
-        );
+        let line = crate::train::step_line(m);
         bar.set_position(step as u64 + 1);
         bar.set_message(line.clone());
         bar.suspend(|| tracing::info!("step {step}: {line}"));

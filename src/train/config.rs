@@ -124,11 +124,15 @@ pub struct VerifierSection {
     pub backend: BackendName,
     /// Concurrent sandbox runs; 0: the number of cores.
     pub jobs: usize,
+    /// Fraction of passing completions judged again in the other sandbox (native <-> wasm); a
+    /// different verdict is logged as the hack signal `backend_disagreement` (the reward keeps
+    /// the main backend's verdict). 0: off.
+    pub cross_check: f64,
 }
 
 impl Default for VerifierSection {
     fn default() -> Self {
-        VerifierSection { backend: BackendName::Native, jobs: 0 }
+        VerifierSection { backend: BackendName::Native, jobs: 0, cross_check: 0.0 }
     }
 }
 
@@ -169,6 +173,11 @@ pub struct ActorSection {
     /// Layer recomputation in the backward.
     pub gradient_checkpointing: bool,
     pub grad_clip: f64,
+    /// A KL penalty to the reference policy in the loss (verl's `use_kl_loss`; Dream-Coder: off).
+    /// The estimator is k3 (verl's `low_var_kl`); with LoRA the reference is the base model
+    /// (adapters off, no extra memory), otherwise a frozen copy of the starting weights.
+    pub use_kl_loss: bool,
+    pub kl_loss_coef: f64,
 }
 
 impl Default for ActorSection {
@@ -183,6 +192,8 @@ impl Default for ActorSection {
             ppo_micro_batch_size: 16,
             gradient_checkpointing: true,
             grad_clip: 1.0,
+            use_kl_loss: false,
+            kl_loss_coef: 0.001,
         }
     }
 }
@@ -250,7 +261,8 @@ impl TrainConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
-                *p = base.join(&*p);
+                // Components drop `.` segments: `out_dir = "."` gives `base/name`, not `base/./name`.
+                *p = base.join(&*p).components().collect();
             }
         };
         resolve(&mut cfg.model.path);
@@ -284,6 +296,12 @@ impl TrainConfig {
             if !(p > 0.0 && p < 1.0) {
                 bail!("actor.context_adaptive_reweight_p {p} is not in (0, 1)");
             }
+        }
+        if !(0.0..=1.0).contains(&self.verifier.cross_check) {
+            bail!("verifier.cross_check {} is not a fraction in [0, 1]", self.verifier.cross_check);
+        }
+        if !(self.actor.kl_loss_coef >= 0.0 && self.actor.kl_loss_coef.is_finite()) {
+            bail!("actor.kl_loss_coef {} must be a non-negative number", self.actor.kl_loss_coef);
         }
         if !(self.actor.grad_clip > 0.0 && self.optim.lr > 0.0) {
             bail!("actor.grad_clip and optim.lr must be positive");
@@ -322,6 +340,9 @@ mod tests {
             assert_eq!((cfg.rollout.n, cfg.data.train_batch_size), (16, 96), "{name}");
             assert_eq!(cfg.model.lora.is_some(), name.contains("lora"));
         }
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/quickstart.toml");
+        let cfg = TrainConfig::from_file(&path).unwrap_or_else(|e| panic!("quickstart.toml: {e:#}"));
+        assert_eq!((cfg.rollout.n, cfg.data.train_batch_size, cfg.run.total_steps), (8, 8, 150));
     }
 
     #[test]

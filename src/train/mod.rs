@@ -50,6 +50,10 @@ pub struct Trainer {
     pub optimizer: AdamW,
     pub store: RunStore,
     pub state: TrainerState,
+    /// The KL reference when it is not the base under LoRA adapters: the starting weights, frozen.
+    pub reference: Option<DreamModel>,
+    /// The other sandbox, for `verifier.cross_check`, with the tasks prepared for it.
+    pub cross: Option<(Verifier, Vec<PreparedTask>)>,
 }
 
 fn read_tasks(files: &[PathBuf]) -> anyhow::Result<Vec<Task>> {
@@ -134,6 +138,23 @@ pub fn write_checkpoint(run_dir: &Path, base: &Path, model: &DreamModel, optimiz
     Ok(final_dir)
 }
 
+/// A step's one-line summary: reward, pass rate, update statistics, then seconds per stage.
+pub fn step_line(m: &serde_json::Value) -> String {
+    let num = |key: &str| m[key].as_f64().unwrap_or(f64::NAN);
+    let mut line = format!("reward {:.3}, solved {:.1}%", num("reward_mean"), 100.0 * num("solve_mean"));
+    if m.get("skipped_update").is_some() {
+        line.push_str(", no update (no informative group)");
+    } else {
+        line.push_str(&format!(", loss {:.4}, clip {:.3}, kl {:.4}", num("loss"), num("clip_fraction"), num("approx_kl")));
+    }
+    let stages: Vec<String> = ["rollout", "verify", "old_logprob", "update"]
+        .iter()
+        .filter_map(|s| m["seconds"][s].as_f64().map(|t| format!("{} {t:.1}", s.trim_end_matches("_logprob"))))
+        .collect();
+    line.push_str(&format!(" | {} | {:.1} s", stages.join(" · "), m["seconds"]["total"].as_f64().unwrap_or(f64::NAN)));
+    line
+}
+
 impl Trainer {
     /// Sets a run up: fresh, or resumed from its newest checkpoint.
     pub fn new(cfg: TrainConfig, resume: bool) -> anyhow::Result<Self> {
@@ -169,6 +190,14 @@ impl Trainer {
         }
         let tokenizer = ChatTokenizer::from_dir(&cfg.model.path, &model.config)?;
         let special = SpecialIds::from_config(&model.config, &tokenizer.stop_ids)?;
+        // Full fine-tuning with a KL penalty keeps the starting weights as the reference.
+        let reference = if cfg.actor.use_kl_loss && cfg.model.lora.is_none() {
+            let mut frozen = DreamModel::load(&cfg.model.path, placement).with_context(|| format!("loading the KL reference {}", cfg.model.path.display()))?;
+            frozen.vs.freeze();
+            Some(frozen)
+        } else {
+            None
+        };
 
         // Tasks: rendered, encoded, their tests prepared; unusable ones are reported and left out.
         let jobs = if cfg.verifier.jobs == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.verifier.jobs };
@@ -199,6 +228,17 @@ impl Trainer {
         if tasks.is_empty() {
             bail!("no usable task in {:?}", cfg.data.train_files);
         }
+        let cross = if cfg.verifier.cross_check > 0.0 {
+            let other = match backend {
+                dllm_verifier::Backend::Native => dllm_verifier::Backend::Wasm,
+                dllm_verifier::Backend::Wasm => dllm_verifier::Backend::Native,
+            };
+            let verifier = Verifier::new(other, jobs).context("starting the cross-check sandbox (verifier.cross_check)")?;
+            let prepared = verifier.prepare_all(tasks.clone()).into_iter().collect::<Result<Vec<_>, _>>().context("preparing tasks for the cross-check sandbox")?;
+            Some((verifier, prepared))
+        } else {
+            None
+        };
 
         let params: Vec<(String, tch::Tensor)> = match &model.lora {
             Some(lora) => lora.vs.variables().into_iter().collect(),
@@ -218,7 +258,7 @@ impl Trainer {
                 (RunStore::create(&store_path, &cfg.run.name, "train", &resolved)?, TrainerState::default())
             }
         };
-        Ok(Trainer { cfg, model, tokenizer, special, tasks, prompts, prepared, verifier, optimizer, store, state })
+        Ok(Trainer { cfg, model, tokenizer, special, tasks, prompts, prepared, verifier, optimizer, store, state, reference, cross })
     }
 
     /// The next `train_batch_size` prompts: passes over the tasks in a seeded order.

@@ -85,7 +85,7 @@ impl SftConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         for p in std::iter::once(&mut cfg.model.path).chain(std::iter::once(&mut cfg.run.out_dir)).chain(cfg.data.train_files.iter_mut()) {
             if p.is_relative() {
-                *p = base.join(&*p);
+                *p = base.join(&*p).components().collect();
             }
         }
         Ok(cfg)

@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use dllm_policy::estimator::token_weights;
-use dllm_policy::grpo::{ppo_terms, weighted_loss, ClipRange};
+use dllm_policy::grpo::{k3, ppo_terms, weighted_loss, ClipRange};
 use dllm_policy::{coupled_masks, mask_seed, BackwardOptions, MaskSeeds, Pass, ScoredBatch};
-use dllm_rewards::{code_signals, group_advantages, informative_substitution, Judged, SolveStats};
+use dllm_rewards::{backend_disagreement, code_signals, group_advantages, informative_substitution, HackSignal, Judged, SolveStats};
+use rand_core::{Rng, SeedableRng};
 use dllm_rollout::{generate, rollout_seed, Batching, Request, Rollout};
 use dllm_verifier::{Completion, TaskVerdict, TestSpec};
 use tch::{Kind, Tensor};
@@ -28,15 +29,63 @@ struct Sample {
     verdict: TaskVerdict,
     reward: f64,
     components: Option<serde_json::Value>,
+    /// Signals found beyond the code rules (a sandbox disagreement).
+    signals: Vec<HackSignal>,
 }
 
-/// The rows one PPO micro-batch trains on: G samples of one prompt (equal lengths: no padding).
+/// One coupled-mask pass of a micro-batch, scored before the update: the log-probs of the
+/// policy that sampled (and of the KL reference), flattened to the scored tokens.
+struct ScoredPass {
+    batch: ScoredBatch,
+    loss_weights: Tensor,
+    norm_weights: Tensor,
+    old: Tensor,
+    reference: Option<Tensor>,
+    advantages: Tensor,
+}
+
+/// The rows one PPO micro-batch trains on: samples whose prompts have one length (no padding).
 struct MicroBatch {
     /// (B, P + N) int64.
     sequences: Tensor,
     prompt_len: i64,
     /// (B,) fp32.
     advantages: Tensor,
+}
+
+/// Judges a seeded `fraction` of the passing samples again in the other sandbox; a different
+/// verdict becomes a `backend_disagreement` signal on the sample (its reward is unchanged).
+/// Returns (judged again, disagreements).
+fn cross_check(
+    other: &dllm_verifier::Verifier,
+    prepared: &[dllm_verifier::PreparedTask],
+    main_is_native: bool,
+    fraction: f64,
+    seed: u64,
+    samples: &mut [Sample],
+) -> (usize, usize) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let chosen: Vec<usize> = (0..samples.len())
+        .filter(|&i| {
+            let draw = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            samples[i].verdict.all_passed && draw < fraction
+        })
+        .collect();
+    if chosen.is_empty() {
+        return (0, 0);
+    }
+    let ready: Vec<dllm_verifier::PreparedTask> = chosen.iter().map(|&i| prepared[samples[i].task].clone()).collect();
+    let completions: Vec<Completion> = chosen.iter().enumerate().map(|(slot, &i)| Completion { task: slot, text: samples[i].text.clone() }).collect();
+    let again = other.verify_batch(&ready, &completions, &|_| {});
+    let mut disagreements = 0;
+    for (&i, theirs) in chosen.iter().zip(&again) {
+        let (native, wasm) = if main_is_native { (&samples[i].verdict, theirs) } else { (theirs, &samples[i].verdict) };
+        if let Some(signal) = backend_disagreement(native, wasm) {
+            disagreements += 1;
+            samples[i].signals.push(signal);
+        }
+    }
+    (chosen.len(), disagreements)
 }
 
 impl Trainer {
@@ -84,8 +133,16 @@ impl Trainer {
                 // A sandbox failure says nothing about the completion: zero, and logged as such.
                 Err(_) => (0.0, None),
             };
-            samples.push(Sample { task: chosen[rollout.request], rollout, text, tokens, verdict, reward, components });
+            samples.push(Sample { task: chosen[rollout.request], rollout, text, tokens, verdict, reward, components, signals: Vec::new() });
         }
+        let (cross_checked, disagreements) = match &self.cross {
+            Some((verifier, prepared)) => {
+                let main_is_native = matches!(self.cfg.verifier.backend, super::config::BackendName::Native);
+                let seed = mask_seed(seed, step as u64, 0x6372_6f73);
+                cross_check(verifier, prepared, main_is_native, self.cfg.verifier.cross_check, seed, &mut samples)
+            }
+            None => (0, 0),
+        };
         let verify_seconds = verify_start.elapsed().as_secs_f64();
 
         // 5. Group advantages, statistics, substitution.
@@ -110,24 +167,34 @@ impl Trainer {
             "rollout_forwards": gen.forwards,
             "generated_tokens_per_second": (samples.len() as f64 * sampler.max_new_tokens as f64) / rollout_seconds.max(1e-9),
         });
+        if self.cross.is_some() {
+            metrics["cross_checked"] = cross_checked.into();
+            metrics["backend_disagreements"] = disagreements.into();
+        }
         if substitution.no_informative_group {
             metrics["skipped_update"] = "no informative group: every group has equal rewards".into();
             metrics["seconds"] = serde_json::json!({"rollout": rollout_seconds, "verify": verify_seconds, "total": started.elapsed().as_secs_f64()});
             return Ok(metrics);
         }
 
-        // 6. Training micro-batches: each slot's source group, its rows in chunks.
+        // 6. Training micro-batches: the rows of every slot's source group, packed by prompt
+        // length (rows of one micro-batch share it, so nothing is padded), in chunks.
         let device = self.model.placement.device;
-        let mut batches = Vec::new();
+        let mut rows: Vec<(usize, f32)> = Vec::new();
         for &g in &substitution.source {
-            for chunk in groups[g].chunks(self.cfg.actor.ppo_micro_batch_size) {
-                let prompt = &self.prompts[chosen[g]];
-                let rows: Vec<i64> = chunk.iter().flat_map(|&i| prompt.iter().chain(&samples[i].rollout.response).copied()).collect();
-                let len = (prompt.len() + sampler.max_new_tokens as usize) as i64;
-                let adv: Vec<f32> = chunk.iter().map(|&i| advantages[g][groups[g].iter().position(|&j| j == i).unwrap_or(0)] as f32).collect();
+            rows.extend(groups[g].iter().zip(&advantages[g]).map(|(&i, &a)| (i, a as f32)));
+        }
+        let prompt_of = |i: usize| &self.prompts[chosen[samples[i].rollout.request]];
+        rows.sort_by_key(|&(i, _)| prompt_of(i).len());
+        let mut batches = Vec::new();
+        for same_length in rows.chunk_by(|a, b| prompt_of(a.0).len() == prompt_of(b.0).len()) {
+            for chunk in same_length.chunks(self.cfg.actor.ppo_micro_batch_size) {
+                let prompt_len = prompt_of(chunk[0].0).len();
+                let ids: Vec<i64> = chunk.iter().flat_map(|&(i, _)| prompt_of(i).iter().chain(&samples[i].rollout.response).copied()).collect();
+                let adv: Vec<f32> = chunk.iter().map(|&(_, a)| a).collect();
                 batches.push(MicroBatch {
-                    sequences: Tensor::from_slice(&rows).view([chunk.len() as i64, len]).to_device(device),
-                    prompt_len: prompt.len() as i64,
+                    sequences: Tensor::from_slice(&ids).view([chunk.len() as i64, (prompt_len + sampler.max_new_tokens as usize) as i64]).to_device(device),
+                    prompt_len: prompt_len as i64,
                     advantages: Tensor::from_slice(&adv).to_device(device),
                 });
             }
@@ -145,7 +212,7 @@ impl Trainer {
         // Dream-Coder computes them right after the rollout): the PPO ratio of a later epoch is
         // then against the policy that sampled, and clipping can act.
         let old_start = Instant::now();
-        let mut epochs_passes = Vec::with_capacity(actor.ppo_epochs);
+        let mut epochs_passes: Vec<Vec<ScoredPass>> = Vec::with_capacity(actor.ppo_epochs);
         for epoch in 0..actor.ppo_epochs {
             let epoch_seed = mask_seed(seed, step as u64, 1000 + epoch as u64);
             let mut passes = Vec::new();
@@ -164,39 +231,60 @@ impl Trainer {
                     let batch = ScoredBatch::new(&self.model, &mb.sequences, &mask, None)?;
                     let weights = token_weights(&mask, &full_response, &t, actor.weighting(), &mb.sequences, pad);
                     let old = tch::no_grad(|| self.model.score(&batch, Pass::TRAIN))?;
-                    let adv = batch.flatten(&mb.advantages.unsqueeze(1).expand([rows, len], false));
-                    let w = (batch.flatten(&weights.loss), batch.flatten(&weights.norm));
-                    passes.push((batch, w, old, adv));
+                    let reference = if actor.use_kl_loss {
+                        Some(match &self.reference {
+                            Some(frozen) => tch::no_grad(|| frozen.score(&batch, Pass::EVAL))?,
+                            None => tch::no_grad(|| self.model.score(&batch, Pass::BASE))?,
+                        })
+                    } else {
+                        None
+                    };
+                    let advantages = batch.flatten(&mb.advantages.unsqueeze(1).expand([rows, len], false));
+                    let (loss_weights, norm_weights) = (batch.flatten(&weights.loss), batch.flatten(&weights.norm));
+                    passes.push(ScoredPass { batch, loss_weights, norm_weights, old, reference, advantages });
                 }
             }
             epochs_passes.push(passes);
         }
         old_seconds += old_start.elapsed().as_secs_f64();
         let mut non_finite = 0;
+        let mut kl_penalty_sum = 0.0;
         for passes in &epochs_passes {
-            let normaliser: f64 = passes.iter().map(|p| p.1 .1.sum(Kind::Double).double_value(&[])).sum();
+            let normaliser: f64 = passes.iter().map(|p| p.norm_weights.sum(Kind::Double).double_value(&[])).sum();
             if normaliser <= 0.0 {
                 // Every token weighs nothing (CART with a noise level near 1: no visible context).
                 continue;
             }
             self.optimizer.zero_grad();
             let mut epoch_loss = 0.0;
-            for (batch, (w_loss, _), old, adv) in passes {
+            for pass in passes {
                 let clipped_here = Cell::new(0i64);
+                let penalty_here = Cell::new(0.0f64);
                 let objective = |lp: &Tensor, start: i64| {
                     let n = lp.size()[0];
-                    let terms = ppo_terms(lp, &old.narrow(0, start, n), &adv.narrow(0, start, n), clip);
-                    let w = w_loss.narrow(0, start, n);
+                    let terms = ppo_terms(lp, &pass.old.narrow(0, start, n), &pass.advantages.narrow(0, start, n), clip);
+                    let w = pass.loss_weights.narrow(0, start, n);
                     clipped_here.set(clipped_here.get() + terms.clipped.logical_and(&w.gt(0.0)).sum(Kind::Int64).int64_value(&[]));
-                    weighted_loss(&terms, &w, normaliser)
+                    let loss = weighted_loss(&terms, &w, normaliser);
+                    match &pass.reference {
+                        // The penalty is token-mean'd like the policy loss, with the same weights.
+                        Some(reference) => {
+                            let kl = k3(lp, &reference.narrow(0, start, n));
+                            let live = kl.where_self(&w.ne(0.0), &kl.zeros_like());
+                            penalty_here.set(penalty_here.get() + live.masked_select(&w.gt(0.0)).sum(Kind::Double).double_value(&[]));
+                            loss + (live * &w).sum(Kind::Float) * (actor.kl_loss_coef / normaliser.max(1e-6))
+                        }
+                        None => loss,
+                    }
                 };
-                let (new, loss) = self.model.backward_scored(batch, Pass::TRAIN, options, &objective)?;
+                let (new, loss) = self.model.backward_scored(&pass.batch, Pass::TRAIN, options, &objective)?;
                 epoch_loss += loss;
                 clipped += clipped_here.get();
-                let live = w_loss.gt(0.0);
+                kl_penalty_sum += penalty_here.get();
+                let live = pass.loss_weights.gt(0.0);
                 scored += live.sum(Kind::Int64).int64_value(&[]);
                 // k1 estimate of KL(old || new) over weighted tokens.
-                kl_sum += (old - &new).masked_select(&live).sum(Kind::Double).double_value(&[]);
+                kl_sum += (&pass.old - &new).masked_select(&live).sum(Kind::Double).double_value(&[]);
             }
             grad_norm = self.optimizer.clip_grad_norm(actor.grad_clip);
             // A non-finite loss or gradient would poison every weight: skip that update.
@@ -211,6 +299,10 @@ impl Trainer {
             self.optimizer.set_lr(lr);
             self.optimizer.step();
             metrics["lr"] = lr.into();
+        }
+        if actor.use_kl_loss {
+            // Mean k3 to the reference over the weighted tokens of every epoch.
+            metrics["kl_loss"] = (kl_penalty_sum / scored.max(1) as f64).into();
         }
         metrics["non_finite_updates_skipped"] = non_finite.into();
         let update_seconds = update_start.elapsed().as_secs_f64() - old_seconds;
@@ -254,7 +346,8 @@ impl Trainer {
                     reward: Some(s.reward),
                     reward_components: s.components.clone(),
                     verdict: s.verdict.summary().into(),
-                    hack_signals: serde_json::to_value(code_signals(&code, stdio)).unwrap_or_default(),
+                    hack_signals: serde_json::to_value(code_signals(&code, stdio).into_iter().chain(s.signals.iter().cloned()).collect::<Vec<_>>())
+                        .unwrap_or_default(),
                     tests: TestRecord::from_verdict(&s.verdict),
                 }
             })
@@ -263,3 +356,43 @@ impl Trainer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dllm_verifier::{Backend, Task, Verifier};
+
+    fn sample(task: usize, text: &str, verdict: TaskVerdict) -> Sample {
+        let rollout = Rollout { request: 0, sample: 0, seed: 0, response: vec![], step_map: vec![] };
+        Sample { task, rollout, text: text.into(), tokens: 0, verdict, reward: 1.0, components: None, signals: Vec::new() }
+    }
+
+    #[test]
+    fn a_verdict_the_other_sandbox_does_not_share_is_flagged() {
+        let task: Task = serde_json::from_value(serde_json::json!({
+            "id": "t", "kind": "call", "entry_point": "f", "tests": [{"args": [1], "expected": 2}, {"args": [5], "expected": 6}],
+        }))
+        .unwrap();
+        let verifier = Verifier::new(Backend::Native, 2).unwrap();
+        let prepared: Vec<_> = verifier.prepare_all(vec![task]).into_iter().map(|p| p.unwrap()).collect();
+        let judge = |text: &str| verifier.verify_batch(&prepared, &[Completion { task: 0, text: text.into() }], &|_| {}).remove(0);
+        let right = "```python\ndef f(x):\n    return x + 1\n```";
+        let wrong = "```python\ndef f(x):\n    return 2\n```";
+        let honest = judge(right);
+        assert!(honest.all_passed);
+        // A main verdict that claims a pass the second sandbox does not confirm (as a sandbox
+        // escape would make it), next to an honest pass and a failure (never re-judged).
+        let mut forged = judge(wrong);
+        assert!(!forged.all_passed);
+        let failure = forged.clone();
+        forged.all_passed = true;
+        let mut samples = vec![sample(0, right, honest), sample(0, wrong, forged), sample(0, wrong, failure)];
+        let (checked, disagreements) = cross_check(&verifier, &prepared, true, 1.0, 7, &mut samples);
+        assert_eq!((checked, disagreements), (2, 1));
+        assert!(samples[0].signals.is_empty() && samples[2].signals.is_empty());
+        assert_eq!(samples[1].signals[0].name, "backend_disagreement");
+        // A fraction of 0 judges nothing again.
+        assert_eq!(cross_check(&verifier, &prepared, true, 0.0, 7, &mut samples), (0, 0));
+    }
+}
+
