@@ -14,6 +14,12 @@ mod train;
 mod telemetry;
 
 fn main() -> ExitCode {
+    // `dllm-rl audit steps RUN | head`: end quietly when the reader goes away, as Unix tools do,
+    // instead of panicking on the broken pipe (Rust ignores SIGPIPE by default).
+    // SAFETY: restores the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = cli::Cli::parse();
     telemetry::init(cli.global.verbose, cli.global.quiet);
     match commands::run(cli.command) {

@@ -163,6 +163,9 @@ pub fn prompts(args: &PromptsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if histories.is_empty() {
+        if run.kind == "sft" {
+            anyhow::bail!("run {} is an SFT run: it samples no prompts (see `audit steps` for its loss)", run.name);
+        }
         anyhow::bail!("run {} has no rollouts yet", run.name);
     }
     if let Some(status) = args.status {
