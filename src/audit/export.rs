@@ -1,6 +1,7 @@
 //! `audit export`: a run's rollouts, steps, prompts or test results as JSONL, CSV or Parquet
 //! (for pandas, DuckDB, Datasette). JSON-valued columns (step maps, reward components, hack
-//! signals, metrics) are exported as JSON text in CSV and Parquet, as JSON in JSONL.
+//! signals) are exported as JSON text in CSV and Parquet, as JSON in JSONL; a step's metrics
+//! become one column each in CSV and Parquet (`seconds.update`), stay one object in JSONL.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -73,7 +74,7 @@ enum Values {
 }
 
 struct Columns {
-    names: Vec<&'static str>,
+    names: Vec<String>,
     types: Vec<Type>,
     values: Vec<Values>,
     rows: usize,
@@ -102,10 +103,50 @@ fn read(store: &Opened, run: &RunInfo, table: ExportTable) -> anyhow::Result<Col
         }
         n += 1;
     }
-    Ok(Columns { names: columns.iter().map(|c| c.0).collect(), types: columns.iter().map(|c| c.1).collect(), values, rows: n })
+    Ok(Columns { names: columns.iter().map(|c| c.0.to_string()).collect(), types: columns.iter().map(|c| c.1).collect(), values, rows: n })
 }
 
 impl Columns {
+    /// The steps table with its `metrics` object spread into one column per (dotted) key:
+    /// numbers as floats, anything else as text.
+    fn spread_metrics(self) -> Columns {
+        let Some(m) = self.names.iter().position(|n| *n == "metrics") else { return self };
+        let Values::Text(texts) = &self.values[m] else { return self };
+        let rows: Vec<std::collections::BTreeMap<String, serde_json::Value>> = texts
+            .iter()
+            .map(|t| {
+                let mut flat = std::collections::BTreeMap::new();
+                if let Some(value) = t.as_deref().and_then(|t| serde_json::from_str(t).ok()) {
+                    super::steps::flatten("", &value, &mut flat);
+                }
+                flat
+            })
+            .collect();
+        let keys: std::collections::BTreeSet<String> = rows.iter().flat_map(|r| r.keys().cloned()).collect();
+        let mut names: Vec<String> = Vec::new();
+        let mut types = Vec::new();
+        let mut values = Vec::new();
+        for (c, (name, values_c)) in self.names.iter().zip(self.values).enumerate() {
+            if c != m {
+                names.push(name.clone());
+                types.push(self.types[c]);
+                values.push(values_c);
+            }
+        }
+        for key in keys {
+            let numeric = rows.iter().all(|r| r.get(&key).is_none_or(|v| v.is_number() || v.is_null()));
+            names.push(key.clone());
+            if numeric {
+                types.push(Type::Float);
+                values.push(Values::Float(rows.iter().map(|r| r.get(&key).and_then(serde_json::Value::as_f64)).collect()));
+            } else {
+                types.push(Type::Text);
+                values.push(Values::Text(rows.iter().map(|r| r.get(&key).map(|v| v.as_str().map_or_else(|| v.to_string(), String::from))).collect()));
+            }
+        }
+        Columns { names, types, values, rows: self.rows }
+    }
+
     fn cell(&self, column: usize, row: usize) -> Cell {
         match &self.values[column] {
             Values::Int(v) => v[row].into(),
@@ -123,7 +164,7 @@ impl Columns {
                 (Values::Text(v), Type::Json) => v[row].as_deref().map_or(serde_json::Value::Null, |t| serde_json::from_str(t).unwrap_or_else(|_| t.into())),
                 (Values::Text(v), _) => v[row].clone().map_or(serde_json::Value::Null, Into::into),
             };
-            object.insert((*name).to_string(), value);
+            object.insert(name.clone(), value);
         }
         serde_json::Value::Object(object)
     }
@@ -180,7 +221,10 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         ExportTable::Prompts => "prompts",
         ExportTable::Tests => "tests",
     };
-    let columns = read(&store, &run, args.table)?;
+    let mut columns = read(&store, &run, args.table)?;
+    if args.table == ExportTable::Steps && args.format != ExportFormat::Jsonl {
+        columns = columns.spread_metrics();
+    }
     let mut out: Box<dyn Write> = match &args.out {
         Some(path) if args.format != ExportFormat::Parquet => {
             Box::new(std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?))
@@ -196,7 +240,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
             }
         }
         ExportFormat::Csv => {
-            let mut table = Table::new(columns.names.iter().copied());
+            let mut table = Table::new(columns.names.iter().cloned());
             for row in 0..columns.rows {
                 table.push((0..columns.names.len()).map(|c| columns.cell(c, row)).collect());
             }
@@ -246,5 +290,8 @@ mod tests {
         assert_eq!(tests.rows, 48);
         let steps = read(&store, &run, ExportTable::Steps).unwrap();
         assert_eq!(steps.json_row(3)["metrics"]["reward_mean"], 0.35);
+        let spread = steps.spread_metrics();
+        assert_eq!(spread.names, ["step", "attempt", "at", "loss", "reward_mean", "seconds.rollout", "seconds.update"]);
+        assert_eq!(spread.cell(4, 3), Cell::Num(0.35));
     }
 }
