@@ -153,11 +153,11 @@ fn train_logs_learns_checkpoints_and_resumes_exactly() {
 }
 
 #[test]
-fn a_kl_penalty_to_the_base_model_is_measured_and_logged() {
+fn a_kl_penalty_to_the_base_model_and_an_entropy_bonus_are_measured_and_logged() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = setup(tmp.path());
     let cfg = config(&dir, "kl", 2);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("[actor]\n", "[actor]\nuse_kl_loss = true\nkl_loss_coef = 0.1\n");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("[actor]\n", "[actor]\nuse_kl_loss = true\nkl_loss_coef = 0.1\nentropy_coeff = 0.01\n");
     std::fs::write(&cfg, text).unwrap();
     run(&["train", "--config", cfg.to_str().unwrap()]);
     let db = rusqlite::Connection::open(dir.join("runs/kl/store.sqlite")).unwrap();
@@ -168,6 +168,9 @@ fn a_kl_penalty_to_the_base_model_is_measured_and_logged() {
     // update; after it, the penalty is positive (and k3 is clamped at 10).
     assert!(kl.iter().all(|k| k.is_some_and(|k| (0.0..10.0).contains(&k))), "{kl:?}");
     assert!(kl[1].unwrap() > 0.0, "{kl:?}");
+    // Entropy of a random model's predictions over 264 tokens: positive, at most ln 264.
+    let entropy: f64 = db.query_row("SELECT metrics ->> '$.entropy' FROM steps WHERE step = 0", [], |r| r.get(0)).unwrap();
+    assert!(entropy > 0.0 && entropy <= (264f64).ln() + 1e-6, "{entropy}");
 }
 
 #[test]

@@ -69,6 +69,17 @@ impl DreamModel {
         Tensor::cat(&pieces, 0)
     }
 
+    /// [`Self::target_logprobs`] in one chunk, with each row's entropy of the whole predicted
+    /// distribution (N,), in fp32: for an entropy term in the loss.
+    pub fn target_logprobs_and_entropy(&self, h: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
+        let logits = self.project(h).to_kind(Kind::Float);
+        let log_z = logits.logsumexp([1], true);
+        let log_p = &logits - &log_z;
+        let picked = log_p.gather(1, &targets.unsqueeze(1), false).squeeze_dim(1);
+        let entropy = -(log_p.exp() * &log_p).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        (picked, entropy)
+    }
+
     /// fp32 log-probabilities (N,) of `targets` (B, L) at `positions` (B, L bool), given
     /// `hidden` from a forward over the (masked) canvas.
     pub fn token_logprobs(&self, hidden: &Tensor, positions: &Tensor, targets: &Tensor) -> Tensor {

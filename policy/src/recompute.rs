@@ -56,6 +56,29 @@ impl DreamModel {
         options: BackwardOptions,
         objective: &dyn Fn(&Tensor, i64) -> Tensor,
     ) -> Result<(Tensor, f64)> {
+        self.backward_head(batch, pass, options, &|lp, _, start| objective(lp, start), false)
+    }
+
+    /// [`Self::backward_scored`] for objectives that also use each scored position's entropy
+    /// of the predicted distribution (an entropy bonus): `objective(logprobs, entropies, offset)`.
+    pub fn backward_scored_with_entropy(
+        &self,
+        batch: &ScoredBatch,
+        pass: Pass,
+        options: BackwardOptions,
+        objective: &dyn Fn(&Tensor, &Tensor, i64) -> Tensor,
+    ) -> Result<(Tensor, f64)> {
+        self.backward_head(batch, pass, options, &|lp, entropy, start| objective(lp, entropy.unwrap_or(lp), start), true)
+    }
+
+    fn backward_head(
+        &self,
+        batch: &ScoredBatch,
+        pass: Pass,
+        options: BackwardOptions,
+        objective: &dyn Fn(&Tensor, Option<&Tensor>, i64) -> Tensor,
+        entropy: bool,
+    ) -> Result<(Tensor, f64)> {
         self.check_input(&batch.canvas)?;
         let ids = &batch.canvas;
         let rope = self.rotary.tables(ids.size()[1], self.placement.compute_kind);
@@ -103,8 +126,14 @@ impl DreamModel {
         let mut total = 0.0;
         for start in (0..n).step_by(chunk as usize) {
             let len = chunk.min(n - start);
-            let lp = self.target_logprobs(&head_leaf.narrow(0, start, len), &targets.narrow(0, start, len), len);
-            let loss = objective(&lp, start);
+            let (h, t) = (head_leaf.narrow(0, start, len), targets.narrow(0, start, len));
+            let (lp, ent) = if entropy {
+                let (lp, ent) = self.target_logprobs_and_entropy(&h, &t);
+                (lp, Some(ent))
+            } else {
+                (self.target_logprobs(&h, &t, len), None)
+            };
+            let loss = objective(&lp, ent.as_ref(), start);
             if loss.numel() != 1 {
                 return Err(PolicyError::Invalid(format!("the objective must return a scalar, got {:?}", loss.size())));
             }
@@ -227,6 +256,34 @@ mod tests {
             for (a, b) in plain.iter().zip(&recomputed) {
                 assert!(a.allclose(b, 1e-4, 1e-6, false), "lora {lora} padded {padded}: gradients differ by {}", (a - b).abs().max());
             }
+        }
+    }
+
+    #[test]
+    fn an_entropy_term_gets_the_plain_gradients_too() {
+        let model = tiny_model(false, 3);
+        tch::manual_seed(12);
+        let ids = Tensor::randint_low(1, 39, [2, 10], (Kind::Int64, Device::Cpu));
+        let response = Tensor::arange(10, (Kind::Int64, Device::Cpu)).ge(4).unsqueeze(0).repeat([2, 1]);
+        let masks = coupled_masks(&response, &MaskSeeds::PerSample(vec![4, 5])).unwrap();
+        let batch = ScoredBatch::new(&model, &ids, &masks.a, None).unwrap();
+        // Plain autograd: entropy of the full softmax at the scored positions.
+        let hidden = model.forward(&batch.canvas, batch.attention.as_ref(), Pass::TRAIN);
+        let logits = model.logits_at(&hidden, &batch.positions).to_kind(Kind::Float);
+        let log_p = logits.log_softmax(-1, Kind::Float);
+        let plain_entropy = -(log_p.exp() * &log_p).sum(Kind::Float);
+        let lp = model.score(&batch, Pass::TRAIN).unwrap();
+        let plain_loss = lp.sum(Kind::Float) * 0.5 - &plain_entropy;
+        plain_loss.backward();
+        let plain = take_grads(&model);
+
+        let objective = |lp: &Tensor, entropy: &Tensor, _: i64| lp.sum(Kind::Float) * 0.5 - entropy.sum(Kind::Float);
+        let options = BackwardOptions { recompute: true, head_chunk: Some(4) };
+        let (_, loss) = model.backward_scored_with_entropy(&batch, Pass::TRAIN, options, &objective).unwrap();
+        let chunked = take_grads(&model);
+        assert!((loss - plain_loss.double_value(&[])).abs() < 1e-3, "loss {loss} vs {plain_loss}");
+        for (a, b) in plain.iter().zip(&chunked) {
+            assert!(a.allclose(b, 1e-4, 1e-5, false), "gradients differ by {}", (a - b).abs().max());
         }
     }
 }

@@ -178,6 +178,9 @@ pub struct ActorSection {
     /// (adapters off, no extra memory), otherwise a frozen copy of the starting weights.
     pub use_kl_loss: bool,
     pub kl_loss_coef: f64,
+    /// Weight of an entropy bonus (verl's `entropy_coeff`; Dream-Coder: 0): the loss subtracts
+    /// this times the token-mean entropy of the predicted distributions at the scored positions.
+    pub entropy_coeff: f64,
 }
 
 impl Default for ActorSection {
@@ -194,6 +197,7 @@ impl Default for ActorSection {
             grad_clip: 1.0,
             use_kl_loss: false,
             kl_loss_coef: 0.001,
+            entropy_coeff: 0.0,
         }
     }
 }
@@ -302,6 +306,9 @@ impl TrainConfig {
         }
         if !(self.actor.kl_loss_coef >= 0.0 && self.actor.kl_loss_coef.is_finite()) {
             bail!("actor.kl_loss_coef {} must be a non-negative number", self.actor.kl_loss_coef);
+        }
+        if !(self.actor.entropy_coeff >= 0.0 && self.actor.entropy_coeff.is_finite()) {
+            bail!("actor.entropy_coeff {} must be a non-negative number", self.actor.entropy_coeff);
         }
         if !(self.actor.grad_clip > 0.0 && self.optim.lr > 0.0) {
             bail!("actor.grad_clip and optim.lr must be positive");

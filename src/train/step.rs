@@ -249,6 +249,7 @@ impl Trainer {
         old_seconds += old_start.elapsed().as_secs_f64();
         let mut non_finite = 0;
         let mut kl_penalty_sum = 0.0;
+        let mut entropy_sum = 0.0;
         for passes in &epochs_passes {
             let normaliser: f64 = passes.iter().map(|p| p.norm_weights.sum(Kind::Double).double_value(&[])).sum();
             if normaliser <= 0.0 {
@@ -260,24 +261,33 @@ impl Trainer {
             for pass in passes {
                 let clipped_here = Cell::new(0i64);
                 let penalty_here = Cell::new(0.0f64);
-                let objective = |lp: &Tensor, start: i64| {
+                let entropy_here = Cell::new(0.0f64);
+                let objective = |lp: &Tensor, entropy: Option<&Tensor>, start: i64| {
                     let n = lp.size()[0];
                     let terms = ppo_terms(lp, &pass.old.narrow(0, start, n), &pass.advantages.narrow(0, start, n), clip);
                     let w = pass.loss_weights.narrow(0, start, n);
                     clipped_here.set(clipped_here.get() + terms.clipped.logical_and(&w.gt(0.0)).sum(Kind::Int64).int64_value(&[]));
-                    let loss = weighted_loss(&terms, &w, normaliser);
-                    match &pass.reference {
-                        // The penalty is token-mean'd like the policy loss, with the same weights.
-                        Some(reference) => {
-                            let kl = k3(lp, &reference.narrow(0, start, n));
-                            let live = kl.where_self(&w.ne(0.0), &kl.zeros_like());
-                            penalty_here.set(penalty_here.get() + live.masked_select(&w.gt(0.0)).sum(Kind::Double).double_value(&[]));
-                            loss + (live * &w).sum(Kind::Float) * (actor.kl_loss_coef / normaliser.max(1e-6))
-                        }
-                        None => loss,
+                    let mut loss = weighted_loss(&terms, &w, normaliser);
+                    // The penalty and the bonus are token-mean'd like the policy loss, with the same weights.
+                    if let Some(reference) = &pass.reference {
+                        let kl = k3(lp, &reference.narrow(0, start, n));
+                        let live = kl.where_self(&w.ne(0.0), &kl.zeros_like());
+                        penalty_here.set(penalty_here.get() + live.masked_select(&w.gt(0.0)).sum(Kind::Double).double_value(&[]));
+                        loss = loss + (live * &w).sum(Kind::Float) * (actor.kl_loss_coef / normaliser.max(1e-6));
                     }
+                    if let Some(entropy) = entropy {
+                        let live = entropy.where_self(&w.ne(0.0), &entropy.zeros_like());
+                        entropy_here.set(entropy_here.get() + live.masked_select(&w.gt(0.0)).sum(Kind::Double).double_value(&[]));
+                        loss = loss - (live * &w).sum(Kind::Float) * (actor.entropy_coeff / normaliser.max(1e-6));
+                    }
+                    loss
                 };
-                let (new, loss) = self.model.backward_scored(&pass.batch, Pass::TRAIN, options, &objective)?;
+                let (new, loss) = if actor.entropy_coeff > 0.0 {
+                    self.model.backward_scored_with_entropy(&pass.batch, Pass::TRAIN, options, &|lp, e, start| objective(lp, Some(e), start))?
+                } else {
+                    self.model.backward_scored(&pass.batch, Pass::TRAIN, options, &|lp, start| objective(lp, None, start))?
+                };
+                entropy_sum += entropy_here.get();
                 epoch_loss += loss;
                 clipped += clipped_here.get();
                 kl_penalty_sum += penalty_here.get();
@@ -303,6 +313,9 @@ impl Trainer {
         if actor.use_kl_loss {
             // Mean k3 to the reference over the weighted tokens of every epoch.
             metrics["kl_loss"] = (kl_penalty_sum / scored.max(1) as f64).into();
+        }
+        if actor.entropy_coeff > 0.0 {
+            metrics["entropy"] = (entropy_sum / scored.max(1) as f64).into();
         }
         metrics["non_finite_updates_skipped"] = non_finite.into();
         let update_seconds = update_start.elapsed().as_secs_f64() - old_seconds;
