@@ -57,15 +57,17 @@ pub fn constant_answer(code: &str, stdio: bool) -> Option<Signal> {
 
 /// Everything suspicious about a run, most suspicious (passing) first.
 pub fn findings(store: &Opened, run: &RunInfo, jump: f64) -> anyhow::Result<Vec<Finding>> {
-    let kinds: BTreeMap<String, String> = load_histories(store, run)?.into_iter().map(|h| (h.prompt_id, h.kind)).collect();
+    let histories = load_histories(store, run)?;
+    let kinds: BTreeMap<&str, &str> = histories.iter().map(|h| (h.prompt_id.as_str(), h.kind.as_str())).collect();
     let mut out = Vec::new();
-    let rows: Vec<RolloutRow> = load_rollouts(store, Some(run.id), &Filter::default())?;
+    // Failing rollouts without a signal cannot be findings: leave them in the database.
+    let rows: Vec<RolloutRow> = load_rollouts(store, Some(run.id), &Filter { passed_or_flagged: true, ..Filter::default() })?;
     for r in &rows {
         let passed = r.verdict == "passed";
         let mut signals = r.hack_signals.clone();
         if passed {
             let code = dllm_verifier::extract_code(&r.completion).map(|e| e.code).unwrap_or_default();
-            let stdio = kinds.get(&r.prompt_id).is_some_and(|k| k == "stdio");
+            let stdio = kinds.get(r.prompt_id.as_str()).is_some_and(|k| *k == "stdio");
             let again = dllm_rewards::code_signals(&code, stdio).into_iter().map(|s| Signal { name: s.name, reason: s.reason });
             for s in again.chain(constant_answer(&code, stdio)) {
                 if !signals.iter().any(|k| k.name == s.name) {
@@ -77,7 +79,7 @@ pub fn findings(store: &Opened, run: &RunInfo, jump: f64) -> anyhow::Result<Vec<
             out.push(Finding { rollout: Some(r.id), step: r.step, prompt_id: r.prompt_id.clone(), signal: s.name, passed, reason: s.reason });
         }
     }
-    for h in load_histories(store, run)? {
+    for h in &histories {
         for pair in h.visits.windows(2) {
             let rise = pair[1].pass_rate() - pair[0].pass_rate();
             if rise >= jump {

@@ -50,8 +50,11 @@ fn step_stats(store: &Opened, run: &RunInfo) -> anyhow::Result<Vec<StepStats>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Named series of fractions, one value per step.
+type Layers = Vec<(String, Vec<f64>)>;
+
 /// Verdict fractions per step: (steps, [(verdict, fractions)]), most common verdicts first.
-fn verdict_mix(store: &Opened, run: &RunInfo) -> anyhow::Result<(Vec<f64>, Vec<(String, Vec<f64>)>)> {
+fn verdict_mix(store: &Opened, run: &RunInfo) -> anyhow::Result<(Vec<f64>, Layers)> {
     let mut stmt = store.conn.prepare("SELECT step, verdict, COUNT(*) FROM rollouts WHERE run_id = ?1 AND superseded = 0 GROUP BY step, verdict")?;
     let mut counts: BTreeMap<i64, BTreeMap<String, f64>> = BTreeMap::new();
     for row in stmt.query_map([run.id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))? {
@@ -69,7 +72,7 @@ fn verdict_mix(store: &Opened, run: &RunInfo) -> anyhow::Result<(Vec<f64>, Vec<(
     // At most 7 layers: the rest together as "other".
     let shown: Vec<String> = verdicts.iter().take(7).cloned().collect();
     let steps: Vec<f64> = counts.keys().map(|s| *s as f64).collect();
-    let mut layers: Vec<(String, Vec<f64>)> = shown.iter().map(|v| (v.clone(), Vec::new())).collect();
+    let mut layers: Layers = shown.iter().map(|v| (v.clone(), Vec::new())).collect();
     let mut other = Vec::new();
     for by in counts.values() {
         let total: f64 = by.values().sum();

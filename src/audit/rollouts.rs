@@ -55,6 +55,8 @@ pub struct Filter {
     pub min_reward: Option<f64>,
     pub max_reward: Option<f64>,
     pub flagged: bool,
+    /// Only rollouts that passed or carry a signal (what `hacks` looks at).
+    pub passed_or_flagged: bool,
     pub id: Option<i64>,
     /// 0: no limit.
     pub limit: usize,
@@ -102,6 +104,9 @@ pub fn load_rollouts(store: &Opened, run: Option<i64>, filter: &Filter) -> anyho
     }
     if filter.flagged {
         sql.push_str(" AND json_array_length(hack_signals) > 0");
+    }
+    if filter.passed_or_flagged {
+        sql.push_str(" AND (verdict = 'passed' OR json_array_length(hack_signals) > 0)");
     }
     sql.push_str(" ORDER BY id");
     if filter.limit > 0 {
@@ -154,6 +159,7 @@ pub fn list(args: &RolloutsArgs) -> anyhow::Result<ExitCode> {
         min_reward: args.min_reward,
         max_reward: args.max_reward,
         flagged: args.flagged,
+        passed_or_flagged: false,
         id: None,
         limit: args.limit,
     };

@@ -112,7 +112,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let (tx, rx) = mpsc::channel::<Vec<(usize, usize, String, usize)>>();
     // Seeds and decode orders, for the run store.
-    let mut orders: std::collections::HashMap<(usize, usize), (u64, Vec<i64>, Vec<String>)> = std::collections::HashMap::new();
+    // (task, sample) -> (seed, step map, token pieces).
+    type Order = (u64, Vec<i64>, Vec<String>);
+    let mut orders: std::collections::HashMap<(usize, usize), Order> = std::collections::HashMap::new();
     let judged: Vec<Judgement> = std::thread::scope(|scope| -> anyhow::Result<Vec<Judgement>> {
         let verifying = scope.spawn(|| {
             let ready: Vec<PreparedTask> = prepared.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();

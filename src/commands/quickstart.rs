@@ -95,7 +95,7 @@ fn split(tasks: Vec<Task>, seed: u64) -> (Vec<Task>, Vec<Task>, Vec<Task>) {
 /// the bug as a habit it falls into at random; RL, rewarded by the tests alone, can unlearn it.
 fn add_reference_noise(tasks: &mut [Task], noise: f64, seed: u64) {
     use rand_core::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6e6f_6973_65);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x006e_6f69_7365);
     for task in tasks {
         let draw = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         if draw < noise {

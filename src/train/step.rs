@@ -273,12 +273,12 @@ impl Trainer {
                         let kl = k3(lp, &reference.narrow(0, start, n));
                         let live = kl.where_self(&w.ne(0.0), &kl.zeros_like());
                         penalty_here.set(penalty_here.get() + live.masked_select(&w.gt(0.0)).sum(Kind::Double).double_value(&[]));
-                        loss = loss + (live * &w).sum(Kind::Float) * (actor.kl_loss_coef / normaliser.max(1e-6));
+                        loss += (live * &w).sum(Kind::Float) * (actor.kl_loss_coef / normaliser.max(1e-6));
                     }
                     if let Some(entropy) = entropy {
                         let live = entropy.where_self(&w.ne(0.0), &entropy.zeros_like());
                         entropy_here.set(entropy_here.get() + live.masked_select(&w.gt(0.0)).sum(Kind::Double).double_value(&[]));
-                        loss = loss - (live * &w).sum(Kind::Float) * (actor.entropy_coeff / normaliser.max(1e-6));
+                        loss -= (live * &w).sum(Kind::Float) * (actor.entropy_coeff / normaliser.max(1e-6));
                     }
                     loss
                 };
