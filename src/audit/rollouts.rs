@@ -175,7 +175,8 @@ pub fn list(args: &RolloutsArgs) -> anyhow::Result<ExitCode> {
             r.verdict.clone().into(),
             Cell::Int(r.tokens),
             r.hack_signals.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(",").into(),
-            Cell::Text(one_line(&r.completion, 60)),
+            // Whole in CSV and JSON; the terminal table shortens it to one line.
+            r.completion.clone().into(),
         ]);
     }
     print!("{}", table.render(args.format));

@@ -4,6 +4,8 @@
 //! PPO epochs (each: both masks of every row, micro-batches accumulated, one optimizer step).
 
 use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -11,9 +13,9 @@ use dllm_policy::estimator::token_weights;
 use dllm_policy::grpo::{k3, ppo_terms, weighted_loss, ClipRange};
 use dllm_policy::{coupled_masks, mask_seed, BackwardOptions, MaskSeeds, Pass, ScoredBatch};
 use dllm_rewards::{backend_disagreement, code_signals, group_advantages, informative_substitution, HackSignal, Judged, SolveStats};
-use rand_core::{Rng, SeedableRng};
 use dllm_rollout::{generate, rollout_seed, Batching, Request, Rollout};
 use dllm_verifier::{Completion, TaskVerdict, TestSpec};
+use rand_core::{Rng, SeedableRng};
 use tch::{Kind, Tensor};
 
 use super::config::MaskSharing;
@@ -109,26 +111,47 @@ impl Trainer {
             })
             .collect();
         let sampler = &self.cfg.rollout.sampler;
-        let (rollouts, gen) = generate(&self.model, sampler, &requests, &self.special, Batching::Bucket, self.cfg.rollout.batch_size, &mut |_, _, _| {})
-            .context("rollout")?;
-        let rollout_seconds = started.elapsed().as_secs_f64();
-
-        // 3-4. Verify and reward.
-        let verify_start = Instant::now();
-        let texts: Vec<(String, usize)> = rollouts
-            .iter()
-            .map(|r| {
-                let completion = r.completion(&self.special.stop);
-                (self.tokenizer.decode(completion, true).unwrap_or_default(), completion.len())
-            })
-            .collect();
+        // 3. Verification overlaps generation: each finished rollout batch goes to the sandbox
+        // pool (CPU) while the model (GPU) decodes the next one.
         let ready: Vec<dllm_verifier::PreparedTask> = chosen.iter().map(|&t| self.prepared[t].clone()).collect();
-        let completions: Vec<Completion> = rollouts.iter().zip(&texts).map(|(r, (text, _))| Completion { task: r.request, text: text.clone() }).collect();
-        let verdicts = self.verifier.verify_batch(&ready, &completions, &|_| {});
+        let (tx, rx) = mpsc::channel::<Vec<(usize, usize, String, usize)>>();
+        let (verifier, tokenizer, special) = (&self.verifier, &self.tokenizer, &self.special);
+        let mut rollout_seconds = 0.0;
+        let ((rollouts, gen), mut judged) = std::thread::scope(|scope| -> anyhow::Result<_> {
+            let judging = scope.spawn(move || {
+                let mut judged: HashMap<(usize, usize), (String, usize, TaskVerdict)> = HashMap::new();
+                for batch in rx {
+                    let completions: Vec<Completion> = batch.iter().map(|(request, _, text, _)| Completion { task: *request, text: text.clone() }).collect();
+                    let verdicts = verifier.verify_batch(&ready, &completions, &|_| {});
+                    for ((request, sample, text, tokens), verdict) in batch.into_iter().zip(verdicts) {
+                        judged.insert((request, sample), (text, tokens, verdict));
+                    }
+                }
+                judged
+            });
+            let generated = generate(&self.model, sampler, &requests, special, Batching::Bucket, self.cfg.rollout.batch_size, &mut |batch, _, _| {
+                let texts = batch
+                    .iter()
+                    .map(|r| {
+                        let completion = r.completion(&special.stop);
+                        (r.request, r.sample, tokenizer.decode(completion, true).unwrap_or_default(), completion.len())
+                    })
+                    .collect();
+                let _ = tx.send(texts);
+            });
+            drop(tx);
+            rollout_seconds = started.elapsed().as_secs_f64();
+            let judged = judging.join().map_err(|_| anyhow::anyhow!("the verifier thread panicked"))?;
+            Ok((generated.context("rollout")?, judged))
+        })?;
+        // 4. Rewards.
         let mut samples: Vec<Sample> = Vec::with_capacity(rollouts.len());
-        for ((rollout, (text, tokens)), verdict) in rollouts.into_iter().zip(texts).zip(verdicts) {
-            let judged = Judged { completion: &text, tokens, verdict: &verdict };
-            let (reward, components) = match self.cfg.reward.reward(&judged) {
+        for rollout in rollouts {
+            let Some((text, tokens, verdict)) = judged.remove(&(rollout.request, rollout.sample)) else {
+                anyhow::bail!("rollout {} of prompt {} was not judged", rollout.sample, rollout.request);
+            };
+            let judgement = Judged { completion: &text, tokens, verdict: &verdict };
+            let (reward, components) = match self.cfg.reward.reward(&judgement) {
                 Ok(r) => (r.total, serde_json::to_value(&r.components).ok()),
                 // A sandbox failure says nothing about the completion: zero, and logged as such.
                 Err(_) => (0.0, None),
@@ -143,7 +166,8 @@ impl Trainer {
             }
             None => (0, 0),
         };
-        let verify_seconds = verify_start.elapsed().as_secs_f64();
+        // Verification beyond the generation it overlapped (+ rewards and cross-checks).
+        let verify_seconds = started.elapsed().as_secs_f64() - rollout_seconds;
 
         // 5. Group advantages, statistics, substitution.
         let groups: Vec<Vec<usize>> = (0..chosen.len()).map(|g| (0..samples.len()).filter(|&i| samples[i].rollout.request == g).collect()).collect();
