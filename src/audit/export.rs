@@ -262,15 +262,11 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::RunSelector;
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
     #[test]
     fn every_format_carries_the_same_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.sqlite");
-        crate::audit::fixture::write(&path);
-        let (store, run) = resolve(&RunSelector { run: path.display().to_string(), db: dir.path().into() }).unwrap();
+        let (dir, store, run) = crate::audit::fixture::opened();
         let columns = read(&store, &run, ExportTable::Rollouts).unwrap();
         assert_eq!(columns.rows, 48);
         let row = columns.json_row(0);

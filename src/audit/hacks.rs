@@ -130,7 +130,6 @@ pub fn hacks(args: &HacksArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::RunSelector;
 
     #[test]
     fn constant_answers_are_caught_and_computing_code_is_not() {
@@ -143,10 +142,7 @@ mod tests {
 
     #[test]
     fn signals_and_jumps_are_reported_with_reasons() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.sqlite");
-        crate::audit::fixture::write(&path);
-        let (store, run) = resolve(&RunSelector { run: path.display().to_string(), db: dir.path().into() }).unwrap();
+        let (_dir, store, run) = crate::audit::fixture::opened();
         let found = findings(&store, &run, 0.75).unwrap();
         let jumps: Vec<&Finding> = found.iter().filter(|f| f.signal == "pass_rate_jump").collect();
         assert_eq!(jumps.len(), 1, "{found:#?}");

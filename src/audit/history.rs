@@ -186,14 +186,10 @@ pub fn prompts(args: &PromptsArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::RunSelector;
 
     #[test]
     fn learned_never_and_forgotten_prompts_are_told_apart() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.sqlite");
-        crate::audit::fixture::write(&path);
-        let (store, run) = resolve(&RunSelector { run: path.display().to_string(), db: dir.path().into() }).unwrap();
+        let (_dir, store, run) = crate::audit::fixture::opened();
         let mut h = load_histories(&store, &run).unwrap();
         let by_id = |id: &str| h.iter().find(|p| p.prompt_id == id).unwrap().clone();
         let a = by_id("a");

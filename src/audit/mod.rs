@@ -107,6 +107,18 @@ pub fn find_stores(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// Opens each store, skipping (with a warning) what is not a readable run store, so that one
+/// stray file does not hide every other run under a folder.
+pub fn open_each(paths: &[PathBuf]) -> impl Iterator<Item = Opened> + '_ {
+    paths.iter().filter_map(|path| match open(path) {
+        Ok(opened) => Some(opened),
+        Err(e) => {
+            tracing::warn!("skipping {e:#}");
+            None
+        }
+    })
+}
+
 impl Opened {
     pub fn runs(&self) -> anyhow::Result<Vec<RunInfo>> {
         let mut stmt = self.conn.prepare("SELECT id, name, kind, status, config, code_version, started_at, ended_at FROM runs ORDER BY id")?;
@@ -172,19 +184,12 @@ pub fn resolve(selector: &RunSelector) -> anyhow::Result<(Opened, RunInfo)> {
     }
     let mut matches = Vec::new();
     let mut known = Vec::new();
-    for path in stores {
-        let opened = match open(&path) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!("skipping {e:#}");
-                continue;
-            }
-        };
+    for opened in open_each(&stores) {
         for run in opened.runs()? {
             if run.name == selector.run || run.id.to_string() == selector.run {
-                matches.push((path.clone(), run));
+                matches.push((opened.path.clone(), run));
             } else {
-                known.push(format!("{} ({})", run.name, path.display()));
+                known.push(format!("{} ({})", run.name, opened.path.display()));
             }
         }
     }
@@ -207,7 +212,18 @@ pub(crate) mod fixture {
     //! A small run store written through the real writer, for the audit's unit tests.
     use std::path::Path;
 
+    use crate::cli::RunSelector;
     use crate::store::{PromptRecord, RolloutRecord, RunStore, TestRecord};
+
+    /// The run of [`write`] in a fresh folder, opened as the audit commands open it (keep the
+    /// folder alive while using the store).
+    pub fn opened() -> (tempfile::TempDir, super::Opened, super::RunInfo) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite");
+        write(&path);
+        let (store, run) = super::resolve(&RunSelector { run: path.display().to_string(), db: dir.path().into() }).unwrap();
+        (dir, store, run)
+    }
 
     /// Run "toy": prompts a (learned at step 2), b (never solved), c (solved then forgotten);
     /// 4 samples each, steps 0..=3; step 3 of attempt 0 superseded by a resume from step 2.

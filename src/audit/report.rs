@@ -331,14 +331,10 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::RunSelector;
 
     #[test]
     fn the_report_is_self_contained_and_has_every_chart() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.sqlite");
-        crate::audit::fixture::write(&path);
-        let (store, run) = resolve(&RunSelector { run: path.display().to_string(), db: dir.path().into() }).unwrap();
+        let (_dir, store, run) = crate::audit::fixture::opened();
         let html = render(&store, &run, 4).unwrap();
         // The SVG namespace is a name, not a fetch; nothing else may point outside the file.
         let outside = html.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");

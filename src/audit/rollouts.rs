@@ -276,14 +276,10 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::RunSelector;
 
     #[test]
     fn filters_combine_and_superseded_rows_are_hidden() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.sqlite");
-        crate::audit::fixture::write(&path);
-        let (store, run) = resolve(&RunSelector { run: path.display().to_string(), db: dir.path().into() }).unwrap();
+        let (_dir, store, run) = crate::audit::fixture::opened();
         let all = load_rollouts(&store, Some(run.id), &Filter::default()).unwrap();
         assert_eq!(all.len(), 48, "4 steps x 3 prompts x 4 samples; the superseded step 3 left out");
         assert!(all.iter().filter(|r| r.step == 3).all(|r| r.attempt == 1));

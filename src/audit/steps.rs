@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::output::{Cell, Table};
-use super::{find_stores, open, resolve, Opened, RunInfo};
+use super::{find_stores, open_each, resolve, Opened, RunInfo};
 use crate::cli::{RunsArgs, StepsArgs};
 
 /// One step's metrics, nested objects flattened to dotted keys (`seconds.update`).
@@ -89,21 +89,14 @@ pub fn runs(args: &RunsArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("no store.sqlite under {} (pass --db FILE for a store with another name)", args.db.display());
     }
     let mut table = Table::new(["store", "run", "kind", "status", "steps", "best reward", "last reward", "started", "duration"]);
-    for path in stores {
-        let store = match open(&path) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("skipping {e:#}");
-                continue;
-            }
-        };
+    for store in open_each(&stores) {
         for run in store.runs()? {
             let steps = load_steps(&store, &run)?;
             let rewards: Vec<f64> = steps.iter().filter_map(|s| s.number("reward_mean")).collect();
             let best = rewards.iter().copied().fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
             let last_at = run.ended_at.clone().or_else(|| steps.last().map(|s| s.at.clone()));
             table.push(vec![
-                path.display().to_string().into(),
+                store.path.display().to_string().into(),
                 run.name.clone().into(),
                 run.kind.clone().into(),
                 run.status.clone().into(),
@@ -194,10 +187,7 @@ mod tests {
 
     #[test]
     fn steps_skip_superseded_rows_and_name_missing_metrics() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.sqlite");
-        crate::audit::fixture::write(&path);
-        let (store, run) = resolve(&RunSelector { run: path.display().to_string(), db: dir.path().into() }).unwrap();
+        let (_dir, store, run) = crate::audit::fixture::opened();
         let steps = load_steps(&store, &run).unwrap();
         assert_eq!(steps.iter().map(|s| (s.step, s.attempt)).collect::<Vec<_>>(), [(0, 0), (1, 0), (2, 0), (3, 1)]);
         assert_eq!(steps[3].number("reward_mean"), Some(0.35), "the resumed attempt's step 3");
