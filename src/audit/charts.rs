@@ -2,6 +2,7 @@
 //! spread bands, stacked fractions over steps, and horizontal bar pairs. Text is left to the
 //! browser's fonts, so no font file is needed here.
 
+use plotters::coord::CoordTranslate;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -34,6 +35,18 @@ impl Series {
 
 fn failed<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing a chart: {e:?}")
+}
+
+/// The legend every chart here draws, at `position`.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(chart: &mut ChartContext<'a, DB, CT>, position: SeriesLabelPosition) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(200, 200, 200))
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(failed)
 }
 
 fn span(values: impl Iterator<Item = f64>, floor_zero: bool) -> (f64, f64) {
@@ -103,14 +116,7 @@ pub fn lines(title: &str, y_label: &str, series: &[Series], unit_range: bool) ->
             }
         }
         if series.len() > 1 || series.iter().any(|s| !s.band.is_empty()) {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(200, 200, 200))
-                .label_font(("sans-serif", 13))
-                .draw()
-                .map_err(failed)?;
+            legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         }
         root.present().map_err(failed)?;
     }
@@ -149,14 +155,7 @@ pub fn stacked(title: &str, steps: &[f64], layers: &[(String, Vec<f64>)]) -> any
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.mix(0.75).filled()));
             below = above;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(200, 200, 200))
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(failed)?;
+        legend(&mut chart, SeriesLabelPosition::LowerLeft)?;
         root.present().map_err(failed)?;
     }
     Ok(svg)
@@ -207,14 +206,7 @@ pub fn paired_bars(title: &str, pair_names: (&str, &str), groups: &[(String, f64
                 .label(name)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(200, 200, 200))
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(failed)?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         root.present().map_err(failed)?;
     }
     Ok(svg)
