@@ -28,11 +28,21 @@ struct Sample {
     rollout: Rollout,
     text: String,
     tokens: usize,
+    /// Each completion token's text (for the decode order in the store).
+    pieces: Vec<String>,
     verdict: TaskVerdict,
     reward: f64,
     components: Option<serde_json::Value>,
     /// Signals found beyond the code rules (a sandbox disagreement).
     signals: Vec<HackSignal>,
+}
+
+/// A completion as the judging thread hands it back.
+struct Decoded {
+    text: String,
+    tokens: usize,
+    pieces: Vec<String>,
+    verdict: TaskVerdict,
 }
 
 /// One coupled-mask pass of a micro-batch, scored before the update: the log-probs of the
@@ -111,33 +121,29 @@ impl Trainer {
             })
             .collect();
         let sampler = &self.cfg.rollout.sampler;
-        // 3. Verification overlaps generation: each finished rollout batch goes to the sandbox
-        // pool (CPU) while the model (GPU) decodes the next one.
+        // 3. Verification overlaps generation: each finished rollout batch goes to a thread that
+        // decodes it (text, and token pieces for the store) and runs the sandbox pool (CPU)
+        // while the model (GPU) decodes the next batch.
         let ready: Vec<dllm_verifier::PreparedTask> = chosen.iter().map(|&t| self.prepared[t].clone()).collect();
-        let (tx, rx) = mpsc::channel::<Vec<(usize, usize, String, usize)>>();
+        let (tx, rx) = mpsc::channel::<Vec<(usize, usize, Vec<i64>)>>();
         let (verifier, tokenizer, special) = (&self.verifier, &self.tokenizer, &self.special);
         let mut rollout_seconds = 0.0;
         let ((rollouts, gen), mut judged) = std::thread::scope(|scope| -> anyhow::Result<_> {
             let judging = scope.spawn(move || {
-                let mut judged: HashMap<(usize, usize), (String, usize, TaskVerdict)> = HashMap::new();
+                let mut judged: HashMap<(usize, usize), Decoded> = HashMap::new();
                 for batch in rx {
-                    let completions: Vec<Completion> = batch.iter().map(|(request, _, text, _)| Completion { task: *request, text: text.clone() }).collect();
+                    let texts: Vec<String> = batch.iter().map(|(_, _, ids)| tokenizer.decode(ids, true).unwrap_or_default()).collect();
+                    let completions: Vec<Completion> =
+                        batch.iter().zip(&texts).map(|((request, _, _), text)| Completion { task: *request, text: text.clone() }).collect();
                     let verdicts = verifier.verify_batch(&ready, &completions, &|_| {});
-                    for ((request, sample, text, tokens), verdict) in batch.into_iter().zip(verdicts) {
-                        judged.insert((request, sample), (text, tokens, verdict));
+                    for (((request, sample, ids), text), verdict) in batch.into_iter().zip(texts).zip(verdicts) {
+                        judged.insert((request, sample), Decoded { text, tokens: ids.len(), pieces: tokenizer.pieces(&ids), verdict });
                     }
                 }
                 judged
             });
             let generated = generate(&self.model, sampler, &requests, special, Batching::Bucket, self.cfg.rollout.batch_size, &mut |batch, _, _| {
-                let texts = batch
-                    .iter()
-                    .map(|r| {
-                        let completion = r.completion(&special.stop);
-                        (r.request, r.sample, tokenizer.decode(completion, true).unwrap_or_default(), completion.len())
-                    })
-                    .collect();
-                let _ = tx.send(texts);
+                let _ = tx.send(batch.iter().map(|r| (r.request, r.sample, r.completion(&special.stop).to_vec())).collect());
             });
             drop(tx);
             rollout_seconds = started.elapsed().as_secs_f64();
@@ -147,7 +153,7 @@ impl Trainer {
         // 4. Rewards.
         let mut samples: Vec<Sample> = Vec::with_capacity(rollouts.len());
         for rollout in rollouts {
-            let Some((text, tokens, verdict)) = judged.remove(&(rollout.request, rollout.sample)) else {
+            let Some(Decoded { text, tokens, pieces, verdict }) = judged.remove(&(rollout.request, rollout.sample)) else {
                 anyhow::bail!("rollout {} of prompt {} was not judged", rollout.sample, rollout.request);
             };
             let judgement = Judged { completion: &text, tokens, verdict: &verdict };
@@ -156,7 +162,7 @@ impl Trainer {
                 // A sandbox failure says nothing about the completion: zero, and logged as such.
                 Err(_) => (0.0, None),
             };
-            samples.push(Sample { task: chosen[rollout.request], rollout, text, tokens, verdict, reward, components, signals: Vec::new() });
+            samples.push(Sample { task: chosen[rollout.request], rollout, text, tokens, pieces, verdict, reward, components, signals: Vec::new() });
         }
         let (cross_checked, disagreements) = match &self.cross {
             Some((verifier, prepared)) => {
@@ -379,7 +385,7 @@ impl Trainer {
                     completion: s.text.clone(),
                     tokens: s.tokens as i64,
                     step_map: s.rollout.step_map.clone(),
-                    pieces: self.tokenizer.pieces(s.rollout.completion(&self.special.stop)),
+                    pieces: s.pieces.clone(),
                     reward: Some(s.reward),
                     reward_components: s.components.clone(),
                     verdict: s.verdict.summary().into(),
@@ -401,7 +407,7 @@ mod tests {
 
     fn sample(task: usize, text: &str, verdict: TaskVerdict) -> Sample {
         let rollout = Rollout { request: 0, sample: 0, seed: 0, response: vec![], step_map: vec![] };
-        Sample { task, rollout, text: text.into(), tokens: 0, verdict, reward: 1.0, components: None, signals: Vec::new() }
+        Sample { task, rollout, text: text.into(), tokens: 0, pieces: Vec::new(), verdict, reward: 1.0, components: None, signals: Vec::new() }
     }
 
     #[test]
