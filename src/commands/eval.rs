@@ -147,7 +147,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         });
         generate(&model, &cfg, &requests, &special, args.sampler.batching, args.sampler.batch_size, &mut |batch, _, _| {
             for r in batch {
-                orders.insert((r.request, r.sample), (r.seed, r.step_map.clone(), tokenizer.pieces(r.completion(&special.stop))));
+                // Token pieces only serve the run store: none without --store.
+                let pieces = if args.store.is_some() { tokenizer.pieces(r.completion(&special.stop)) } else { Vec::new() };
+                orders.insert((r.request, r.sample), (r.seed, r.step_map.clone(), pieces));
             }
             let texts = batch
                 .iter()
