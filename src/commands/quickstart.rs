@@ -97,7 +97,7 @@ fn add_reference_noise(tasks: &mut [Task], noise: f64, seed: u64) {
     use rand_core::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x006e_6f69_7365);
     for task in tasks {
-        let draw = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let draw = crate::train::unit_draw(rng.next_u64());
         if draw < noise {
             if let Some(reference) = &mut task.reference {
                 reference.push_str(" + 1");

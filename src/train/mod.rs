@@ -64,6 +64,11 @@ fn read_tasks(files: &[PathBuf]) -> anyhow::Result<Vec<Task>> {
     Ok(tasks)
 }
 
+/// A uniform draw in [0, 1) from 64 random bits (53 of them, as many as an f64 holds).
+pub fn unit_draw(bits: u64) -> f64 {
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// `0..n` in an order drawn from `seed` (Fisher-Yates on a ChaCha8 stream).
 pub fn seeded_permutation(n: usize, seed: u64) -> Vec<usize> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -79,7 +79,7 @@ fn cross_check(
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let chosen: Vec<usize> = (0..samples.len())
         .filter(|&i| {
-            let draw = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            let draw = super::unit_draw(rng.next_u64());
             samples[i].verdict.all_passed && draw < fraction
         })
         .collect();
