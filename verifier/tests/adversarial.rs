@@ -195,3 +195,35 @@ fn wasm_resource_bombs_are_contained() {
     resource_bombs(Backend::Wasm);
 }
 
+
+/// Not a hack, but it shares the fixture: what an honest candidate writes to stderr, without a
+/// final newline, still reaches each test's output excerpt (the audit shows it), on every task
+/// kind. Neither backend finalizes the interpreter, so the harness must flush.
+fn stderr_reaches_the_excerpts(backend: Backend) {
+    let f = fixture(backend);
+    let note = "import sys\nsys.stderr.write('debug note without newline')\n";
+    let completions: Vec<Completion> = f
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(task, t)| Completion { task, text: format!("{note}{}", if t.task.id == "stdio" { HONEST_STDIO } else { HONEST }) })
+        .collect();
+    for v in f.verifier.verify_batch(&f.tasks, &completions, &|_| {}) {
+        assert!(v.all_passed, "{backend:?}: {v:?}");
+        assert!(
+            v.tests.iter().all(|t| t.stderr.contains("debug note without newline")),
+            "{backend:?}: stderr lost on {}: {v:?}",
+            v.task_id
+        );
+    }
+}
+
+#[test]
+fn native_stderr_reaches_the_excerpts() {
+    stderr_reaches_the_excerpts(Backend::Native);
+}
+
+#[test]
+fn wasm_stderr_reaches_the_excerpts() {
+    stderr_reaches_the_excerpts(Backend::Wasm);
+}

@@ -139,13 +139,17 @@ def run_job(job, chan):
         _run_assert(job, chan)
     else:
         chan.send({"error": "unknown mode %r" % (mode,)})
+    # Neither a forked child (os._exit) nor a guest turn finalizes the interpreter: what the
+    # candidate left in the buffers would be lost to the audit's output excerpts.
+    _flush_output()
 
 
-def _flush_stdout():
-    try:
-        sys.stdout.flush()
-    except Exception:
-        pass
+def _flush_output():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
 
 
 def _run_stdio(job, chan):
@@ -159,7 +163,7 @@ def _run_stdio(job, chan):
             status.update({"raise": "SystemExit", "message": str(exc.code)[:200]})
     except BaseException as exc:  # noqa: BLE001 - any failure of the candidate is a verdict
         status.update(_exception_line(exc))
-    _flush_stdout()
+    _flush_output()
     status["secs"] = time.perf_counter() - start
     chan.send(status)
 
@@ -384,13 +388,14 @@ def guest_setup():
     warm_imports()
 
 
-def warm_imports():
+def warm_imports(with_pytest=True):
     for name in WARM_IMPORTS.split():
         __import__(name)
-    try:
-        import pytest  # noqa: F401 - KodCode's test files import it; ~0.1 s a run otherwise
-    except ImportError:
-        pass
+    if with_pytest:
+        try:
+            import pytest  # noqa: F401 - KodCode's test files import it; ~0.1 s a run otherwise
+        except ImportError:
+            pass
     # What is loaded now lives as long as the process: keep the collector from walking it in
     # every run (and, before a fork, from touching its pages).
     import gc

@@ -11,17 +11,31 @@
 
 
 
-def serve_forever(sock_fd):
+def serve_forever(sock_fd, with_pytest):
+    import fcntl  # noqa: F401 - the child moves its descriptors with it
     import resource
     import shutil
     import signal
     import socket
     import tempfile
 
-    warm_imports()
+    # pytest costs every run: a server holding it is twice the size (fork and exit walk its
+    # page tables) and its `threading` import adds an after-fork hook that touches ~120 pages
+    # in each child. Only the servers for pytest-style tests load it.
+    warm_imports(with_pytest)
     libc = _libc()
     if libc is not None:
         libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of a run become ours to reap
+        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS, inherited by every child
+    # What every child starts with, made once here rather than in each child: the environment
+    # (less HOME and TMPDIR, which name the run's folder) and text streams on descriptors 0-2,
+    # which each child points at its own pipes. Nothing is ever written to or read from them
+    # here, so no buffered data crosses a fork.
+    os.environ.clear()
+    os.environ.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+    sys.stdin = open(0, "r", encoding="utf-8", errors="replace", closefd=False)
+    sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
+    sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)
     sock = socket.socket(fileno=sock_fd)
     try:
         interfaces = [name for _, name in socket.if_nameindex()]
@@ -109,7 +123,7 @@ def _kill_uid(uid, gid, signal):
 def _child(spec, fds, workdir, libc, resource, signal):
     try:
         os.setsid()
-        import fcntl
+        fcntl = sys.modules["fcntl"]
 
         # Move the received descriptors out of the way first: they may sit on 0-4 themselves.
         job_r, stdin_r, stdout_w, stderr_w, result_w = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]
@@ -139,17 +153,11 @@ def _child(spec, fds, workdir, libc, resource, signal):
             os.setgid(spec["gid"])
             os.setuid(spec["uid"])
         if libc is not None:
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the server
-            libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-        os.environ.clear()
-        os.environ.update({"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"})
-        sys.stdin = open(0, "r", encoding="utf-8", errors="replace", closefd=False)
-        sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
-        sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the server (not inherited)
+        os.environ["HOME"] = os.environ["TMPDIR"] = workdir
         chan = Channel(open(3, "wb", buffering=0, closefd=True))
         del fds, spec
         run_job(job, chan)
-        _flush_stdout()
     except BaseException:  # noqa: BLE001 - the child must never return into the server loop
         try:
             import traceback

@@ -20,9 +20,13 @@ use crate::task::AssertionTests;
 pub const GUEST_SOURCE: &str = concat!(include_str!("child.py"), "\nguest_main()\n");
 /// What a pre-initialised wasm guest runs once before its snapshot is taken.
 pub const GUEST_PRELOAD: &str = concat!(include_str!("child.py"), "\nguest_setup()\n");
-/// The native fork-server's program (`python -I -c SOURCE serve FD`).
-pub const SERVER_SOURCE: &str =
-    concat!(include_str!("child.py"), "\n", include_str!("fork_server.py"), "\nserve_forever(int(sys.argv[2]))\n");
+/// The native fork-server's program (`python -c SOURCE serve FD [pytest]`).
+pub const SERVER_SOURCE: &str = concat!(
+    include_str!("child.py"),
+    "\n",
+    include_str!("fork_server.py"),
+    "\nserve_forever(int(sys.argv[2]), sys.argv[3:] == [\"pytest\"])\n"
+);
 /// The trusted judge's program (`python -I -c SOURCE trusted`); it reuses the child's pytest-style
 /// test runner, never its candidate-running code.
 pub const TRUSTED_SOURCE: &str =

@@ -38,28 +38,29 @@ impl ForkServer {
     /// Starts a server. The process is spawned from one long-lived thread: the server's
     /// parent-death signal fires when the *thread* that spawned it ends, and a worker or test
     /// thread may end long before the verifier does.
-    pub(crate) fn spawn(python: &Path, harness: &'static str, isolate: bool) -> Result<Self, SandboxError> {
-        type Request = (PathBuf, &'static str, bool, mpsc::Sender<Result<ForkServer, SandboxError>>);
+    /// `with_pytest` makes a server that has pytest imported (for pytest-style tests).
+    pub(crate) fn spawn(python: &Path, harness: &'static str, with_pytest: bool, isolate: bool) -> Result<Self, SandboxError> {
+        type Request = (PathBuf, &'static str, bool, bool, mpsc::Sender<Result<ForkServer, SandboxError>>);
         static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
         let spawner = SPAWNER.get_or_init(|| {
             let (tx, rx) = mpsc::channel::<Request>();
             std::thread::Builder::new()
                 .name("fork-server-spawner".into())
                 .spawn(move || {
-                    for (python, harness, isolate, reply) in rx {
-                        let _ = reply.send(Self::spawn_here(&python, harness, isolate));
+                    for (python, harness, with_pytest, isolate, reply) in rx {
+                        let _ = reply.send(Self::spawn_here(&python, harness, with_pytest, isolate));
                     }
                 })
                 .expect("cannot start the fork-server spawner thread");
             Mutex::new(tx)
         });
         let (reply, answer) = mpsc::channel();
-        let sent = spawner.lock().unwrap_or_else(|e| e.into_inner()).send((python.to_path_buf(), harness, isolate, reply));
+        let sent = spawner.lock().unwrap_or_else(|e| e.into_inner()).send((python.to_path_buf(), harness, with_pytest, isolate, reply));
         sent.map_err(|_| SandboxError::Protocol("the fork-server spawner thread is gone".into()))?;
         answer.recv().map_err(|_| SandboxError::Protocol("the fork-server spawner thread is gone".into()))?
     }
 
-    fn spawn_here(python: &Path, harness: &str, isolate: bool) -> Result<Self, SandboxError> {
+    fn spawn_here(python: &Path, harness: &str, with_pytest: bool, isolate: bool) -> Result<Self, SandboxError> {
         let (parent, child) = seqpacket_pair()?;
         let child_fd = child.as_raw_fd();
         let mut cmd = Command::new(python);
@@ -70,6 +71,7 @@ impl ForkServer {
             .arg(harness)
             .arg("serve")
             .arg(child_fd.to_string())
+            .args(with_pytest.then_some("pytest"))
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("LANG", "C.UTF-8")

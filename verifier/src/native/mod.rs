@@ -68,10 +68,10 @@ pub fn default_python() -> PathBuf {
     PathBuf::from("python3")
 }
 
-/// The native backend: a pool of fork-servers, one per concurrent run.
+/// The native backend: a pool of worker slots, one per concurrent run.
 pub struct NativeSandbox {
     config: NativeConfig,
-    idle: Mutex<Vec<(usize, ForkServer)>>,
+    idle: Mutex<Vec<Slot>>,
     next_slot: Mutex<usize>,
     root: bool,
     warned: AtomicBool,
@@ -90,6 +90,29 @@ struct Ended {
 
 const SLOT_UID_BASE: u32 = 61000;
 
+/// One concurrent run's place: its uid (as root) and its fork-servers, started on first use.
+/// A slot runs one job at a time, whichever server it uses, so killing every process of its
+/// uid after a run never touches another run.
+struct Slot {
+    index: usize,
+    lean: Option<ForkServer>,
+    /// The server with pytest imported, for pytest-style tests only: importing it makes every
+    /// fork and every child dearer (see `fork_server.py`).
+    pytest: Option<ForkServer>,
+}
+
+impl Slot {
+    fn servers(&self) -> impl Iterator<Item = &ForkServer> {
+        self.lean.iter().chain(self.pytest.iter())
+    }
+}
+
+/// Whether a job's tests want pytest (KodCode-style test files).
+fn wants_pytest(job: &Job) -> bool {
+    job.spec.get("runner").and_then(|r| r.as_str()) == Some("test_functions")
+        || job.spec.get("test_child").and_then(|t| t.as_str()).is_some_and(|t| t.contains("pytest"))
+}
+
 impl NativeSandbox {
     pub fn new(config: NativeConfig) -> Result<Self, SandboxError> {
         let sandbox = NativeSandbox {
@@ -101,46 +124,59 @@ impl NativeSandbox {
             warned: AtomicBool::new(false),
         };
         // Start one server now, so that a broken interpreter is reported at start-up.
-        let server = sandbox.take_server()?;
-        sandbox.put_back(server);
+        let mut slot = sandbox.take_slot();
+        let started = sandbox.server(&mut slot, false).map(|_| ());
+        sandbox.put_back(slot);
+        started?;
         Ok(sandbox)
     }
 
     /// Whether runs have no network (the servers are in a fresh network namespace).
     pub fn network_isolated(&self) -> bool {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.iter().all(|(_, s)| s.isolated_network)
+        let all = idle.iter().flat_map(Slot::servers).all(|s| s.isolated_network);
+        all
     }
 
     /// Whether runs see only a minimal root (`/usr`, `/etc` read-only, `/dev`, empty `/tmp`).
     pub fn filesystem_hidden(&self) -> bool {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.iter().all(|(_, s)| s.hidden_filesystem)
+        let all = idle.iter().flat_map(Slot::servers).all(|s| s.hidden_filesystem);
+        all
     }
 
-    fn take_server(&self) -> Result<(usize, ForkServer), SandboxError> {
-        if let Some(server) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
-            return Ok(server);
+    fn take_slot(&self) -> Slot {
+        if let Some(slot) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return slot;
         }
-        let slot = {
-            let mut next = self.next_slot.lock().unwrap_or_else(|e| e.into_inner());
-            *next += 1;
-            *next - 1
-        };
-        let server = ForkServer::spawn(&self.config.python, SERVER_SOURCE, self.config.isolate)?;
-        if self.config.isolate && !(server.isolated_network && server.hidden_filesystem) && !self.warned.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                network_isolated = server.isolated_network,
-                filesystem_hidden = server.hidden_filesystem,
-                "native sandbox: namespaces unavailable (needs root or unprivileged user namespaces); \
-                 candidate code may reach the network or read host files"
-            );
-        }
-        Ok((slot, server))
+        let mut next = self.next_slot.lock().unwrap_or_else(|e| e.into_inner());
+        *next += 1;
+        Slot { index: *next - 1, lean: None, pytest: None }
     }
 
-    fn put_back(&self, server: (usize, ForkServer)) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(server);
+    /// The slot's server of the wanted kind, started if it has none yet.
+    fn server<'s>(&self, slot: &'s mut Slot, pytest: bool) -> Result<&'s ForkServer, SandboxError> {
+        let place = if pytest { &mut slot.pytest } else { &mut slot.lean };
+        if place.is_none() {
+            let server = ForkServer::spawn(&self.config.python, SERVER_SOURCE, pytest, self.config.isolate)?;
+            if self.config.isolate
+                && !(server.isolated_network && server.hidden_filesystem)
+                && !self.warned.swap(true, Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    network_isolated = server.isolated_network,
+                    filesystem_hidden = server.hidden_filesystem,
+                    "native sandbox: namespaces unavailable (needs root or unprivileged user namespaces); \
+                     candidate code may reach the network or read host files"
+                );
+            }
+            *place = Some(server);
+        }
+        Ok(place.as_ref().expect("just started"))
+    }
+
+    fn put_back(&self, slot: Slot) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(slot);
     }
 
     fn run_on(&self, slot: usize, server: &ForkServer, job: &Job) -> Result<Outcome, SandboxError> {
@@ -202,12 +238,15 @@ impl Sandbox for NativeSandbox {
     }
 
     fn run(&self, job: &Job) -> Result<Outcome, SandboxError> {
-        let (slot, server) = self.take_server()?;
-        let result = self.run_on(slot, &server, job);
+        let mut slot = self.take_slot();
+        let pytest = wants_pytest(job);
+        let index = slot.index;
+        let result = self.server(&mut slot, pytest).and_then(|server| self.run_on(index, server, job));
         // A server that failed mid-protocol is dropped (and killed); a new one replaces it.
-        if result.is_ok() {
-            self.put_back((slot, server));
+        if result.is_err() {
+            *(if pytest { &mut slot.pytest } else { &mut slot.lean }) = None;
         }
+        self.put_back(slot);
         result
     }
 }
