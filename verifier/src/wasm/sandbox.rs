@@ -11,8 +11,9 @@
 //! A run does not start CPython: at start-up the sandbox takes a Wizer snapshot of the
 //! interpreter after one session `turn` that loaded the harness and the usual imports, and each
 //! run is a fresh copy-on-write instance of that snapshot given one `turn`
-//! (`guest_run(job, results)`). Instances come from a pooling allocator whose slots keep their
-//! first 64 MiB resident: page faults, not Python, were the cost of a small run.
+//! (`guest_run(job, results)`). Instances come from a pooling allocator whose slots keep the
+//! guest's memory resident and copy the snapshot back after each run: page faults, not
+//! Python, were the cost of a small run (see `KEEP_RESIDENT`).
 //!
 //! Compiled modules (the interpreter, ~1 minute; the snapshot, ~2 minutes) are cached on disk,
 //! keyed by the module's size and modification time, the engine's compatibility hash and the
@@ -41,9 +42,17 @@ use crate::sandbox::{End, Job, Outcome, Sandbox, SandboxError};
 const TICK: Duration = Duration::from_millis(10);
 /// Largest guest memory a task may ask for.
 const MAX_MEMORY: usize = 4 << 30;
-/// Guest memory kept mapped between runs and reset in place: the interpreter touches tens of
-/// MiB per run, and page faults on fresh copy-on-write pages dominated a small run.
-const KEEP_RESIDENT: usize = 64 << 20;
+/// Guest memory kept mapped between runs and reset in place by copying the snapshot back over
+/// it. It covers the whole pre-initialised guest (48 MiB), so that a run does not fault on
+/// pages of the image: a write to such a page is a copy-on-write fault that must flush the
+/// other cores' TLBs (an inter-processor interrupt, a VM exit on cloud machines), and with one
+/// run per core those flushes took ~40 % of the time. For the same reason the pooling
+/// allocator's dirty-page scan (`pagemap_scan`) stays off: it resets only written pages, but
+/// wasmtime 48 keeps at most 32 runs of them and unmaps the rest, and a Python run writes
+/// pages all over its heap. Measured on 2 cores, assert workload: scan on, ~470 page faults a
+/// run and 1.31x naive; scan off, ~15 faults and 1.71x (`bench/results/verifier-cpu-2core.md`).
+/// The copy is ~48 MiB of memory traffic a run: on many cores, memory bandwidth is the limit.
+const KEEP_RESIDENT: usize = 128 << 20;
 /// Ticks between two looks at the run's deadlines.
 const CHECK_TICKS: u64 = 5;
 /// wasm stack for CPython's recursion; the executing thread needs this plus host room.
@@ -165,7 +174,7 @@ impl WasmSandbox {
             .max_memory_size(MAX_MEMORY)
             .max_core_instance_size(8 << 20)
             .linear_memory_keep_resident(KEEP_RESIDENT)
-            .pagemap_scan(wasmtime::Enabled::Auto);
+            .pagemap_scan(wasmtime::Enabled::No);
         let mut wasm_config = Config::new();
         wasm_config
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
