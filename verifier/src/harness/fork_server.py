@@ -1,8 +1,9 @@
 # The native fork-server, appended to child.py.
 
 # ---------------------------------------------------------------------------------------------
-# Native fork-server. The parent (Rust) starts one server per worker slot, already inside its
-# namespaces, and talks to it over a SOCK_SEQPACKET socket. Per job it sends
+# Native fork-server. The parent (Rust) starts a server per worker slot (and a second one, with
+# pytest imported, when the slot meets pytest-style tests), already inside its namespaces,
+# and talks to it over a SOCK_SEQPACKET socket. Per job it sends
 #   {"uid", "gid", "as_bytes", "cpu_secs", "fsize_bytes", "nofile", "nproc"}
 # with five descriptors attached: job_r, stdin_r, stdout_w, stderr_w, result_w. The server
 # forks; the child reads the job from job_r and runs it as uid/gid (when the server is root),
