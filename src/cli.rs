@@ -206,6 +206,10 @@ pub struct EvalArgs {
     /// Concurrent sandbox runs (default: the number of cores).
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,
+    /// Stop judging a sample at its first failing test (pass@k is unchanged; per-test verdicts
+    /// in --store are then `not_run` after the first failure).
+    #[arg(long)]
+    pub fail_fast: bool,
     /// A train or SFT config (TOML) whose `[data.render]` section renders the prompts, so the
     /// model is asked in the format it was trained on (default: the built-in instructions).
     #[arg(long, value_name = "CONFIG")]
@@ -464,6 +468,10 @@ pub struct VerifyArgs {
     /// Concurrent sandbox runs (default: the number of cores).
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,
+    /// Stop judging a completion at its first failing test; the rest are reported `not_run`
+    /// (pass/fail is unchanged, the pass fraction becomes a lower bound).
+    #[arg(long)]
+    pub fail_fast: bool,
     /// Write one verdict per completion (JSONL, per-test detail included).
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,

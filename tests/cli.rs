@@ -87,6 +87,23 @@ fn verify_judges_completions_and_writes_verdicts() {
     assert_eq!(names, ["passed", "wrong_answer", "passed", "runtime_error"]);
     assert_eq!(verdicts[1]["pass_fraction"], 0.5);
     assert_eq!(verdicts[1]["line"], 2);
+
+    // --fail-fast: the tests after the first failure are not run.
+    let tasks = write(dir.path(), "two.jsonl", "{\"id\":\"echo\",\"kind\":\"stdio\",\"tests\":[{\"stdin\":\"a\\n\",\"stdout\":\"a\\n\"},{\"stdin\":\"b\\n\",\"stdout\":\"b\\n\"}]}\n");
+    let completions = write(dir.path(), "wrong.jsonl", "{\"task_id\":\"echo\",\"completion\":\"print('no')\"}\n");
+    let run = dllm_rl()
+        .args(["-q", "verify", "--fail-fast", "--tasks"])
+        .arg(&tasks)
+        .arg("--completions")
+        .arg(&completions)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let verdict: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
+    let tests: Vec<&str> = verdict["tests"].as_array().unwrap().iter().map(|t| t["verdict"].as_str().unwrap()).collect();
+    assert_eq!(tests, ["wrong_answer", "not_run"]);
 }
 
 #[test]

@@ -99,8 +99,10 @@ impl RewardConfig {
 
 fn tests_summary(v: &TaskVerdict) -> String {
     let passed = v.tests.iter().filter(|t| t.verdict.passed()).count();
+    let not_run = v.tests.iter().filter(|t| t.verdict == TestVerdict::NotRun).count();
+    let stopped = if not_run > 0 { format!(" ({not_run} not run after it)") } else { String::new() };
     match v.tests.iter().find(|t| !t.verdict.passed()) {
-        Some(first) => format!("{passed}/{} tests passed; first failure: {}", v.tests.len(), first.verdict.name()),
+        Some(first) => format!("{passed}/{} tests passed; first failure: {}{stopped}", v.tests.len(), first.verdict.name()),
         None => format!("all {} tests passed", v.tests.len()),
     }
 }
@@ -191,6 +193,10 @@ mod tests {
         let r = cfg.reward(&Judged { completion: GOOD, tokens: 10, verdict: &some }).unwrap();
         assert_eq!(r.total, 0.0);
         assert_eq!(r.components[0].reason, "1/2 tests passed; first failure: wrong_answer");
+        let stopped = verdict(Some(CodeSource::Fenced), &[TestVerdict::WrongAnswer, TestVerdict::NotRun, TestVerdict::NotRun]);
+        let r = cfg.reward(&Judged { completion: GOOD, tokens: 10, verdict: &stopped }).unwrap();
+        assert_eq!(r.total, 0.0);
+        assert_eq!(r.components[0].reason, "0/3 tests passed; first failure: wrong_answer (2 not run after it)");
         let none = verdict(None, &[]);
         assert_eq!(cfg.reward(&Judged { completion: "I don't know", tokens: 3, verdict: &none }).unwrap().total, 0.0);
     }

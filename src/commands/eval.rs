@@ -102,7 +102,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let verifier = Verifier::new(args.backend.into(), jobs).context("starting the sandbox")?;
+    let verifier = Verifier::new(args.backend.into(), jobs).context("starting the sandbox")?.with_fail_fast(args.fail_fast);
     // Tasks whose tests cannot even be prepared fail every sample (with the reason).
     let prepared: Vec<Result<PreparedTask, String>> =
         verifier.prepare_all(tasks.clone()).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();

@@ -106,7 +106,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     };
 
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let verifier = Verifier::new(args.backend.into(), jobs).context("cannot start the sandbox")?;
+    let verifier = Verifier::new(args.backend.into(), jobs).context("cannot start the sandbox")?.with_fail_fast(args.fail_fast);
     let prepared: Vec<PreparedTask> = verifier
         .prepare_all(tasks.into_iter().map(|(_, t)| t).collect())
         .into_iter()

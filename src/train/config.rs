@@ -128,11 +128,22 @@ pub struct VerifierSection {
     /// different verdict is logged as the hack signal `backend_disagreement` (the reward keeps
     /// the main backend's verdict). 0: off.
     pub cross_check: f64,
+    /// Stop judging a completion at its first failing test (SandboxFusion's default, so
+    /// Dream-Coder's): the rest are logged `not_run`. Default: on, unless `reward.pass_fraction`
+    /// is weighted, which needs every test.
+    pub fail_fast: Option<bool>,
 }
 
 impl Default for VerifierSection {
     fn default() -> Self {
-        VerifierSection { backend: BackendName::Native, jobs: 0, cross_check: 0.0 }
+        VerifierSection { backend: BackendName::Native, jobs: 0, cross_check: 0.0, fail_fast: None }
+    }
+}
+
+impl VerifierSection {
+    /// Whether the run stops at first failures (see `fail_fast`).
+    pub fn fail_fast(&self, reward: &RewardConfig) -> bool {
+        self.fail_fast.unwrap_or(reward.pass_fraction == 0.0)
     }
 }
 
@@ -301,6 +312,13 @@ impl TrainConfig {
                 bail!("actor.context_adaptive_reweight_p {p} is not in (0, 1)");
             }
         }
+        if self.verifier.fail_fast == Some(true) && self.reward.pass_fraction != 0.0 {
+            bail!(
+                "verifier.fail_fast = true leaves tests unrun, but reward.pass_fraction ({}) needs every test: \
+                 set one of them differently",
+                self.reward.pass_fraction
+            );
+        }
         if !(0.0..=1.0).contains(&self.verifier.cross_check) {
             bail!("verifier.cross_check {} is not a fraction in [0, 1]", self.verifier.cross_check);
         }
@@ -337,6 +355,20 @@ mod tests {
         assert_eq!(cfg.optim.lr, 5e-7);
         assert_eq!((cfg.rollout.sampler.max_new_tokens, cfg.rollout.sampler.steps), (768, 768));
         assert!(cfg.algorithm.dynamic_filtering);
+        assert!(cfg.verifier.fail_fast(&cfg.reward), "a pass/fail reward stops at the first failure");
+    }
+
+    #[test]
+    fn fail_fast_follows_the_reward_unless_set() {
+        let fraction: TrainConfig = toml::from_str(&format!("{MINIMAL}[reward]\npass_fraction = 1.0\n")).unwrap();
+        fraction.validate().unwrap();
+        assert!(!fraction.verifier.fail_fast(&fraction.reward), "a fraction-of-tests reward runs every test");
+        let off: TrainConfig = toml::from_str(&format!("{MINIMAL}[verifier]\nfail_fast = false\n")).unwrap();
+        assert!(!off.verifier.fail_fast(&off.reward));
+        let clash: TrainConfig =
+            toml::from_str(&format!("{MINIMAL}[verifier]\nfail_fast = true\n[reward]\npass_fraction = 1.0\n")).unwrap();
+        let err = clash.validate().unwrap_err().to_string();
+        assert!(err.contains("verifier.fail_fast") && err.contains("reward.pass_fraction"), "{err}");
     }
 
     #[test]

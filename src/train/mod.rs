@@ -210,7 +210,7 @@ impl Trainer {
             BackendName::Native => dllm_verifier::Backend::Native,
             BackendName::Wasm => dllm_verifier::Backend::Wasm,
         };
-        let verifier = Verifier::new(backend, jobs).context("starting the sandbox")?;
+        let verifier = Verifier::new(backend, jobs).context("starting the sandbox")?.with_fail_fast(cfg.verifier.fail_fast(&cfg.reward));
         let all = read_tasks(&cfg.data.train_files)?;
         let prepared_all = verifier.prepare_all(all.clone());
         let (mut tasks, mut prompts, mut prepared) = (Vec::new(), Vec::new(), Vec::new());

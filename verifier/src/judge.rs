@@ -63,6 +63,11 @@ impl PreparedTask {
 pub struct Judge<'a> {
     pub sandbox: &'a dyn Sandbox,
     pub trusted: &'a TrustedJudge,
+    /// Stop at a completion's first failing test; the tests after it are `not_run`. Saves the
+    /// runs (and the time limits) of the remaining tests of stdio tasks, and the fresh runs that
+    /// a call task's tests get after a crash or timeout. Tests that share one run (assert and
+    /// pytest tasks, a call task's run) are all judged either way.
+    pub fail_fast: bool,
 }
 
 impl Judge<'_> {
@@ -110,6 +115,10 @@ impl Judge<'_> {
         let mut results = Vec::with_capacity(tests.len());
         let mut total = 0.0;
         for test in tests {
+            if self.fail_fast && results.last().is_some_and(failed) {
+                results.push(result_without_run(TestVerdict::NotRun));
+                continue;
+            }
             let job = Job {
                 spec: json!({"mode": "stdio", "code": code}),
                 stdin: test.stdin.as_bytes().to_vec(),
@@ -203,6 +212,12 @@ impl Judge<'_> {
                 if next != tests.len() {
                     break;
                 }
+            }
+            if self.fail_fast && next != tests.len() {
+                for v in verdicts.iter_mut().skip(next) {
+                    *v = Some(result_without_run(TestVerdict::NotRun));
+                }
+                break;
             }
             start_at = next;
         }
@@ -315,6 +330,11 @@ fn excerpt(bytes: &[u8]) -> String {
 
 fn result(verdict: TestVerdict, outcome: &Outcome) -> TestResult {
     TestResult { verdict, seconds: outcome.seconds, stdout: excerpt(&outcome.stdout), stderr: excerpt(&outcome.stderr) }
+}
+
+/// A failure of the candidate (what `fail_fast` stops at); a sandbox failure is not one.
+fn failed(r: &TestResult) -> bool {
+    !r.verdict.passed() && !matches!(r.verdict, TestVerdict::SandboxError { .. })
 }
 
 fn result_without_run(verdict: TestVerdict) -> TestResult {

@@ -10,7 +10,8 @@
 //! - [`Judge`]: compares those values with the expected ones, which never enter the sandbox.
 //! - [`Verifier`]: a bounded worker pool with `verify_batch` for the trainer and the CLI.
 //! - [`TaskVerdict`] / [`TestVerdict`]: passed, wrong_answer, runtime_error, timeout,
-//!   memory_limit, output_limit, sandbox_error (retryable, never the policy's fault).
+//!   memory_limit, output_limit, sandbox_error (retryable, never the policy's fault), not_run
+//!   (after the first failure, with [`Verifier::with_fail_fast`]).
 //!
 //! This crate does not link libtorch, so it builds and tests on its own.
 

@@ -37,6 +37,7 @@ pub struct Verifier {
     sandbox: Arc<dyn Sandbox>,
     trusted: TrustedJudge,
     pool: rayon::ThreadPool,
+    fail_fast: bool,
 }
 
 /// One completion to judge: the index of its task in the prepared slice, and the model text.
@@ -68,7 +69,15 @@ impl Verifier {
             .thread_name(|i| format!("verifier-{i}"))
             .build()?;
         let trusted = TrustedJudge::new(&crate::native::default_python());
-        Ok(Verifier { sandbox, trusted, pool })
+        Ok(Verifier { sandbox, trusted, pool, fail_fast: false })
+    }
+
+    /// Stops judging a completion at its first failing test (see [`Judge::fail_fast`]): what a
+    /// pass/fail reward needs, at a fraction of the runs for wrong completions. Off by default:
+    /// a fraction-of-tests reward and the audit's per-test verdicts need every test run.
+    pub fn with_fail_fast(mut self, on: bool) -> Self {
+        self.fail_fast = on;
+        self
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -93,7 +102,7 @@ impl Verifier {
         completions: &[Completion],
         on_done: &(dyn Fn(&TaskVerdict) + Sync),
     ) -> Vec<TaskVerdict> {
-        let judge = Judge { sandbox: self.sandbox.as_ref(), trusted: &self.trusted };
+        let judge = Judge { sandbox: self.sandbox.as_ref(), trusted: &self.trusted, fail_fast: self.fail_fast };
         self.pool.install(|| {
             completions
                 .par_iter()

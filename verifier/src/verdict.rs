@@ -18,6 +18,9 @@ pub enum TestVerdict {
     /// The sandbox itself failed (could not start, protocol broken): retryable, and never to be
     /// counted against the policy.
     SandboxError { message: String },
+    /// Not run: an earlier test failed and the verifier stops at the first failure
+    /// (`fail_fast`, SandboxFusion's default). Counts as not passed.
+    NotRun,
 }
 
 impl TestVerdict {
@@ -35,6 +38,7 @@ impl TestVerdict {
             TestVerdict::MemoryLimit => "memory_limit",
             TestVerdict::OutputLimit => "output_limit",
             TestVerdict::SandboxError { .. } => "sandbox_error",
+            TestVerdict::NotRun => "not_run",
         }
     }
 }
