@@ -23,7 +23,7 @@ use std::hash::{Hash, Hasher};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::{
@@ -153,7 +153,11 @@ pub struct WasmSandbox {
     engine: Engine,
     linker: Linker<State>,
     snapshot_path: PathBuf,
-    pre: InstancePre<State>,
+    cache_dir: PathBuf,
+    /// The plain interpreter, compiled (or loaded from the cache) only when a run needs it: the
+    /// `Guest::Source` fallback and `run_raw`. A pre-initialised guest never does, and on a
+    /// cold cache this saves a minute of compiling.
+    plain: Mutex<Option<InstancePre<State>>>,
     stdlib_dir: PathBuf,
     site_packages: Option<PathBuf>,
     time_scale: f64,
@@ -187,7 +191,7 @@ impl WasmSandbox {
             "cannot create the module cache",
             &config.cache_dir,
         ))?;
-        let (module, snapshot_key) = load_or_compile(&engine, &artifacts.snapshot, &config.cache_dir)?;
+        let snapshot_key = module_key(&engine, &artifacts.snapshot)?;
         let stdlib_dir = stage_stdlib(&artifacts.stdlib_zip, &config.cache_dir)?;
 
         let mut linker: Linker<State> = Linker::new(&engine);
@@ -198,7 +202,6 @@ impl WasmSandbox {
         linker
             .func_wrap("host", "call", |_: i32, _: i32, _: i32, _: i32| -> i32 { -1 })
             .map_err(wt("linking host.call"))?;
-        let pre = linker.instantiate_pre(&module).map_err(wt("pre-instantiating the interpreter"))?;
 
         let ticking = Arc::new(AtomicBool::new(true));
         let (flag, ticker_engine) = (ticking.clone(), engine.clone());
@@ -215,8 +218,9 @@ impl WasmSandbox {
             guest: Guest::Source,
             linker,
             snapshot_path: artifacts.snapshot.clone(),
+            cache_dir: config.cache_dir.clone(),
             engine,
-            pre,
+            plain: Mutex::new(None),
             stdlib_dir,
             site_packages: artifacts.site_packages,
             time_scale: config.time_scale,
@@ -226,6 +230,7 @@ impl WasmSandbox {
             Ok(pre) => Guest::Preinitialized(pre),
             Err(e) => {
                 tracing::warn!("wasm sandbox: no pre-initialised guest ({e}); runs start the interpreter afresh");
+                sandbox.plain()?;
                 Guest::Source
             }
         };
@@ -290,6 +295,18 @@ impl WasmSandbox {
         Ok(self.linker.instantiate_pre(&module).map_err(wt("linking the pre-initialised guest"))?)
     }
 
+    /// The plain interpreter's `InstancePre`, compiled or loaded from the cache on first use.
+    fn plain(&self) -> Result<InstancePre<State>, WasmError> {
+        let mut plain = self.plain.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pre) = plain.as_ref() {
+            return Ok(pre.clone());
+        }
+        let module = load_or_compile(&self.engine, &self.snapshot_path, &self.cache_dir)?;
+        let pre = self.linker.instantiate_pre(&module).map_err(wt("pre-instantiating the interpreter"))?;
+        *plain = Some(pre.clone());
+        Ok(pre)
+    }
+
     /// Runs the interpreter with `args` (after `python.wasm`) in a fresh store and scratch
     /// folder, and returns how it ended and its stdout. For measurements and diagnostics: it
     /// bypasses the harness.
@@ -310,7 +327,7 @@ impl WasmSandbox {
         let (mut store, stdout, stderr) = self.new_store(args, job, scratch)?;
         // Failing to instantiate is the sandbox's problem (no free slot, ...), not the
         // candidate's: a retryable sandbox error.
-        let instance = self.pre.instantiate(&mut store).map_err(wt("instantiating the interpreter"))?;
+        let instance = self.plain()?.instantiate(&mut store).map_err(wt("instantiating the interpreter"))?;
         let result = (|| -> wasmtime::Result<i32> {
             if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
                 init.call(&mut store, ())?;
@@ -462,22 +479,27 @@ fn with_thread_runtime<R>(f: impl FnOnce() -> R) -> R {
     })
 }
 
-/// Loads the compiled interpreter from the cache, compiling and caching it on a miss.
-/// Returns the module and its cache key (which also keys the pre-initialised guest).
-fn load_or_compile(engine: &Engine, wasm: &Path, cache_dir: &Path) -> Result<(Module, u64), WasmError> {
+/// The cache key of the interpreter module (it also keys the pre-initialised guest): its size
+/// and modification time, the engine's compatibility hash and the wasmtime version.
+fn module_key(engine: &Engine, wasm: &Path) -> Result<u64, WasmError> {
     let meta = std::fs::metadata(wasm).map_err(io_err("cannot read", wasm))?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     meta.len().hash(&mut hasher);
     meta.modified().ok().hash(&mut hasher);
     engine.precompile_compatibility_hash().hash(&mut hasher);
     crate::WASMTIME_VERSION.hash(&mut hasher);
-    let key = hasher.finish();
+    Ok(hasher.finish())
+}
+
+/// Loads the compiled interpreter from the cache, compiling and caching it on a miss.
+fn load_or_compile(engine: &Engine, wasm: &Path, cache_dir: &Path) -> Result<Module, WasmError> {
+    let key = module_key(engine, wasm)?;
     let cached = cache_dir.join(format!("python-snapshot-{key:016x}.cwasm"));
     if cached.exists() {
         // SAFETY: the file was written by `Module::serialize` of this wasmtime with the same
         // configuration (the key includes the compatibility hash), into a 0700 folder of ours.
         match unsafe { Module::deserialize_file(engine, &cached) } {
-            Ok(module) => return Ok((module, key)),
+            Ok(module) => return Ok(module),
             Err(e) => tracing::warn!("ignoring unusable module cache {}: {e}", cached.display()),
         }
     }
@@ -488,7 +510,7 @@ fn load_or_compile(engine: &Engine, wasm: &Path, cache_dir: &Path) -> Result<(Mo
     std::fs::write(&tmp, bytes).map_err(io_err("cannot write the module cache", &tmp))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io_err("cannot chmod", &tmp))?;
     std::fs::rename(&tmp, &cached).map_err(io_err("cannot write the module cache", &cached))?;
-    Ok((module, key))
+    Ok(module)
 }
 
 /// A folder holding only `python315.zip` (a preopen must not contain links to elsewhere).
