@@ -257,6 +257,13 @@ impl WasmSandbox {
     fn preinitialize(&self, snapshot_key: u64, cache_dir: &Path) -> Result<InstancePre<State>, SandboxError> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (GUEST_PRELOAD, snapshot_key).hash(&mut hasher);
+        // The snapshot holds what the preload imported from the guest packages (pytest), so
+        // their folder's listing (package and dist-info names, with versions) is part of the key.
+        if let Some(site) = &self.site_packages {
+            let mut names: Vec<_> = std::fs::read_dir(site).map_err(io_err("cannot read", site))?.flatten().map(|e| e.file_name()).collect();
+            names.sort();
+            (site, names).hash(&mut hasher);
+        }
         let cached = cache_dir.join(format!("guest-preinit-{:016x}.cwasm", hasher.finish()));
         let module = if cached.exists() {
             // SAFETY: written by `Module::serialize` of this engine configuration (the key
