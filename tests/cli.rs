@@ -68,16 +68,22 @@ fn verify_judges_completions_and_writes_verdicts() {
 "#,
     );
     let out = dir.path().join("verdicts.jsonl");
-    let run = dllm_rl()
-        .args(["-q", "verify", "--tasks"])
-        .arg(&tasks)
-        .arg("--completions")
-        .arg(&completions)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let verify = |flags: &[&str], tasks: &std::path::Path, completions: &std::path::Path| {
+        let run = dllm_rl()
+            .args(["-q", "verify"])
+            .args(flags)
+            .arg("--tasks")
+            .arg(tasks)
+            .arg("--completions")
+            .arg(completions)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        run
+    };
+    let run = verify(&[], &tasks, &completions);
     let summary = String::from_utf8(run.stdout).unwrap();
     assert!(summary.contains("4 completions on 2 tasks (native): 2 passed (50.0%)"), "{summary}");
     let verdicts: Vec<serde_json::Value> =
@@ -91,16 +97,7 @@ fn verify_judges_completions_and_writes_verdicts() {
     // --fail-fast: the tests after the first failure are not run.
     let tasks = write(dir.path(), "two.jsonl", "{\"id\":\"echo\",\"kind\":\"stdio\",\"tests\":[{\"stdin\":\"a\\n\",\"stdout\":\"a\\n\"},{\"stdin\":\"b\\n\",\"stdout\":\"b\\n\"}]}\n");
     let completions = write(dir.path(), "wrong.jsonl", "{\"task_id\":\"echo\",\"completion\":\"print('no')\"}\n");
-    let run = dllm_rl()
-        .args(["-q", "verify", "--fail-fast", "--tasks"])
-        .arg(&tasks)
-        .arg("--completions")
-        .arg(&completions)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    verify(&["--fail-fast"], &tasks, &completions);
     let verdict: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
     let tests: Vec<&str> = verdict["tests"].as_array().unwrap().iter().map(|t| t["verdict"].as_str().unwrap()).collect();
     assert_eq!(tests, ["wrong_answer", "not_run"]);

@@ -5,6 +5,7 @@
 //! allows it (as root, or through a user namespace), with a private tmpfs on `/tmp`,
 //! `/var/tmp` and `/dev/shm`; it dies with its parent (`PR_SET_PDEATHSIG`).
 
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -61,9 +62,13 @@ impl ForkServer {
     }
 
     fn spawn_here(python: &Path, harness: &str, with_pytest: bool, isolate: bool) -> Result<Self, SandboxError> {
+        let spawn_error = |source| SandboxError::Spawn { python: python.display().to_string(), source };
+        let program = resolve_program(python).map_err(spawn_error)?;
+        // Made before the fork: nothing may allocate between fork and exec.
+        let trees = InterpreterTree::needed_by(&program);
         let (parent, child) = seqpacket_pair()?;
         let child_fd = child.as_raw_fd();
-        let mut cmd = Command::new(python);
+        let mut cmd = Command::new(&program);
         // Not `-I`: it would ignore PYTHONHASHSEED, and a fixed seed makes verdicts that
         // depend on set or dict order of strings the same on every run. The environment is
         // cleared instead, and `-s -P` keep user site-packages and the cwd off sys.path.
@@ -88,19 +93,20 @@ impl ForkServer {
                 libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 if isolate {
-                    enter_namespaces();
+                    enter_namespaces(&trees);
                 }
                 Ok(())
             });
         }
-        let process =
-            cmd.spawn().map_err(|source| SandboxError::Spawn { python: python.display().to_string(), source })?;
+        let process = cmd.spawn().map_err(spawn_error)?;
         drop(child);
         let mut server = ForkServer { process, socket: parent, isolated_network: false, hidden_filesystem: false };
         let ready: Ready = serde_json::from_slice(&server.receive()?)
             .map_err(|e| SandboxError::Protocol(format!("fork-server greeting: {e}")))?;
         server.isolated_network = ready.interfaces.iter().all(|i| i == "lo");
-        server.hidden_filesystem = ready.root.iter().all(|e| MINIMAL_ROOT.contains(&e.as_str()));
+        // The interpreter's own folders add their top-level names (`opt`, `root`) to the root.
+        let extra = InterpreterTree::needed_by(&program).iter().map(|t| t.top.clone()).collect::<Vec<_>>();
+        server.hidden_filesystem = ready.root.iter().all(|e| MINIMAL_ROOT.contains(&e.as_str()) || extra.contains(e));
         Ok(server)
     }
 
@@ -133,9 +139,59 @@ impl Drop for ForkServer {
     }
 }
 
+/// The interpreter as an absolute path: `python3` is looked up in `PATH` here, because the
+/// server's own `PATH` inside the minimal root would not find it.
+fn resolve_program(python: &Path) -> io::Result<PathBuf> {
+    if python.components().count() > 1 {
+        return std::path::absolute(python);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(python))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not found in PATH"))
+}
+
+/// A folder an interpreter outside `/usr` needs (conda's `/opt/conda`, a pyenv version, a venv
+/// and its base interpreter): mounted read-only at the same path inside the minimal root, with
+/// the folders above it created there. All paths are made before the fork.
+struct InterpreterTree {
+    source: CString,
+    target: CString,
+    parents: Vec<CString>,
+    /// Its first path component (`opt`), which the minimal root then shows.
+    top: String,
+}
+
+impl InterpreterTree {
+    /// The installation folders (`<prefix>/bin/python3`) of the interpreter as named and, when
+    /// that is a link (a venv's `python3`), of the one it points to; none under `/usr`, which
+    /// the minimal root holds anyway.
+    fn needed_by(program: &Path) -> Vec<Self> {
+        let mut prefixes: Vec<PathBuf> = Vec::new();
+        for path in [Some(program.to_path_buf()), std::fs::canonicalize(program).ok()].into_iter().flatten() {
+            let Some(prefix) = path.parent().and_then(Path::parent) else { continue };
+            if prefix.starts_with("/usr") || prefix == Path::new("/") || prefixes.iter().any(|p| prefix.starts_with(p)) {
+                continue;
+            }
+            prefixes.push(prefix.to_path_buf());
+        }
+        prefixes.iter().filter_map(|prefix| Self::at(prefix)).collect()
+    }
+
+    fn at(prefix: &Path) -> Option<Self> {
+        let inside = |p: &Path| CString::new(format!("{SANDBOX_ROOT}{}", p.display())).ok();
+        let mut parents: Vec<CString> = prefix.ancestors().skip(1).filter(|p| *p != Path::new("/")).filter_map(inside).collect();
+        parents.reverse();
+        let top = prefix.components().nth(1)?.as_os_str().to_string_lossy().into_owned();
+        Some(InterpreterTree { source: CString::new(prefix.as_os_str().as_encoded_bytes()).ok()?, target: inside(prefix)?, parents, top })
+    }
+}
+
 /// Runs in the forked child before exec. Failures are tolerated: the server reports whether it
 /// ended up without network, and the sandbox logs it.
-fn enter_namespaces() {
+fn enter_namespaces(interpreter: &[InterpreterTree]) {
     // SAFETY: raw syscalls with valid, NUL-terminated constant strings.
     unsafe {
         let ns = libc::CLONE_NEWNET | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
@@ -157,7 +213,7 @@ fn enter_namespaces() {
         for dir in [c"/tmp", c"/var/tmp", c"/dev/shm"] {
             tmpfs(dir, c"size=1g,mode=1777");
         }
-        enter_minimal_root();
+        enter_minimal_root(interpreter);
     }
 }
 
@@ -171,12 +227,15 @@ unsafe fn tmpfs(dir: CPath, options: CPath) -> bool {
     }
 }
 
+const SANDBOX_ROOT: &str = "/tmp/.sandbox-root";
+
 /// Replaces the server's root with a fresh one holding only what CPython needs: `/usr` and
-/// `/etc` read-only, `/dev`, an empty `/tmp`, and the merged-usr links. The host's other files
-/// (task files with expected outputs, home folders, the project) and `/proc` (other processes'
-/// command lines) are then out of reach. Only raw syscalls on constant paths: we are between
-/// fork and exec. Any failure leaves the old root (the server reports what it sees).
-unsafe fn enter_minimal_root() {
+/// `/etc` read-only, `/dev`, an empty `/tmp`, the merged-usr links, and the interpreter's own
+/// folder when it lives elsewhere (read-only). The host's other files (task files with expected
+/// outputs, home folders, the project) and `/proc` (other processes' command lines) are then out
+/// of reach. Only raw syscalls on paths made before the fork: we are between fork and exec.
+/// Any failure leaves the old root (the server reports what it sees).
+unsafe fn enter_minimal_root(interpreter: &[InterpreterTree]) {
     const ROOT: CPath = c"/tmp/.sandbox-root";
     // SAFETY: raw syscalls with constant NUL-terminated paths.
     unsafe {
@@ -192,6 +251,17 @@ unsafe fn enter_minimal_root() {
             }
             let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID;
             libc::mount(std::ptr::null(), dst.as_ptr(), std::ptr::null(), flags, std::ptr::null());
+        }
+        for tree in interpreter {
+            for dir in &tree.parents {
+                libc::mkdir(dir.as_ptr(), 0o755);
+            }
+            libc::mkdir(tree.target.as_ptr(), 0o755);
+            if libc::mount(tree.source.as_ptr(), tree.target.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) != 0 {
+                return;
+            }
+            let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID;
+            libc::mount(std::ptr::null(), tree.target.as_ptr(), std::ptr::null(), flags, std::ptr::null());
         }
         libc::mkdir(c"/tmp/.sandbox-root/dev".as_ptr(), 0o755);
         let dev_flags = libc::MS_BIND | libc::MS_REC;

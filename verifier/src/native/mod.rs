@@ -31,8 +31,9 @@ use crate::sandbox::{End, Job, Outcome, Sandbox, SandboxError};
 /// Settings of the native sandbox.
 #[derive(Debug, Clone)]
 pub struct NativeConfig {
-    /// The interpreter children run. It must be readable by the sandbox uids (a Debian
-    /// `/usr/bin/python3` is; an interpreter under `/root` is not).
+    /// The interpreter children run. One installed outside `/usr` (conda, pyenv, a venv) gets
+    /// its installation folders mounted read-only into the minimal root; they must be readable
+    /// by the sandbox uids (world-readable files under a private home folder are enough).
     pub python: PathBuf,
     /// Try network/mount namespaces.
     pub isolate: bool,
