@@ -26,7 +26,7 @@ fn sandbox_processes() -> Vec<String> {
         let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
         let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next());
         if let Some(uid) = uid.and_then(|u| u.parse::<u32>().ok()) {
-            if (61000..62000).contains(&uid) {
+            if dllm_verifier::native::SANDBOX_UIDS.contains(&uid) {
                 found.push(format!("{} uid {uid}", entry.path().display()));
             }
         }

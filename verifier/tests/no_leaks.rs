@@ -32,7 +32,7 @@ fn sandbox_uid_processes() -> usize {
         .filter(|e| {
             let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
             let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next());
-            uid.and_then(|u| u.parse::<u32>().ok()).is_some_and(|u| (61000..62000).contains(&u))
+            uid.and_then(|u| u.parse::<u32>().ok()).is_some_and(|u| dllm_verifier::native::SANDBOX_UIDS.contains(&u))
         })
         .count()
 }

@@ -4,9 +4,9 @@
 //! (`-I`), rlimits (address space, CPU seconds, file size, open files, processes), its own
 //! session (killed as a group), a parent-death signal, no new privileges, output caps drained
 //! concurrently. When the verifier runs as root each worker slot runs its children as its own
-//! unprivileged uid (61000 + slot): they cannot touch the verifier or each other, and every
-//! process of that uid is killed after each run, so nothing escapes by leaving the process
-//! group. Where the kernel allows it, servers live in new network (no interface but `lo`),
+//! unprivileged uid (from [`SANDBOX_UIDS`], a block per sandbox): they cannot touch the verifier
+//! or each other, and every process of that uid is killed after each run, so nothing escapes by
+//! leaving the process group. Where the kernel allows it, servers live in new network (no interface but `lo`),
 //! mount (private tmpfs on /tmp), IPC and UTS namespaces; where it does not, the sandbox logs
 //! a warning once and runs without them.
 //!
@@ -74,7 +74,8 @@ pub struct NativeSandbox {
     config: NativeConfig,
     idle: Mutex<Vec<Slot>>,
     next_slot: Mutex<usize>,
-    root: bool,
+    /// The uids of this sandbox's slots, when running as root.
+    uids: Option<UidBlock>,
     warned: AtomicBool,
 }
 
@@ -89,7 +90,41 @@ struct Ended {
     signal: Option<i32>,
 }
 
-const SLOT_UID_BASE: u32 = 61000;
+/// The uids sandboxed children run as (when the verifier runs as root). Each sandbox claims a
+/// block of [`UIDS_PER_SANDBOX`] with a lock file held while it lives, and slot `i` runs as
+/// `block + i`: since every process of a slot's uid is killed after each of its runs, two
+/// sandboxes sharing uids (a training run and an `eval` beside it) would kill each other's runs.
+pub const SANDBOX_UIDS: std::ops::Range<u32> = 61000..64840;
+/// Concurrent runs one sandbox can have (its uid block).
+pub const UIDS_PER_SANDBOX: u32 = 256;
+
+/// A claimed block of sandbox uids; the lock is released when the sandbox (or its process) ends.
+struct UidBlock {
+    base: u32,
+    _lock: std::fs::File,
+}
+
+impl UidBlock {
+    fn claim() -> Result<Self, SandboxError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join("dllm-rl-sandbox-uids");
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        for (i, base) in SANDBOX_UIDS.step_by(UIDS_PER_SANDBOX as usize).enumerate() {
+            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(format!("block-{i}.lock")))?;
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(UidBlock { base, _lock: file });
+            }
+        }
+        Err(SandboxError::Protocol(format!(
+            "every block of sandbox uids ({}..{}) is held by another native sandbox (locks in {})",
+            SANDBOX_UIDS.start,
+            SANDBOX_UIDS.end,
+            dir.display()
+        )))
+    }
+}
 
 /// One concurrent run's place: its uid (as root) and its fork-servers, started on first use.
 /// A slot runs one job at a time, whichever server it uses, so killing every process of its
@@ -121,7 +156,7 @@ impl NativeSandbox {
             idle: Mutex::new(Vec::new()),
             next_slot: Mutex::new(0),
             // SAFETY: geteuid has no preconditions.
-            root: unsafe { libc::geteuid() } == 0,
+            uids: if unsafe { libc::geteuid() } == 0 { Some(UidBlock::claim()?) } else { None },
             warned: AtomicBool::new(false),
         };
         // Start one server now, so that a broken interpreter is reported at start-up.
@@ -189,8 +224,11 @@ impl NativeSandbox {
             "nofile": self.config.max_open_files,
             "nproc": self.config.max_processes,
         });
-        if self.root {
-            let uid = SLOT_UID_BASE + slot as u32;
+        if let Some(block) = &self.uids {
+            if slot as u32 >= UIDS_PER_SANDBOX {
+                return Err(SandboxError::Protocol(format!("more than {UIDS_PER_SANDBOX} concurrent native runs")));
+            }
+            let uid = block.base + slot as u32;
             header["uid"] = uid.into();
             header["gid"] = uid.into();
         }
@@ -249,5 +287,29 @@ impl Sandbox for NativeSandbox {
         }
         self.put_back(slot);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two sandboxes alive at once (here in one process; across processes the lock files work
+    /// the same) never share a uid, so one's clean-up cannot kill the other's runs.
+    #[test]
+    fn sandboxes_alive_together_get_separate_uids() {
+        let a = NativeSandbox::new(NativeConfig::default()).unwrap();
+        let b = NativeSandbox::new(NativeConfig::default()).unwrap();
+        match (&a.uids, &b.uids) {
+            (Some(x), Some(y)) => assert!(x.base.abs_diff(y.base) >= UIDS_PER_SANDBOX, "{} and {}", x.base, y.base),
+            (None, None) => {} // not root: children run as our own uid, no slot uids to share
+            _ => panic!("root or not, both sandboxes see the same"),
+        }
+        drop(a);
+        // A released block can be claimed again, never the one still held.
+        let c = NativeSandbox::new(NativeConfig::default()).unwrap();
+        if let (Some(x), Some(y)) = (&b.uids, &c.uids) {
+            assert_ne!(x.base, y.base);
+        }
     }
 }
