@@ -210,10 +210,16 @@ fn enter_namespaces(interpreter: &[InterpreterTree]) {
             write_file(c"/proc/self/gid_map", &buf[..n]);
         }
         libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null());
+        // The interpreter's folders may lie under /tmp (a venv in a checkout there), which the
+        // tmpfs below hides: hold them open and mount them through /proc/self/fd.
+        let mut held = [-1i32; 4];
+        for (fd, tree) in held.iter_mut().zip(interpreter) {
+            *fd = libc::open(tree.source.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+        }
         for dir in [c"/tmp", c"/var/tmp", c"/dev/shm"] {
             tmpfs(dir, c"size=1g,mode=1777");
         }
-        enter_minimal_root(interpreter);
+        enter_minimal_root(interpreter, &held);
     }
 }
 
@@ -235,7 +241,7 @@ const SANDBOX_ROOT: &str = "/tmp/.sandbox-root";
 /// outputs, home folders, the project) and `/proc` (other processes' command lines) are then out
 /// of reach. Only raw syscalls on paths made before the fork: we are between fork and exec.
 /// Any failure leaves the old root (the server reports what it sees).
-unsafe fn enter_minimal_root(interpreter: &[InterpreterTree]) {
+unsafe fn enter_minimal_root(interpreter: &[InterpreterTree], held: &[i32]) {
     const ROOT: CPath = c"/tmp/.sandbox-root";
     // SAFETY: raw syscalls with constant NUL-terminated paths.
     unsafe {
@@ -252,17 +258,6 @@ unsafe fn enter_minimal_root(interpreter: &[InterpreterTree]) {
             let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID;
             libc::mount(std::ptr::null(), dst.as_ptr(), std::ptr::null(), flags, std::ptr::null());
         }
-        for tree in interpreter {
-            for dir in &tree.parents {
-                libc::mkdir(dir.as_ptr(), 0o755);
-            }
-            libc::mkdir(tree.target.as_ptr(), 0o755);
-            if libc::mount(tree.source.as_ptr(), tree.target.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) != 0 {
-                return;
-            }
-            let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID;
-            libc::mount(std::ptr::null(), tree.target.as_ptr(), std::ptr::null(), flags, std::ptr::null());
-        }
         libc::mkdir(c"/tmp/.sandbox-root/dev".as_ptr(), 0o755);
         let dev_flags = libc::MS_BIND | libc::MS_REC;
         if libc::mount(c"/dev".as_ptr(), c"/tmp/.sandbox-root/dev".as_ptr(), std::ptr::null(), dev_flags, std::ptr::null()) != 0 {
@@ -270,6 +265,20 @@ unsafe fn enter_minimal_root(interpreter: &[InterpreterTree]) {
         }
         libc::mkdir(c"/tmp/.sandbox-root/tmp".as_ptr(), 0o1777);
         tmpfs(c"/tmp/.sandbox-root/tmp", c"size=1g,mode=1777");
+        // After the root's own /tmp, which would hide an interpreter mounted under it.
+        for (tree, fd) in interpreter.iter().zip(held) {
+            for dir in &tree.parents {
+                libc::mkdir(dir.as_ptr(), 0o755);
+            }
+            libc::mkdir(tree.target.as_ptr(), 0o755);
+            let mut path = [0u8; 32];
+            let source = if *fd >= 0 { proc_fd_path(&mut path, *fd) } else { tree.source.as_ptr() };
+            if libc::mount(source, tree.target.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) != 0 {
+                return;
+            }
+            let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID;
+            libc::mount(std::ptr::null(), tree.target.as_ptr(), std::ptr::null(), flags, std::ptr::null());
+        }
         // Merged /usr (Debian 12): /bin, /lib, /lib64, /sbin are links into /usr.
         let links = [
             (c"/bin", c"usr/bin", c"/tmp/.sandbox-root/bin"),
@@ -297,6 +306,27 @@ unsafe fn enter_minimal_root(interpreter: &[InterpreterTree]) {
         libc::umount2(c"/.old".as_ptr(), libc::MNT_DETACH);
         libc::rmdir(c"/.old".as_ptr());
     }
+}
+
+/// "/proc/self/fd/FD" in `buf`, NUL-terminated, without allocating (we are between fork and exec).
+fn proc_fd_path(buf: &mut [u8; 32], fd: i32) -> *const libc::c_char {
+    const PREFIX: &[u8] = b"/proc/self/fd/";
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 10];
+    let (mut n, mut v) = (0, fd.unsigned_abs());
+    loop {
+        digits[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        buf[PREFIX.len() + i] = digits[n - 1 - i];
+    }
+    buf[PREFIX.len() + n] = 0;
+    buf.as_ptr().cast()
 }
 
 /// Writes "ID ID 1" without allocating (we are between fork and exec).
