@@ -66,6 +66,8 @@ impl ForkServer {
         let program = resolve_program(python).map_err(spawn_error)?;
         // Made before the fork: nothing may allocate between fork and exec.
         let trees = InterpreterTree::needed_by(&program);
+        // The interpreter's own folders add their top-level names (`opt`, `root`) to the root.
+        let extra_tops: Vec<String> = trees.iter().map(|t| t.top.clone()).collect();
         let (parent, child) = seqpacket_pair()?;
         let child_fd = child.as_raw_fd();
         let mut cmd = Command::new(&program);
@@ -104,9 +106,8 @@ impl ForkServer {
         let ready: Ready = serde_json::from_slice(&server.receive()?)
             .map_err(|e| SandboxError::Protocol(format!("fork-server greeting: {e}")))?;
         server.isolated_network = ready.interfaces.iter().all(|i| i == "lo");
-        // The interpreter's own folders add their top-level names (`opt`, `root`) to the root.
-        let extra = InterpreterTree::needed_by(&program).iter().map(|t| t.top.clone()).collect::<Vec<_>>();
-        server.hidden_filesystem = ready.root.iter().all(|e| MINIMAL_ROOT.contains(&e.as_str()) || extra.contains(e));
+        server.hidden_filesystem =
+            ready.root.iter().all(|e| MINIMAL_ROOT.contains(&e.as_str()) || extra_tops.contains(e));
         Ok(server)
     }
 
@@ -308,12 +309,11 @@ unsafe fn enter_minimal_root(interpreter: &[InterpreterTree], held: &[i32]) {
     }
 }
 
-/// "/proc/self/fd/FD" in `buf`, NUL-terminated, without allocating (we are between fork and exec).
-fn proc_fd_path(buf: &mut [u8; 32], fd: i32) -> *const libc::c_char {
-    const PREFIX: &[u8] = b"/proc/self/fd/";
-    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+/// Writes `v` in decimal at `buf[at..]` and returns where it ends, without allocating (we are
+/// between fork and exec).
+fn write_decimal(buf: &mut [u8], at: usize, v: u32) -> usize {
     let mut digits = [0u8; 10];
-    let (mut n, mut v) = (0, fd.unsigned_abs());
+    let (mut n, mut v) = (0, v);
     loop {
         digits[n] = b'0' + (v % 10) as u8;
         n += 1;
@@ -323,31 +323,25 @@ fn proc_fd_path(buf: &mut [u8; 32], fd: i32) -> *const libc::c_char {
         }
     }
     for i in 0..n {
-        buf[PREFIX.len() + i] = digits[n - 1 - i];
+        buf[at + i] = digits[n - 1 - i];
     }
-    buf[PREFIX.len() + n] = 0;
+    at + n
+}
+
+/// "/proc/self/fd/FD" in `buf`, NUL-terminated.
+fn proc_fd_path(buf: &mut [u8; 32], fd: i32) -> *const libc::c_char {
+    const PREFIX: &[u8] = b"/proc/self/fd/";
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    let end = write_decimal(buf, PREFIX.len(), fd.unsigned_abs());
+    buf[end] = 0;
     buf.as_ptr().cast()
 }
 
-/// Writes "ID ID 1" without allocating (we are between fork and exec).
+/// Writes "ID ID 1" (a uid_map / gid_map line).
 fn format_id_map(buf: &mut [u8; 64], id: u32) -> usize {
-    let mut digits = [0u8; 10];
-    let mut n = 0;
-    let mut v = id;
-    loop {
-        digits[n] = b'0' + (v % 10) as u8;
-        n += 1;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
     let mut len = 0;
     for _ in 0..2 {
-        for i in (0..n).rev() {
-            buf[len] = digits[i];
-            len += 1;
-        }
+        len = write_decimal(buf, len, id);
         buf[len] = b' ';
         len += 1;
     }
