@@ -27,7 +27,11 @@ pub const SERVER_SOURCE: &str = concat!(
     include_str!("fork_server.py"),
     "\nserve_forever(int(sys.argv[2]), sys.argv[3:] == [\"pytest\"])\n"
 );
-/// The trusted judge's program (`python -I -c SOURCE trusted`); it reuses the child's pytest-style
+/// The name the trusted judge's private folder starts with; `trusted.py` refuses to empty a
+/// folder named otherwise.
+const TRUSTED_WORKDIR_PREFIX: &str = "dllm-rl-trusted-";
+
+/// The trusted judge's program (`python -c SOURCE trusted WORKDIR`); it reuses the child's pytest-style
 /// test runner, never its candidate-running code.
 pub const TRUSTED_SOURCE: &str =
     concat!(include_str!("child.py"), "\n", include_str!("trusted.py"), "\ntrusted_main()\n");
@@ -99,6 +103,11 @@ struct Process {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
+    /// The replay runs the task's test code, which may write files (KodCode tests redirect
+    /// stdout to `output.txt`): they land in this private folder, the process's cwd, emptied
+    /// before each request; not in the cwd of whoever runs the verifier. Declared last: removed
+    /// after the process is gone.
+    _workdir: tempfile::TempDir,
 }
 
 /// A small pool of trusted judge processes (one per concurrent caller).
@@ -113,14 +122,19 @@ impl TrustedJudge {
     }
 
     fn spawn(&self) -> Result<Process, TrustedError> {
+        let workdir = tempfile::Builder::new().prefix(TRUSTED_WORKDIR_PREFIX).tempdir()?;
         let mut child = Command::new(&self.python)
             // A fixed hash seed, as in the sandbox, so that replays are deterministic (hence
             // not `-I`, which ignores PYTHONHASHSEED; the environment is cleared instead).
             .args(["-s", "-P", "-c", TRUSTED_SOURCE, "trusted"])
+            .arg(workdir.path())
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("PYTHONHASHSEED", "0")
             .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("HOME", workdir.path())
+            .env("TMPDIR", workdir.path())
+            .current_dir(workdir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -128,7 +142,7 @@ impl TrustedJudge {
             .map_err(|source| TrustedError::Spawn { python: self.python.display().to_string(), source })?;
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Ok(Process { child, stdin, stdout })
+        Ok(Process { child, stdin, stdout, _workdir: workdir })
     }
 
     fn ask(&self, request: &Request<'_>) -> Result<Value, TrustedError> {
@@ -189,6 +203,32 @@ impl Drop for TrustedJudge {
         for mut p in self.idle.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
             let _ = p.child.kill();
             let _ = p.child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replays_write_in_a_private_folder_emptied_between_requests() {
+        // KodCode tests write `output.txt` to their cwd; before, the replay wrote it into the
+        // cwd of whoever ran `dllm-rl`.
+        let judge = TrustedJudge::new(&crate::native::default_python());
+        let probe = format!("dllm-rl-replay-probe-{}.txt", std::process::id());
+        let code = format!(
+            "import os\nassert not os.path.exists({probe:?})\nwith open({probe:?}, 'w') as f:\n    f.write('x')\n\
+             assert os.path.exists({probe:?})\n"
+        );
+        let (names, classes) = (vec!["f".to_owned()], Vec::new());
+        let tests =
+            AssertionTests { entry_points: &names, class_names: &classes, test_setup: "", test_code: &code, runner: "module" };
+        for round in 0..2 {
+            let replay = judge.replay(&tests, &[]).unwrap();
+            assert_eq!(replay.asserts.len(), 2, "round {round}: {replay:?}");
+            assert!(replay.asserts.iter().all(|a| a.ok), "round {round}: {replay:?}");
+            assert!(!Path::new(&probe).exists(), "round {round}: the replay wrote into the caller's cwd");
         }
     }
 }

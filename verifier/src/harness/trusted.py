@@ -457,13 +457,33 @@ def replay(req):
     return {"asserts": results, "total": n_asserts, "functions": functions, "raised": raised[0] if raised else None}
 
 
+def _empty_workdir(workdir):
+    """Removes what earlier replays' test code wrote in the judge's private folder, so that
+    no replay sees another's files. Only a folder named like the one the verifier made."""
+    import shutil
+
+    if not os.path.basename(workdir).startswith("dllm-rl-trusted-"):
+        raise RuntimeError("not the trusted judge's own folder: %r" % workdir)
+    os.chdir(workdir)
+    for entry in os.scandir(workdir):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                pass
+
+
 def trusted_main():
     import io
 
     # Test code may print, read, replace sys.stdout or call pytest.main: keep the protocol's
     # own streams away from it and reset what it may have changed before each request.
     out, requests = sys.stdout, sys.stdin
+    workdir = os.path.abspath(sys.argv[2])
     for line in requests:
+        _empty_workdir(workdir)
         sys.stdout, sys.stdin, sys.argv = io.StringIO(), io.StringIO(), ["tests.py"]
         try:
             req = json.loads(line)
