@@ -25,6 +25,10 @@ const EXCERPT_BYTES: usize = 2048;
 /// Start-up allowance on top of the per-test limit (loading the candidate's module).
 const STARTUP: Duration = Duration::from_millis(1000);
 
+/// Least time a replay gets, whatever the task's limits: on a busy host the trusted process
+/// may start late.
+const REPLAY_DEADLINE_FLOOR: Duration = Duration::from_secs(5);
+
 /// A task made ready for judging: assertion code rewritten once, not per completion.
 #[derive(Debug, Clone)]
 pub struct PreparedTask {
@@ -234,10 +238,11 @@ impl Judge<'_> {
         let per_test = self.per_test(task);
         let test_child =
             if tests.test_setup.is_empty() { child.child.clone() } else { format!("{}\n{}", tests.test_setup, child.child) };
+        let wall = per_test * n + STARTUP;
         let job = Job {
             spec: json!({"mode": "assert", "code": code, "test_child": test_child, "runner": tests.runner}),
             stdin: Vec::new(),
-            limits: self.limits(task, per_test * n + STARTUP, Some(per_test + STARTUP)),
+            limits: self.limits(task, wall, Some(per_test + STARTUP)),
         };
         let all = |verdict: TestVerdict, outcome: Option<&Outcome>| -> Vec<TestResult> {
             (0..count)
@@ -257,8 +262,11 @@ impl Judge<'_> {
         if outcome.malformed || duplicated {
             return (all(malformed(), Some(&outcome)), outcome.seconds);
         }
-        let replay = match self.trusted.replay(&tests, &records) {
+        // The replay runs the test code once more, minus the candidate's work: it gets the run's
+        // own time limit (test code looping over a huge returned value must not stall training).
+        let replay = match self.trusted.replay(&tests, &records, wall.max(REPLAY_DEADLINE_FLOOR)) {
             Ok(r) => r,
+            Err(TrustedError::Timeout(_)) => return (all(TestVerdict::Timeout, Some(&outcome)), outcome.seconds),
             Err(e) => return (all(TestVerdict::SandboxError { message: e.to_string() }, Some(&outcome)), outcome.seconds),
         };
         let cut_short = ended_badly(&outcome).unwrap_or_else(no_result);

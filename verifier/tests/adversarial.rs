@@ -227,3 +227,37 @@ fn native_stderr_reaches_the_excerpts() {
 fn wasm_stderr_reaches_the_excerpts() {
     stderr_reaches_the_excerpts(Backend::Wasm);
 }
+
+/// Assertion tests run twice: in the sandbox, and replayed on the recorded values in the
+/// trusted process, outside it. A value chosen to make the *test code* loop or allocate without
+/// end must not stall or swamp the trusted process.
+fn replay_bombs(backend: Backend) {
+    let f = fixture(backend);
+    let test_code = "n = f(2)\nbuf = [0] * n\ntotal = 0\nfor i in range(n):\n    for j in range(n):\n        total += 1\nassert total == 4\n";
+    let task = serde_json::json!({
+        "id": "replay", "kind": "assert", "entry_points": ["f"], "test_code": test_code,
+        "limits": {"time_s": 1.0, "memory_mb": 256},
+    });
+    let tasks = vec![f.verifier.prepare(serde_json::from_value(task).unwrap()).unwrap()];
+    let judge = |code: &str| {
+        let completion = Completion { task: 0, text: format!("```python\n{code}\n```") };
+        f.verifier.verify_batch(&tasks, &[completion], &|_| {}).remove(0)
+    };
+    assert!(judge("def f(x):\n    return x\n").all_passed, "{backend:?}: the honest solution fails");
+    // The sandbox's own memory limit stops `[0] * n` there; the replay must hit a cap as well.
+    let v = judge("def f(x):\n    return 10**9\n");
+    assert_eq!(v.summary(), "memory_limit", "{backend:?}: {v:?}");
+    // Small enough to allocate, far too long to loop over: the replay gets the run's deadline.
+    let v = judge("def f(x):\n    return 10**5\n");
+    assert_eq!(v.summary(), "timeout", "{backend:?}: {v:?}");
+}
+
+#[test]
+fn native_replay_bombs_are_contained() {
+    replay_bombs(Backend::Native);
+}
+
+#[test]
+fn wasm_replay_bombs_are_contained() {
+    replay_bombs(Backend::Wasm);
+}

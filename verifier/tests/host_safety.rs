@@ -19,14 +19,33 @@ fn task() -> dllm_verifier::Task {
     serde_json::from_str(&json).unwrap()
 }
 
-/// The processes now running with a uid in the native sandbox's range.
+fn status_field(pid: &str, field: &str) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix(field)).and_then(|l| l.split_whitespace().next())?.parse().ok()
+}
+
+/// Whether `pid` descends from this test process (the sandbox's fork-servers are subreapers, so
+/// an escaped grandchild is reparented to them, not to init).
+fn is_ours(pid: &str) -> bool {
+    let me = std::process::id();
+    let mut pid = pid.parse::<u32>().unwrap_or(0);
+    while pid > 1 {
+        pid = status_field(&pid.to_string(), "PPid:").unwrap_or(0);
+        if pid == me {
+            return true;
+        }
+    }
+    false
+}
+
+/// The processes of this test's sandboxes now running with a uid in the native sandbox's range
+/// (other dllm-rl processes' sandboxes on the machine are not counted).
 fn sandbox_processes() -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next());
-        if let Some(uid) = uid.and_then(|u| u.parse::<u32>().ok()) {
-            if dllm_verifier::native::SANDBOX_UIDS.contains(&uid) {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if let Some(uid) = status_field(&pid, "Uid:") {
+            if dllm_verifier::native::SANDBOX_UIDS.contains(&uid) && is_ours(&pid) {
                 found.push(format!("{} uid {uid}", entry.path().display()));
             }
         }

@@ -7,9 +7,12 @@
 //! run, replays the assertions with the recorded values decoded into plain Python data.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -31,6 +34,14 @@ pub const SERVER_SOURCE: &str = concat!(
 /// folder named otherwise.
 const TRUSTED_WORKDIR_PREFIX: &str = "dllm-rl-trusted-";
 
+/// Deadline of a rewrite (parsing and transforming test code: fast unless something is wrong).
+const TRANSFORM_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Address-space cap of a trusted process: the replay runs test code on values the candidate
+/// chose (`[0] * f(x)`), outside the sandbox; past this it gets a `MemoryError`, not the host's
+/// memory.
+const TRUSTED_ADDRESS_SPACE: libc::rlim_t = 4 << 30;
+
 /// The trusted judge's program (`python -c SOURCE trusted WORKDIR`); it reuses the child's pytest-style
 /// test runner, never its candidate-running code.
 pub const TRUSTED_SOURCE: &str =
@@ -44,6 +55,10 @@ pub enum TrustedError {
     Io(#[from] std::io::Error),
     #[error("trusted judge answered badly: {0}")]
     Protocol(String),
+    /// The task's test code ran past its deadline (a loop over a huge value the candidate
+    /// returned, say); the judge process was killed.
+    #[error("the replay of the tests took longer than {0:?}")]
+    Timeout(Duration),
     /// The task's own test code is broken (does not parse, ...).
     #[error("{0}")]
     Tests(String),
@@ -123,7 +138,8 @@ impl TrustedJudge {
 
     fn spawn(&self) -> Result<Process, TrustedError> {
         let workdir = tempfile::Builder::new().prefix(TRUSTED_WORKDIR_PREFIX).tempdir()?;
-        let mut child = Command::new(&self.python)
+        let mut command = Command::new(&self.python);
+        command
             // A fixed hash seed, as in the sandbox, so that replays are deterministic (hence
             // not `-I`, which ignores PYTHONHASHSEED; the environment is cleared instead).
             .args(["-s", "-P", "-c", TRUSTED_SOURCE, "trusted"])
@@ -137,7 +153,18 @@ impl TrustedJudge {
             .current_dir(workdir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                let cap = libc::rlimit { rlim_cur: TRUSTED_ADDRESS_SPACE, rlim_max: TRUSTED_ADDRESS_SPACE };
+                if libc::setrlimit(libc::RLIMIT_AS, &cap) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
             .spawn()
             .map_err(|source| TrustedError::Spawn { python: self.python.display().to_string(), source })?;
         let stdin = child.stdin.take().expect("piped stdin");
@@ -145,7 +172,7 @@ impl TrustedJudge {
         Ok(Process { child, stdin, stdout, _workdir: workdir })
     }
 
-    fn ask(&self, request: &Request<'_>) -> Result<Value, TrustedError> {
+    fn ask(&self, request: &Request<'_>, deadline: Duration) -> Result<Value, TrustedError> {
         let popped = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut process = match popped {
             Some(p) => p,
@@ -155,12 +182,18 @@ impl TrustedJudge {
         line.push(b'\n');
         process.stdin.write_all(&line)?;
         process.stdin.flush()?;
-        let mut reply = String::new();
-        if process.stdout.read_line(&mut reply)? == 0 {
-            let _ = process.child.kill();
-            let _ = process.child.wait();
-            return Err(TrustedError::Protocol("the trusted judge exited".into()));
-        }
+        let reply = match read_line_by(&mut process.stdout, Instant::now() + deadline) {
+            Ok(Some(reply)) => reply,
+            failed => {
+                let _ = process.child.kill();
+                let _ = process.child.wait();
+                return Err(match failed {
+                    Ok(_) => TrustedError::Protocol("the trusted judge exited".into()),
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => TrustedError::Timeout(deadline),
+                    Err(e) => TrustedError::Io(e),
+                });
+            }
+        };
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(process);
         let reply: Value = serde_json::from_str(&reply).map_err(|e| TrustedError::Protocol(e.to_string()))?;
         if let Some(err) = reply.get("error").and_then(Value::as_str) {
@@ -171,7 +204,7 @@ impl TrustedJudge {
 
     /// Rewrites assertion code for the sandbox.
     pub fn child_tests(&self, tests: &AssertionTests<'_>) -> Result<ChildTests, TrustedError> {
-        let reply = self.ask(&Request {
+        let request = Request {
             op: "transform",
             test_code: tests.test_code,
             names: tests.entry_points,
@@ -179,13 +212,15 @@ impl TrustedJudge {
             setup: tests.test_setup,
             records: &[],
             runner: tests.runner,
-        })?;
+        };
+        let reply = self.ask(&request, TRANSFORM_DEADLINE)?;
         serde_json::from_value(reply).map_err(|e| TrustedError::Protocol(e.to_string()))
     }
 
-    /// Replays the assertions on the recorded call-site values.
-    pub fn replay(&self, tests: &AssertionTests<'_>, records: &[Value]) -> Result<Replay, TrustedError> {
-        let reply = self.ask(&Request {
+    /// Replays the assertions on the recorded call-site values; the process is killed after
+    /// `deadline` (`TrustedError::Timeout`).
+    pub fn replay(&self, tests: &AssertionTests<'_>, records: &[Value], deadline: Duration) -> Result<Replay, TrustedError> {
+        let request = Request {
             op: "replay",
             test_code: tests.test_code,
             names: tests.entry_points,
@@ -193,8 +228,47 @@ impl TrustedJudge {
             setup: tests.test_setup,
             records,
             runner: tests.runner,
-        })?;
+        };
+        let reply = self.ask(&request, deadline)?;
         serde_json::from_value(reply).map_err(|e| TrustedError::Protocol(e.to_string()))
+    }
+}
+
+/// One line from `reader`, or `None` at end of file; an error of kind `TimedOut` when no whole
+/// line arrived by `deadline`.
+fn read_line_by(reader: &mut BufReader<ChildStdout>, deadline: Instant) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    loop {
+        if reader.buffer().is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut poll = libc::pollfd { fd: reader.get_ref().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
+            // SAFETY: one valid pollfd.
+            match unsafe { libc::poll(&mut poll, 1, ms) } {
+                0 => return Err(std::io::ErrorKind::TimedOut.into()),
+                n if n < 0 => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        if done {
+            return String::from_utf8(line).map(Some).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        }
     }
 }
 
@@ -225,7 +299,7 @@ mod tests {
         let tests =
             AssertionTests { entry_points: &names, class_names: &classes, test_setup: "", test_code: &code, runner: "module" };
         for round in 0..2 {
-            let replay = judge.replay(&tests, &[]).unwrap();
+            let replay = judge.replay(&tests, &[], Duration::from_secs(60)).unwrap();
             assert_eq!(replay.asserts.len(), 2, "round {round}: {replay:?}");
             assert!(replay.asserts.iter().all(|a| a.ok), "round {round}: {replay:?}");
             assert!(!Path::new(&probe).exists(), "round {round}: the replay wrote into the caller's cwd");
