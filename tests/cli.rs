@@ -406,3 +406,37 @@ fn curation_commands_catch_what_was_planted() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already at"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn prompts_import_never_overwrites_an_input_nor_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw_text = std::fs::read_to_string(repo("tests/data/shared/sandboxfusion/code_eval_mbpp.jsonl")).unwrap();
+    let raw = write(dir.path(), "raw.jsonl", &raw_text);
+    let import = |out: &std::path::Path, inputs: &[&std::path::Path]| {
+        dllm_rl().args(["prompts", "import", "--format", "sandboxfusion-mbpp", "--out"]).arg(out).args(inputs).output().unwrap()
+    };
+    // The same file by another spelling is still the input.
+    let run = import(&dir.path().join(".").join("raw.jsonl"), &[&raw]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("is also an input"), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(std::fs::read_to_string(&raw).unwrap(), raw_text);
+
+    // Every row skipped: an error, and --out is neither created nor emptied.
+    let bad = write(dir.path(), "bad.jsonl", "{\"id\": 1}\nnot json\n");
+    let fresh = dir.path().join("fresh.jsonl");
+    let run = import(&fresh, &[&bad]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("no tasks imported"), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(!fresh.exists());
+    let old = write(dir.path(), "old.jsonl", "keep me\n");
+    assert_eq!(import(&old, &[&bad]).status.code(), Some(2));
+    assert_eq!(std::fs::read_to_string(&old).unwrap(), "keep me\n");
+
+    // Curation steps refuse it too.
+    let tasks = dir.path().join("tasks.jsonl");
+    assert!(import(&tasks, &[&raw]).status.success());
+    let before = std::fs::read_to_string(&tasks).unwrap();
+    let run = dllm_rl().args(["prompts", "dedupe", "--out"]).arg(&tasks).arg(&tasks).output().unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    assert_eq!(std::fs::read_to_string(&tasks).unwrap(), before);
+}

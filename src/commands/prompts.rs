@@ -44,7 +44,22 @@ fn write_jsonl<T: serde::Serialize>(path: &Path, items: impl IntoIterator<Item =
     Ok(n)
 }
 
+/// Refuses an output path that is one of the inputs: the output is created (truncated) before
+/// anything is known about the rows, so `--out raw.jsonl raw.jsonl` would destroy the dataset.
+/// Paths are compared canonically (`./a.jsonl`, `a.jsonl` and a symlink to it are one file); an
+/// output that does not exist yet cannot be an input.
+fn refuse_out_among_inputs(out: &Path, inputs: &[PathBuf]) -> anyhow::Result<()> {
+    let Ok(out_canonical) = std::fs::canonicalize(out) else { return Ok(()) };
+    for input in inputs {
+        if std::fs::canonicalize(input).is_ok_and(|i| i == out_canonical) {
+            bail!("--out {} is also an input ({}); write to another file", out.display(), input.display());
+        }
+    }
+    Ok(())
+}
+
 fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
+    refuse_out_among_inputs(&args.out, &args.inputs)?;
     let format: dllm_prompts::Format = args.format.into();
     let mut tasks = Vec::new();
     let mut bad = 0;
@@ -59,6 +74,16 @@ fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         bad += imported.errors.len();
         tracing::debug!("{}: {} tasks, {} bad rows", input.display(), imported.tasks.len(), imported.errors.len());
         tasks.extend(imported.tasks);
+    }
+    if tasks.is_empty() {
+        // An empty task file looks like success to the next step; say why instead, and leave
+        // whatever --out held alone.
+        bail!(
+            "no tasks imported from {} {} file(s) ({bad} rows skipped); {} not written",
+            args.inputs.len(),
+            format.name(),
+            args.out.display()
+        );
     }
     write_jsonl(&args.out, &tasks)?;
     println!("{} tasks written to {} (from {} {} file(s); {bad} rows skipped)", tasks.len(), args.out.display(), args.inputs.len(), format.name());
@@ -87,6 +112,12 @@ fn manifest_path(out: &Path) -> PathBuf {
     out.with_file_name(format!("{stem}.manifest.jsonl"))
 }
 
+/// The checks of [`refuse_out_among_inputs`] for a curation step's output and its manifest.
+fn refuse_curate_io_clash(io: &CurateIo) -> anyhow::Result<()> {
+    refuse_out_among_inputs(&io.out, &io.inputs)?;
+    refuse_out_among_inputs(&manifest_path(&io.out), &io.inputs)
+}
+
 fn finish(step: &str, io: &CurateIo, before: usize, curated: &Curated) -> anyhow::Result<ExitCode> {
     write_jsonl(&io.out, &curated.kept)?;
     let manifest = manifest_path(&io.out);
@@ -107,6 +138,7 @@ fn finish(step: &str, io: &CurateIo, before: usize, curated: &Curated) -> anyhow
 }
 
 fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    refuse_curate_io_clash(&args.io)?;
     let tasks = read_tasks(&args.io.inputs)?;
     let before = tasks.len();
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -119,6 +151,7 @@ fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn dedupe(args: DedupeArgs) -> anyhow::Result<ExitCode> {
+    refuse_curate_io_clash(&args.io)?;
     if !(0.0..=1.0).contains(&args.threshold) {
         bail!("--threshold {} is not in [0, 1]", args.threshold);
     }
@@ -160,6 +193,7 @@ fn read_against(args: &DecontaminateArgs) -> anyhow::Result<Vec<(String, String)
 }
 
 fn decontaminate(args: DecontaminateArgs) -> anyhow::Result<ExitCode> {
+    refuse_curate_io_clash(&args.io)?;
     let against = read_against(&args)?;
     let tasks = read_tasks(&args.io.inputs)?;
     let before = tasks.len();
@@ -173,6 +207,7 @@ fn read_rates(path: &Path) -> anyhow::Result<HashMap<String, curate::difficulty:
 }
 
 fn difficulty(args: DifficultyArgs) -> anyhow::Result<ExitCode> {
+    refuse_curate_io_clash(&args.io)?;
     if args.min > args.max {
         bail!("--min {} is above --max {}", args.min, args.max);
     }
@@ -199,6 +234,7 @@ fn parse_pairs(items: &[String], flag: &str) -> anyhow::Result<Vec<(String, f64)
 }
 
 fn mix(args: MixArgs) -> anyhow::Result<ExitCode> {
+    refuse_curate_io_clash(&args.io)?;
     let targets: BTreeMap<String, f64> = parse_pairs(&args.target, "--target")?.into_iter().collect();
     if targets.values().sum::<f64>() <= 0.0 {
         bail!("--target: the proportions sum to zero");
