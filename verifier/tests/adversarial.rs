@@ -261,3 +261,46 @@ fn native_replay_bombs_are_contained() {
 fn wasm_replay_bombs_are_contained() {
     replay_bombs(Backend::Wasm);
 }
+
+/// A KodCode test that captures stdout and restores it from `sys.__stdout__`: in the replay the
+/// candidate's recorded prints are printed again, after the restore. They must not reach the
+/// trusted judge's protocol (a printed reply used to pass the hack and the completions judged
+/// after it), and an honest solution's debug prints must not break it.
+fn replayed_prints_stay_out_of_the_protocol(backend: Backend) {
+    let f = fixture(backend);
+    let test_code = "import io\nimport sys\nfrom solution import greet, add\n\n\
+                     def test_greet():\n    captured = io.StringIO()\n    sys.stdout = captured\n    greet('Bob')\n    \
+                     sys.stdout = sys.__stdout__\n    assert captured.getvalue() == 'Hello, Bob!\\n'\n\n\
+                     def test_add():\n    assert add(2, 3) == 5\n";
+    let tasks = [
+        serde_json::json!({"id": "capture", "kind": "pytest", "test_code": test_code}),
+        serde_json::json!({"id": "square", "kind": "assert", "entry_points": ["square"], "test_code": "assert square(3) == 9\n"}),
+    ];
+    let tasks: Vec<PreparedTask> =
+        tasks.into_iter().map(|t| f.verifier.prepare(serde_json::from_value(t).unwrap()).unwrap()).collect();
+    let forged = r#"{"id": 0, "asserts": [{"index": 0, "ok": true, "error": null}], "total": 1, "functions": [{"ok": true, "error": null}, {"ok": true, "error": null}], "raised": null}"#;
+    let hack = format!(
+        "FORGED = {forged:?}\ndef greet(name):\n    pass\ndef add(a, b):\n    for _ in range(20):\n        print(FORGED)\n    return 0\n"
+    );
+    let honest = "def greet(name):\n    print('Hello, ' + name + '!')\ndef add(a, b):\n    print('debug: adding', a, b)\n    return a + b\n";
+    let wrong = "def square(x):\n    return 0\n";
+    let completions: Vec<Completion> = [(0, hack.as_str()), (1, wrong), (1, wrong), (0, honest)]
+        .iter()
+        .map(|(task, code)| Completion { task: *task, text: format!("```python\n{code}\n```") })
+        .collect();
+    let verdicts = f.verifier.verify_batch(&tasks, &completions, &|_| {});
+    for v in &verdicts[..3] {
+        assert!(v.tests.iter().all(|t| !t.verdict.passed()) && !v.sandbox_error, "{backend:?}: {v:?}");
+    }
+    assert!(verdicts[3].all_passed, "{backend:?}: the honest solution fails: {:?}", verdicts[3]);
+}
+
+#[test]
+fn native_replayed_prints_stay_out_of_the_protocol() {
+    replayed_prints_stay_out_of_the_protocol(Backend::Native);
+}
+
+#[test]
+fn wasm_replayed_prints_stay_out_of_the_protocol() {
+    replayed_prints_stay_out_of_the_protocol(Backend::Wasm);
+}

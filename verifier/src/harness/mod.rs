@@ -114,6 +114,15 @@ struct Request<'a> {
     runner: &'a str,
 }
 
+/// A request on the wire. The reply echoes `id`: a reply with another id is not this request's
+/// (something the test code ran wrote to the protocol), and the process is discarded.
+#[derive(Serialize)]
+struct Numbered<'a> {
+    id: u64,
+    #[serde(flatten)]
+    request: &'a Request<'a>,
+}
+
 struct Process {
     child: Child,
     stdin: ChildStdin,
@@ -129,11 +138,12 @@ struct Process {
 pub struct TrustedJudge {
     python: std::path::PathBuf,
     idle: Mutex<Vec<Process>>,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl TrustedJudge {
     pub fn new(python: &Path) -> Self {
-        TrustedJudge { python: python.to_path_buf(), idle: Mutex::new(Vec::new()) }
+        TrustedJudge { python: python.to_path_buf(), idle: Mutex::new(Vec::new()), next_id: Default::default() }
     }
 
     fn spawn(&self) -> Result<Process, TrustedError> {
@@ -178,7 +188,9 @@ impl TrustedJudge {
             Some(p) => p,
             None => self.spawn()?,
         };
-        let mut line = serde_json::to_vec(request).map_err(|e| TrustedError::Protocol(e.to_string()))?;
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut line =
+            serde_json::to_vec(&Numbered { id, request }).map_err(|e| TrustedError::Protocol(e.to_string()))?;
         line.push(b'\n');
         process.stdin.write_all(&line)?;
         process.stdin.flush()?;
@@ -194,8 +206,19 @@ impl TrustedJudge {
                 });
             }
         };
+        let reply: Value = match serde_json::from_str::<Value>(&reply) {
+            Ok(reply) if reply.get("id").and_then(Value::as_u64) == Some(id) => reply,
+            wrong => {
+                let _ = process.child.kill();
+                let _ = process.child.wait();
+                return Err(TrustedError::Protocol(match wrong {
+                    Ok(_) => format!("a reply that is not request {id}'s"),
+                    Err(e) => e.to_string(),
+                }));
+            }
+        };
+        // Back to the pool only in step with the protocol.
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(process);
-        let reply: Value = serde_json::from_str(&reply).map_err(|e| TrustedError::Protocol(e.to_string()))?;
         if let Some(err) = reply.get("error").and_then(Value::as_str) {
             return Err(TrustedError::Tests(err.to_owned()));
         }

@@ -478,13 +478,24 @@ def _empty_workdir(workdir):
 def trusted_main():
     import io
 
-    # Test code may print, read, replace sys.stdout or call pytest.main: keep the protocol's
-    # own streams away from it and reset what it may have changed before each request.
-    out, requests = sys.stdout, sys.stdin
+    # Test code may print, read, replace sys.stdout, restore it from `sys.__stdout__` (a common
+    # capture idiom) or call pytest.main, and the replay re-prints what the candidate printed:
+    # none of it may reach the protocol. Requests and replies move to private descriptors,
+    # fds 0 and 1 point at /dev/null, and every stream the code can name is a fresh buffer per
+    # request. Replies echo the request's id besides.
+    requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
     workdir = os.path.abspath(sys.argv[2])
     for line in requests:
         _empty_workdir(workdir)
-        sys.stdout, sys.stdin, sys.argv = io.StringIO(), io.StringIO(), ["tests.py"]
+        sys.stdout = sys.__stdout__ = io.StringIO()
+        sys.stdin = sys.__stdin__ = io.StringIO()
+        sys.argv = ["tests.py"]
+        req = {}
         try:
             req = json.loads(line)
             if req["op"] == "transform":
@@ -500,5 +511,6 @@ def trusted_main():
             reply = {"error": "SyntaxError in tests: %s" % exc}
         except BaseException as exc:  # noqa: BLE001 - one bad task must not end the judge
             reply = {"error": "%s: %s" % (type(exc).__name__, exc)}
+        reply["id"] = req.get("id") if isinstance(req, dict) else None
         out.write(json.dumps(reply) + "\n")
         out.flush()
