@@ -440,3 +440,21 @@ fn prompts_import_never_overwrites_an_input_nor_writes_nothing() {
     assert_eq!(run.status.code(), Some(2));
     assert_eq!(std::fs::read_to_string(&tasks).unwrap(), before);
 }
+
+#[test]
+fn verify_reads_what_generate_and_eval_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = write(dir.path(), "tasks.jsonl", "{\"id\":\"echo\",\"kind\":\"stdio\",\"tests\":[{\"stdin\":\"hi\\n\",\"stdout\":\"hi\\n\"}]}\n");
+    // A `generate --out` line (`id`, tokens, decode order) and an `eval --completions` line
+    // (`task_id`, its own verdict and detail).
+    let completions = write(
+        dir.path(),
+        "c.jsonl",
+        "{\"id\":\"echo\",\"sample\":0,\"seed\":7,\"completion\":\"print(input())\",\"response_ids\":[1,2],\"step_map\":[0,1]}\n\
+         {\"task_id\":\"echo\",\"sample\":1,\"completion\":\"print('no')\",\"verdict\":\"wrong_answer\",\"reward\":0.0,\"detail\":{\"tests\":[]}}\n",
+    );
+    let run = dllm_rl().args(["-q", "verify", "--tasks"]).arg(&tasks).arg("--completions").arg(&completions).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let summary = String::from_utf8_lossy(&run.stdout);
+    assert!(summary.contains("2 completions on 1 tasks (native): 1 passed"), "{summary}");
+}

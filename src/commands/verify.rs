@@ -14,9 +14,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::VerifyArgs;
 
+/// A completion to judge. Other fields are ignored so that what the other commands write can be
+/// judged as it is: `generate --out` names the prompt `id` and adds tokens and decode order,
+/// `eval --completions` adds its own verdict and reward.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct CompletionLine {
+    #[serde(alias = "id")]
     task_id: String,
     completion: String,
 }
