@@ -156,9 +156,12 @@ fn eq(actual: &Value, expected: &Value, tol: Option<(f64, f64)>) -> bool {
             else {
                 return false;
             };
+            // Each expected key exactly once: a forged `$dict` repeating one known pair must not
+            // stand for a dict whose other keys it cannot guess.
+            let mut seen = std::collections::HashSet::with_capacity(pairs.len());
             pairs.len() == e.len()
                 && pairs.iter().all(|pair| match pair.as_array().map(Vec::as_slice) {
-                    Some([Value::String(k), v]) => e.get(k).is_some_and(|ev| eq(v, ev, tol)),
+                    Some([Value::String(k), v]) => seen.insert(k) && e.get(k).is_some_and(|ev| eq(v, ev, tol)),
                     _ => false,
                 })
         }
@@ -218,6 +221,10 @@ mod tests {
         assert!(!value_matches(&json!("1"), &json!(1), exact));
         assert!(value_matches(&json!({"$dict": [["a", [1]]]}), &json!({"a": [1]}), exact));
         assert!(!value_matches(&json!({"$dict": [[1, [1]]]}), &json!({"1": [1]}), exact));
+        assert!(
+            !value_matches(&json!({"$dict": [["a", 2], ["a", 2]]}), &json!({"a": 2, "b": 1}), exact),
+            "a repeated key stands for one key"
+        );
         assert!(!value_matches(&json!({"$set": [1, 2]}), &json!([1, 2]), exact));
         assert!(!value_matches(&json!({"$object": "Eq", "attrs": []}), &json!(3), exact));
         assert!(value_matches(&json!({"$int": "9007199254740993"}), &json!(9007199254740993i64), exact));
