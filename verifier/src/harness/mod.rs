@@ -328,4 +328,17 @@ mod tests {
             assert!(!Path::new(&probe).exists(), "round {round}: the replay wrote into the caller's cwd");
         }
     }
+
+    #[test]
+    fn a_recorded_array_cannot_declare_its_own_width() {
+        // Three elements declared 2 GB wide each: a few bytes of record, 6 GB to decode as said.
+        let judge = TrustedJudge::new(&crate::native::default_python());
+        let code = "r = f(1)\nassert len(r) == 3 and str(r.dtype) == '<U2'\n";
+        let (names, classes) = (vec!["f".to_owned()], Vec::new());
+        let tests =
+            AssertionTests { entry_points: &names, class_names: &classes, test_setup: "", test_code: code, runner: "module" };
+        let record = serde_json::json!({"site": 0, "n": 0, "value": {"$ndarray": {"dtype": "<U500000000", "data": ["a", "bc", ""]}}});
+        let replay = judge.replay(&tests, &[record], Duration::from_secs(60)).unwrap();
+        assert!(replay.asserts.iter().all(|a| a.ok) && replay.asserts.len() == 1, "{replay:?}");
+    }
 }

@@ -58,9 +58,17 @@ def decode(value, objects=None):
         try:
             import numpy
 
-            return numpy.array(data, dtype=inner["dtype"])
+            # The dtype string comes from the sandbox: a declared width (`<U50000000`, `V10**9`)
+            # would make a few bytes of record allocate gigabytes here. Strings get the width
+            # of their data; only fixed-size kinds keep the declared type.
+            kind = numpy.dtype(inner["dtype"]).kind
+            if kind in "US":
+                return numpy.array(data, dtype=kind)
+            if kind in "biufcOMm":
+                return numpy.array(data, dtype=inner["dtype"])
         except Exception:
-            return data
+            pass
+        return data
     if tag == "$ref":
         return objects[inner]
     if tag == "$object":
