@@ -401,10 +401,28 @@ fn curation_commands_catch_what_was_planted() {
     let said = run(&["prompts", "stats", "--rates", rates.to_str().unwrap(), &p("mbpp.jsonl")]);
     assert!(said.contains("20 tasks, 20 with a reference solution") && said.contains("pass rate:       (0, 0.25] 1, 1 1, unrated 18"), "{said}");
 
-    // A repeated id across inputs is an error naming both places.
-    let out = dllm_rl().args(["prompts", "dedupe", "--out"]).arg(p("x.jsonl")).arg(&mbpp).arg(&mbpp).output().unwrap();
+    // A repeated id across inputs is an error naming both places, and pointing to dedupe, which
+    // drops the repeats.
+    let out = dllm_rl().args(["prompts", "mix", "--target", "mbpp=1", "--out"]).arg(p("x.jsonl")).arg(&mbpp).arg(&mbpp).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already at"), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already at") && err.contains("prompts dedupe"), "{err}");
+    let said = run(&["prompts", "dedupe", "--out", &p("once.jsonl"), &p("mbpp.jsonl"), &p("mbpp.jsonl")]);
+    assert!(said.contains("40 in, 20 kept, 20 dropped (duplicate id 20)"), "{said}");
+}
+
+#[test]
+fn prompts_import_skips_repeated_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = repo("tests/data/shared/sandboxfusion/code_eval_mbpp.jsonl");
+    let out = dir.path().join("twice.jsonl");
+    let run = dllm_rl().args(["prompts", "import", "--format", "sandboxfusion-mbpp", "--out"]).arg(&out).arg(&src).arg(&src).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(said.contains("20 tasks written") && said.contains("20 repeated ids skipped"), "{said}");
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("code_eval_mbpp.jsonl:1: task id \"mbpp/11\" already imported from") && err.contains("15 more"), "{err}");
+    assert_eq!(read_lines(&out).len(), 20);
 }
 
 #[test]

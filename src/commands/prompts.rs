@@ -63,6 +63,10 @@ fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let format: dllm_prompts::Format = args.format.into();
     let mut tasks = Vec::new();
     let mut bad = 0;
+    // Every other command refuses a repeated id, so the first task with an id is kept and later
+    // ones skipped here (the same file given twice, or a dataset that repeats rows).
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut repeats = 0usize;
     for input in &args.inputs {
         let imported = import_file(format, input)?;
         for err in &imported.errors {
@@ -73,7 +77,25 @@ fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         }
         bad += imported.errors.len();
         tracing::debug!("{}: {} tasks, {} bad rows", input.display(), imported.tasks.len(), imported.errors.len());
-        tasks.extend(imported.tasks);
+        for (task, row) in imported.tasks.into_iter().zip(imported.rows) {
+            let here = format!("{}:{row}", input.display());
+            match seen.get(&task.id) {
+                Some(first) => {
+                    repeats += 1;
+                    // One line per repeat would bury the bad rows when a whole file is repeated.
+                    if repeats <= 5 {
+                        eprintln!("skipped: {here}: task id {:?} already imported from {first}", task.id);
+                    }
+                }
+                None => {
+                    seen.insert(task.id.clone(), here);
+                    tasks.push(task);
+                }
+            }
+        }
+    }
+    if repeats > 5 {
+        eprintln!("skipped: {} more repeated task ids", repeats - 5);
     }
     if tasks.is_empty() {
         // An empty task file looks like success to the next step; say why instead, and leave
@@ -86,7 +108,13 @@ fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         );
     }
     write_jsonl(&args.out, &tasks)?;
-    println!("{} tasks written to {} (from {} {} file(s); {bad} rows skipped)", tasks.len(), args.out.display(), args.inputs.len(), format.name());
+    println!(
+        "{} tasks written to {} (from {} {} file(s); {bad} rows skipped, {repeats} repeated ids skipped)",
+        tasks.len(),
+        args.out.display(),
+        args.inputs.len(),
+        format.name()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -98,10 +126,19 @@ fn read_tasks(inputs: &[PathBuf]) -> anyhow::Result<Vec<Task>> {
         for (line, task) in read_jsonl::<Task>(path)? {
             let here = format!("{}:{line}", path.display());
             if let Some(first) = seen.insert(task.id.clone(), here.clone()) {
-                bail!("{here}: task id {:?} already at {first}", task.id);
+                bail!("{here}: task id {:?} already at {first} (`dllm-rl prompts dedupe` drops repeated ids)", task.id);
             }
             tasks.push(task);
         }
+    }
+    Ok(tasks)
+}
+
+/// Canonical tasks from several files, repeated ids and all (for `dedupe`, which drops them).
+fn read_tasks_with_repeats(inputs: &[PathBuf]) -> anyhow::Result<Vec<Task>> {
+    let mut tasks = Vec::new();
+    for path in inputs {
+        tasks.extend(read_jsonl::<Task>(path)?.into_iter().map(|(_, t)| t));
     }
     Ok(tasks)
 }
@@ -155,7 +192,7 @@ fn dedupe(args: DedupeArgs) -> anyhow::Result<ExitCode> {
     if !(0.0..=1.0).contains(&args.threshold) {
         bail!("--threshold {} is not in [0, 1]", args.threshold);
     }
-    let tasks = read_tasks(&args.io.inputs)?;
+    let tasks = read_tasks_with_repeats(&args.io.inputs)?;
     let before = tasks.len();
     let cfg = curate::dedupe::DedupeConfig { threshold: args.threshold, shingle: args.shingle, ..Default::default() };
     finish("dedupe", &args.io, before, &curate::dedupe::dedupe(tasks, cfg))

@@ -72,7 +72,20 @@ pub fn dedupe(tasks: Vec<Task>, cfg: DedupeConfig) -> Curated {
     let mut exact: HashMap<String, usize> = HashMap::new();
     let mut buckets: HashMap<(usize, u64), Vec<usize>> = HashMap::new();
     let mut decisions = Vec::with_capacity(tasks.len());
+    // Every other step refuses a task set with a repeated id (verdicts, rates and manifests are
+    // keyed by id), so dedupe is where repeats (the same file imported twice) are dropped.
+    let mut ids: HashMap<&str, usize> = HashMap::new();
     for (i, task) in tasks.iter().enumerate() {
+        if let Some(&first) = ids.get(task.id.as_str()) {
+            decisions.push(Decision::drop(
+                task,
+                STEP,
+                format!("duplicate id: {} again (first at position {})", task.id, first + 1),
+                serde_json::json!({ "duplicate_of": task.id, "first_position": first + 1 }),
+            ));
+            continue;
+        }
+        ids.insert(&task.id, i);
         let normal = words(&texts[i]).join(" ");
         if let Some(&first) = exact.get(&normal) {
             decisions.push(Decision::drop(
@@ -134,6 +147,20 @@ mod tests {
         assert_eq!(kept, ["a", "b", "e"]);
         assert!(out.decisions[2].reason.starts_with("exact duplicate: of a"));
         assert!(out.decisions[3].reason.starts_with("near duplicate: of a (Jaccard 0.8"), "{}", out.decisions[3].reason);
+    }
+
+    #[test]
+    fn a_repeated_id_is_dropped_and_the_first_kept() {
+        let tasks = vec![
+            task("a", "x", "Print the sum of two integers read from one line of input."),
+            task("b", "x", "Reverse a string and print it."),
+            task("a", "x", "Something else entirely, about sorting a list of words by length."),
+        ];
+        let out = dedupe(tasks, DedupeConfig::default());
+        let kept: Vec<&str> = out.kept.iter().map(|t| t.prompt.as_deref().unwrap_or_default()).collect();
+        assert_eq!(kept, ["Print the sum of two integers read from one line of input.", "Reverse a string and print it."]);
+        assert_eq!(out.decisions[2].reason, "duplicate id: a again (first at position 1)");
+        assert_eq!(out.dropped_by_reason().get("duplicate id"), Some(&1));
     }
 
     #[test]

@@ -129,6 +129,8 @@ impl std::fmt::Display for RowError {
 #[derive(Debug, Default)]
 pub struct Imported {
     pub tasks: Vec<Task>,
+    /// The row each task came from (same order as `tasks`), for messages about it.
+    pub rows: Vec<usize>,
     pub errors: Vec<RowError>,
 }
 
@@ -152,7 +154,10 @@ fn import_rows(format: Format, path: &Path, rows: Vec<rows::Row>) -> Imported {
             Err(e) => Err(("(row)".into(), e)),
         };
         match result {
-            Ok(task) => out.tasks.push(task),
+            Ok(task) => {
+                out.tasks.push(task);
+                out.rows.push(row);
+            }
             Err((field, message)) => out.errors.push(RowError { file: path.into(), row, field, message }),
         }
     }
