@@ -476,3 +476,14 @@ fn verify_reads_what_generate_and_eval_write() {
     let summary = String::from_utf8_lossy(&run.stdout);
     assert!(summary.contains("2 completions on 1 tasks (native): 1 passed"), "{summary}");
 }
+
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.jsonl");
+    let src = repo("tests/data/shared/sandboxfusion/code_eval_mbpp.jsonl");
+    let run = dllm_rl().args(["-v", "prompts", "import", "--format", "sandboxfusion-mbpp", "--out"]).arg(&out).arg(&src).output().unwrap();
+    assert!(run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("DEBUG") && !err.contains('\u{1b}'), "{err:?}");
+}
