@@ -8,7 +8,9 @@
 # with five descriptors attached: job_r, stdin_r, stdout_w, stderr_w, result_w. The server
 # forks; the child reads the job from job_r and runs it as uid/gid (when the server is root),
 # under rlimits, in a fresh private directory. The server answers {"pid"}, then, after the
-# child ends, {"exit"/"signal"} once every process of the slot's uid has been killed.
+# child ends, {"exit"/"signal"} once every process of the slot's uid has been killed. The server
+# keeps no time: the parent kills the child's group when the run's deadline passes, even if the
+# child closed its pipes long before, and that ends the waitpid here.
 
 
 

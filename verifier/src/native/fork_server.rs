@@ -12,6 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::process::{Child, Command, Stdio};
+use std::time::Instant;
 
 use serde::Deserialize;
 
@@ -116,8 +117,30 @@ impl ForkServer {
         send_with_fds(self.socket.as_raw_fd(), header, fds).map_err(SandboxError::Io)
     }
 
-    /// Receives one message (blocking; the server always answers within a run's deadline plus
-    /// its clean-up, so a long silence means it is broken).
+    /// Receives one message, or `None` if none has come by `deadline` (the run's main process
+    /// still lives: the server answers only once it has reaped it).
+    pub(crate) fn receive_until(&self, deadline: Instant) -> Result<Option<Vec<u8>>, SandboxError> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout_ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            let mut poll = libc::pollfd { fd: self.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut poll, 1, timeout_ms) };
+            if n > 0 {
+                return self.receive().map(Some);
+            }
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(SandboxError::Io(err));
+                }
+            } else if Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Receives one message (blocking: for answers that come at once).
     pub(crate) fn receive(&self) -> Result<Vec<u8>, SandboxError> {
         let mut buf = vec![0u8; 1 << 16];
         // SAFETY: buf is valid for buf.len() bytes.

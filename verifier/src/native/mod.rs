@@ -20,7 +20,7 @@ mod pipes;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fork_server::ForkServer;
 use serde::Deserialize;
@@ -89,6 +89,10 @@ struct Started {
 struct Ended {
     signal: Option<i32>,
 }
+
+/// How long the server may take, once a run's main process is killed, to reap it, kill what
+/// is left of the run and remove its folder. A server silent for longer is broken.
+const CLEAN_UP: Duration = Duration::from_secs(10);
 
 /// The uids sandboxed children run as (when the verifier runs as root). Each sandbox claims a
 /// block of [`UIDS_PER_SANDBOX`] with a lock file held while it lives, and slot `i` runs as
@@ -239,13 +243,31 @@ impl NativeSandbox {
         let pipes = pipes.close_child_ends();
         let started: Started = parse(&server.receive()?)?;
         let drained = pipes.drain(&job_bytes, &job.stdin, &limits, start)?;
-        if drained.end != End::Exited {
-            // SAFETY: kill has no memory preconditions; the group is the child's session.
-            unsafe { libc::kill(-started.pid, libc::SIGKILL) };
+        let mut end = drained.end;
+        // Closed pipes (`Exited`) may hide a live program (one that closed its descriptors and
+        // sleeps): it gets what is left of its deadline to end, then it is killed like any
+        // other run out of time. The server answers only once it has reaped it.
+        let mut ended = None;
+        if end == End::Exited {
+            ended = server.receive_until(drained.deadline)?;
+            if ended.is_none() {
+                end = End::TimedOut;
+            }
         }
-        let ended: Ended = parse(&server.receive()?)?;
+        let ended = match ended {
+            Some(message) => message,
+            None => {
+                // SAFETY: kill has no memory preconditions. The child leads its own session
+                // and group; the server kills whatever of the run left the group.
+                unsafe { libc::kill(-started.pid, libc::SIGKILL) };
+                server.receive_until(Instant::now() + CLEAN_UP)?.ok_or_else(|| {
+                    SandboxError::Protocol(format!("the fork-server did not report the run's end {CLEAN_UP:?} after the kill"))
+                })?
+            }
+        };
+        let ended: Ended = parse(&ended)?;
         let seconds = start.elapsed().as_secs_f64();
-        let end = match (drained.end, ended.signal) {
+        let end = match (end, ended.signal) {
             (End::Exited, Some(libc::SIGXCPU)) => End::TimedOut,
             (End::Exited, Some(libc::SIGXFSZ)) => End::OutputLimit,
             (End::Exited, Some(sig)) => End::Crashed(signal_name(sig)),

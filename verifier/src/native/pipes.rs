@@ -29,6 +29,10 @@ pub(super) struct Drained {
     pub stderr: Vec<u8>,
     pub results: Vec<u8>,
     pub end: End,
+    /// When the run must be over: the wall deadline, or the idle one if sooner. The pipes may
+    /// close long before the run ends (a program can close its descriptors and live on), so it
+    /// holds until the run's main process has been reaped.
+    pub deadline: Instant,
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -95,7 +99,7 @@ struct Reader {
 impl ParentPipes {
     /// Writes the job and stdin, reads stdout, stderr and results until all three close (the
     /// child and everything it started have exited or closed them), a deadline passes, or a
-    /// cap is exceeded.
+    /// cap is exceeded. All three closed (`End::Exited`) does not mean the child has exited.
     pub(super) fn drain(self, job: &[u8], stdin: &[u8], limits: &RunLimits, start: Instant) -> io::Result<Drained> {
         let mut writers = [
             Writer { fd: Some(self.job_w), data: job, pos: 0 },
@@ -109,14 +113,15 @@ impl ParentPipes {
         let wall_deadline = start + limits.wall;
         let mut last_line = start;
         let mut chunk = vec![0u8; 1 << 16];
+        let mut deadline;
         let end = loop {
-            if readers.iter().all(|r| r.fd.is_none()) {
-                break End::Exited;
-            }
             let now = Instant::now();
-            let mut deadline = wall_deadline;
+            deadline = wall_deadline;
             if let Some(idle) = limits.idle {
                 deadline = deadline.min(last_line + idle);
+            }
+            if readers.iter().all(|r| r.fd.is_none()) {
+                break End::Exited;
             }
             if now >= deadline {
                 break End::TimedOut;
@@ -192,6 +197,6 @@ impl ParentPipes {
             }
         };
         let [stdout, stderr, results] = readers.map(|r| r.buf);
-        Ok(Drained { stdout, stderr, results, end })
+        Ok(Drained { stdout, stderr, results, end, deadline })
     }
 }
