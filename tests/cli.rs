@@ -93,6 +93,21 @@ fn verify_judges_completions_and_writes_verdicts() {
     assert_eq!(names, ["passed", "wrong_answer", "passed", "runtime_error"]);
     assert_eq!(verdicts[1]["pass_fraction"], 0.5);
     assert_eq!(verdicts[1]["line"], 2);
+    // One `task_id` key per line (the verdict's own, not a second copy before it).
+    let raw = std::fs::read_to_string(&out).unwrap();
+    assert!(raw.lines().all(|l| l.matches("\"task_id\"").count() == 1), "{raw}");
+
+    // Under --reference, `line` is the task's line in the tasks file.
+    let with_reference = write(
+        dir.path(),
+        "ref.jsonl",
+        "{\"id\":\"none\",\"kind\":\"stdio\",\"tests\":[{\"stdin\":\"\",\"stdout\":\"1\\n\"}]}\n\
+         {\"id\":\"one\",\"kind\":\"stdio\",\"reference\":\"print(1)\",\"tests\":[{\"stdin\":\"\",\"stdout\":\"1\\n\"}]}\n",
+    );
+    let run = dllm_rl().args(["-q", "verify", "--reference", "--tasks"]).arg(&with_reference).arg("--out").arg(&out).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let verdict: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
+    assert_eq!((verdict["line"].as_u64(), verdict["task_id"].as_str(), verdict["verdict"].as_str()), (Some(2), Some("one"), Some("passed")));
 
     // --fail-fast: the tests after the first failure are not run.
     let tasks = write(dir.path(), "two.jsonl", "{\"id\":\"echo\",\"kind\":\"stdio\",\"tests\":[{\"stdin\":\"a\\n\",\"stdout\":\"a\\n\"},{\"stdin\":\"b\\n\",\"stdout\":\"b\\n\"}]}\n");

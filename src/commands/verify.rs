@@ -24,11 +24,13 @@ struct CompletionLine {
     completion: String,
 }
 
+/// One line of `--out`: the verdict's own fields (`task_id` among them) after these two.
 #[derive(Serialize)]
 struct VerdictLine<'a> {
-    /// Line of the completion in the completions file (1-based), or 0 for `--reference`.
-    line: usize,
-    task_id: &'a str,
+    /// The 1-based line of what was judged: the completion in the completions file, or under
+    /// `--reference` the task in the tasks file; absent for the bundled problems.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<usize>,
     verdict: &'a str,
     #[serde(flatten)]
     detail: &'a TaskVerdict,
@@ -83,7 +85,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             bail!("{tasks_name}:{line}: duplicate task id {:?}", task.id);
         }
     }
-    let (lines, completions): (Vec<usize>, Vec<Completion>) = match (&args.completions, reference) {
+    let (lines, completions): (Vec<Option<usize>>, Vec<Completion>) = match (&args.completions, reference) {
         (Some(path), false) => {
             let rows: Vec<(usize, CompletionLine)> = read_jsonl(path)?;
             let mut out = Vec::with_capacity(rows.len());
@@ -91,7 +93,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 let Some(&task) = index.get(&row.task_id) else {
                     bail!("{}:{line}: task_id {:?} is not in {tasks_name}", path.display(), row.task_id);
                 };
-                out.push((line, Completion { task, text: row.completion }));
+                out.push((Some(line), Completion { task, text: row.completion }));
             }
             out.into_iter().unzip()
         }
@@ -99,7 +101,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             let mut out = Vec::new();
             for (i, (line, task)) in tasks.iter().enumerate() {
                 match &task.reference {
-                    Some(code) => out.push((0, Completion { task: i, text: code.clone() })),
+                    Some(code) => out.push((args.tasks.is_some().then_some(*line), Completion { task: i, text: code.clone() })),
                     None => tracing::warn!("{tasks_name}:{line}: task {} has no reference solution; skipped", task.id),
                 }
             }
@@ -131,7 +133,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         let file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
         let mut w = BufWriter::new(file);
         for (line, v) in lines.iter().zip(&verdicts) {
-            let row = VerdictLine { line: *line, task_id: &v.task_id, verdict: v.summary(), detail: v };
+            let row = VerdictLine { line: *line, verdict: v.summary(), detail: v };
             serde_json::to_writer(&mut w, &row)?;
             w.write_all(b"\n")?;
         }
