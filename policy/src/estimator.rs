@@ -176,6 +176,10 @@ pub struct ScoredBatch {
     pub targets: Tensor,
     /// (B, L) 0/1 padding mask, or `None` when the batch has no padding.
     pub attention: Option<Tensor>,
+    /// The temperature the samples were drawn at: logits are divided by it before the
+    /// log-softmax (verl's `logits.div_(temperature)`), so the log-probs are those of the
+    /// distribution that sampled. 1 from [`ScoredBatch::new`].
+    pub temperature: f64,
 }
 
 impl ScoredBatch {
@@ -187,7 +191,16 @@ impl ScoredBatch {
             positions: mask.to_kind(Kind::Bool),
             targets: sequences.shallow_clone(),
             attention: attention.map(|a| a.shallow_clone()),
+            temperature: 1.0,
         })
+    }
+
+    /// The same pass scored at `temperature` (positive and finite).
+    pub fn with_temperature(self, temperature: f64) -> Result<Self> {
+        if !(temperature > 0.0 && temperature.is_finite()) {
+            return Err(PolicyError::Invalid(format!("a scoring temperature must be positive and finite, got {temperature}")));
+        }
+        Ok(ScoredBatch { temperature, ..self })
     }
 
     /// Per-position values (B, L) from the flat (N,) values of the scored positions.
@@ -207,7 +220,7 @@ impl DreamModel {
     pub fn score(&self, batch: &ScoredBatch, pass: Pass) -> Result<Tensor> {
         self.check_input(&batch.canvas)?;
         let hidden = self.forward(&batch.canvas, batch.attention.as_ref(), pass);
-        Ok(self.token_logprobs(&hidden, &batch.positions, &batch.targets))
+        Ok(self.token_logprobs(&hidden, &batch.positions, &batch.targets, batch.temperature))
     }
 }
 

@@ -48,11 +48,24 @@ impl DreamModel {
         }
     }
 
-    /// fp32 log-probabilities (N,) of `targets` (N,) under the head applied to `h` (N, H),
-    /// `chunk` rows at a time: never more than `chunk x V` fp32 logits exist at once (under
-    /// autograd each chunk's logits are kept for backward; see [`crate::recompute`] for the
-    /// path that frees them).
-    pub fn target_logprobs(&self, h: &Tensor, targets: &Tensor, chunk: i64) -> Tensor {
+    /// fp32 logits of the head over `h` (N, H), divided by the sampling `temperature`. verl
+    /// divides the logits by the rollout temperature before every log-softmax (old, new and
+    /// reference log-probs), so that the ratio compares the distribution the samples were drawn
+    /// from; at 1 nothing is divided, so the result is bit for bit the plain head's.
+    fn tempered_logits(&self, h: &Tensor, temperature: f64) -> Tensor {
+        let logits = self.project(h).to_kind(Kind::Float);
+        if temperature == 1.0 {
+            logits
+        } else {
+            logits / temperature
+        }
+    }
+
+    /// fp32 log-probabilities (N,) of `targets` (N,) under the head applied to `h` (N, H) at
+    /// `temperature`, `chunk` rows at a time: never more than `chunk x V` fp32 logits exist at
+    /// once (under autograd each chunk's logits are kept for backward; see [`crate::recompute`]
+    /// for the path that frees them).
+    pub fn target_logprobs(&self, h: &Tensor, targets: &Tensor, chunk: i64, temperature: f64) -> Tensor {
         let n = h.size()[0];
         if n == 0 {
             return Tensor::zeros([0], (Kind::Float, h.device()));
@@ -61,7 +74,7 @@ impl DreamModel {
             .step_by(chunk.max(1) as usize)
             .map(|start| {
                 let len = chunk.min(n - start);
-                let logits = self.project(&h.narrow(0, start, len)).to_kind(Kind::Float);
+                let logits = self.tempered_logits(&h.narrow(0, start, len), temperature);
                 let picked = logits.gather(1, &targets.narrow(0, start, len).unsqueeze(1), false).squeeze_dim(1);
                 picked - logits.logsumexp([1], false)
             })
@@ -70,9 +83,9 @@ impl DreamModel {
     }
 
     /// [`Self::target_logprobs`] in one chunk, with each row's entropy of the whole predicted
-    /// distribution (N,), in fp32: for an entropy term in the loss.
-    pub fn target_logprobs_and_entropy(&self, h: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
-        let logits = self.project(h).to_kind(Kind::Float);
+    /// distribution (N,) at that temperature, in fp32: for an entropy term in the loss.
+    pub fn target_logprobs_and_entropy(&self, h: &Tensor, targets: &Tensor, temperature: f64) -> (Tensor, Tensor) {
+        let logits = self.tempered_logits(h, temperature);
         let log_z = logits.logsumexp([1], true);
         let log_p = &logits - &log_z;
         let picked = log_p.gather(1, &targets.unsqueeze(1), false).squeeze_dim(1);
@@ -81,11 +94,11 @@ impl DreamModel {
     }
 
     /// fp32 log-probabilities (N,) of `targets` (B, L) at `positions` (B, L bool), given
-    /// `hidden` from a forward over the (masked) canvas.
-    pub fn token_logprobs(&self, hidden: &Tensor, positions: &Tensor, targets: &Tensor) -> Tensor {
+    /// `hidden` from a forward over the (masked) canvas, at `temperature`.
+    pub fn token_logprobs(&self, hidden: &Tensor, positions: &Tensor, targets: &Tensor, temperature: f64) -> Tensor {
         let h = self.hidden_at(hidden, positions);
         let t = targets.masked_select(positions);
-        self.target_logprobs(&h, &t, default_chunk(self.config.vocab_size))
+        self.target_logprobs(&h, &t, default_chunk(self.config.vocab_size), temperature)
     }
 }
 
@@ -114,7 +127,7 @@ mod tests {
             }
 
             let targets = Tensor::randint_low(0, 40, [2, 9], (Kind::Int64, Device::Cpu));
-            let lp = model.token_logprobs(&hidden, &positions, &targets);
+            let lp = model.token_logprobs(&hidden, &positions, &targets, 1.0);
             let reference = full
                 .log_softmax(-1, Kind::Float)
                 .gather(2, &targets.unsqueeze(2), false)
@@ -124,7 +137,16 @@ mod tests {
             // Chunking changes nothing.
             let h = model.hidden_at(&hidden, &positions);
             let t = targets.masked_select(&positions);
-            assert!(model.target_logprobs(&h, &t, 1).allclose(&lp, 1e-6, 1e-6, false));
+            assert!(model.target_logprobs(&h, &t, 1, 1.0).allclose(&lp, 1e-6, 1e-6, false));
+            // At a temperature, the log-softmax of logits / T.
+            let hot = model.token_logprobs(&hidden, &positions, &targets, 2.0);
+            let reference = (full / 2.0)
+                .log_softmax(-1, Kind::Float)
+                .gather(2, &targets.unsqueeze(2), false)
+                .squeeze_dim(2)
+                .masked_select(&positions);
+            assert!(hot.allclose(&reference, 1e-5, 1e-6, false));
+            assert!(!hot.allclose(&lp, 1e-3, 1e-3, false), "the temperature changes the log-probs");
         }
     }
 }

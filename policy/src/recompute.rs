@@ -128,10 +128,10 @@ impl DreamModel {
             let len = chunk.min(n - start);
             let (h, t) = (head_leaf.narrow(0, start, len), targets.narrow(0, start, len));
             let (lp, ent) = if entropy {
-                let (lp, ent) = self.target_logprobs_and_entropy(&h, &t);
+                let (lp, ent) = self.target_logprobs_and_entropy(&h, &t, batch.temperature);
                 (lp, Some(ent))
             } else {
-                (self.target_logprobs(&h, &t, len), None)
+                (self.target_logprobs(&h, &t, len, batch.temperature), None)
             };
             let loss = objective(&lp, ent.as_ref(), start);
             if loss.numel() != 1 {
@@ -257,6 +257,30 @@ mod tests {
                 assert!(a.allclose(b, 1e-4, 1e-6, false), "lora {lora} padded {padded}: gradients differ by {}", (a - b).abs().max());
             }
         }
+    }
+
+    #[test]
+    fn the_backward_scores_at_the_batchs_temperature() {
+        let model = tiny_model(false, 3);
+        tch::manual_seed(13);
+        let ids = Tensor::randint_low(1, 39, [2, 10], (Kind::Int64, Device::Cpu));
+        let response = Tensor::arange(10, (Kind::Int64, Device::Cpu)).ge(4).unsqueeze(0).repeat([2, 1]);
+        let masks = coupled_masks(&response, &MaskSeeds::PerSample(vec![6, 7])).unwrap();
+        let cold = ScoredBatch::new(&model, &ids, &masks.a, None).unwrap();
+        let plain = tch::no_grad(|| model.score(&cold, Pass::EVAL)).unwrap();
+        let hot = ScoredBatch::new(&model, &ids, &masks.a, None).unwrap().with_temperature(1.5).unwrap();
+        let scored = tch::no_grad(|| model.score(&hot, Pass::EVAL)).unwrap();
+        let options = BackwardOptions { recompute: true, head_chunk: Some(3) };
+        let objective = |lp: &Tensor, _: i64| lp.sum(Kind::Float);
+        let (trained, _) = model.backward_scored(&hot, Pass::EVAL, options, &objective).unwrap();
+        let entropy_objective = |lp: &Tensor, e: &Tensor, _: i64| lp.sum(Kind::Float) - e.sum(Kind::Float);
+        let (with_entropy, _) = model.backward_scored_with_entropy(&hot, Pass::EVAL, options, &entropy_objective).unwrap();
+        // Old and new log-probs of one pass agree at the rollout's temperature, and it matters.
+        assert!(trained.allclose(&scored, 1e-5, 1e-6, false) && with_entropy.allclose(&scored, 1e-5, 1e-6, false));
+        assert!(!scored.allclose(&plain, 1e-3, 1e-3, false));
+        let at_one = ScoredBatch::new(&model, &ids, &masks.a, None).unwrap().with_temperature(1.0).unwrap();
+        assert!(tch::no_grad(|| model.score(&at_one, Pass::EVAL)).unwrap().equal(&plain), "T = 1 changes nothing");
+        assert!(ScoredBatch::new(&model, &ids, &masks.a, None).unwrap().with_temperature(0.0).is_err());
     }
 
     #[test]
