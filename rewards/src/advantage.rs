@@ -53,6 +53,18 @@ pub fn group_advantages(rewards: &[f64], estimator: AdvantageEstimator) -> Vec<f
     }
 }
 
+/// Advantages of a group some of whose samples have no reward (`None`: the sandbox failed on
+/// it, and again on the retry). Such a sample says nothing about the policy, and a stand-in
+/// reward would not be neutral (a 0 gives an answer that may well be correct a negative
+/// advantage, shifts the others', and makes a group of equal rewards look informative): the
+/// statistics are those of the rewarded samples alone, and an unrewarded one gets 0 (the
+/// trainer also leaves it out of the loss).
+pub fn judged_group_advantages(rewards: &[Option<f64>], estimator: AdvantageEstimator) -> Vec<f64> {
+    let judged: Vec<f64> = rewards.iter().flatten().copied().collect();
+    let mut advantages = group_advantages(&judged, estimator).into_iter();
+    rewards.iter().map(|r| if r.is_some() { advantages.next().unwrap_or(0.0) } else { 0.0 }).collect()
+}
+
 /// Whether a group can teach anything: its rewards are not all equal.
 pub fn informative(rewards: &[f64]) -> bool {
     rewards.windows(2).any(|w| w[0] != w[1])
@@ -151,6 +163,20 @@ mod tests {
         // RLOO: 1 - 0 = 1; 0 - 1/3 for the others.
         assert!(close(&group_advantages(&r, AdvantageEstimator::Rloo), &[1.0, -1.0 / 3.0, -1.0 / 3.0, -1.0 / 3.0]));
         assert!(close(&group_advantages(&[3.0], AdvantageEstimator::Rloo), &[0.0]));
+    }
+
+    #[test]
+    fn unrewarded_samples_are_left_out_of_their_group() {
+        // [1, ?, 0, 1]: the statistics of [1, 0, 1]; the unjudged sample gets 0.
+        let a = judged_group_advantages(&[Some(1.0), None, Some(0.0), Some(1.0)], AdvantageEstimator::Grpo);
+        let rest = group_advantages(&[1.0, 0.0, 1.0], AdvantageEstimator::Grpo);
+        assert!(close(&a, &[rest[0], 0.0, rest[1], rest[2]]), "{a:?}");
+        // All passing but one unjudged: nothing to learn, where a stand-in 0 would have made the
+        // group informative and pushed the unjudged answer down.
+        let a = judged_group_advantages(&[Some(1.0), None, Some(1.0)], AdvantageEstimator::DrGrpo);
+        assert!(close(&a, &[0.0, 0.0, 0.0]));
+        assert!(group_advantages(&[1.0, 0.0, 1.0], AdvantageEstimator::DrGrpo)[1] < 0.0);
+        assert!(close(&judged_group_advantages(&[None, None], AdvantageEstimator::Rloo), &[0.0, 0.0]));
     }
 
     #[test]

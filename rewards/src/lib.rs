@@ -11,6 +11,6 @@ pub mod advantage;
 pub mod hacks;
 pub mod reward;
 
-pub use advantage::{group_advantages, informative_substitution, AdvantageEstimator, SolveStats, Substitution};
+pub use advantage::{group_advantages, informative_substitution, judged_group_advantages, AdvantageEstimator, SolveStats, Substitution};
 pub use hacks::{backend_disagreement, code_signals, HackSignal};
 pub use reward::{Judged, OverlongPenalty, Reward, RewardConfig, Unrewardable};
