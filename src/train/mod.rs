@@ -97,6 +97,19 @@ pub fn next_indices(state: &mut TrainerState, n: usize, count: usize, seed: u64)
     out
 }
 
+/// [`next_indices`] without repeats: when `n >= count`, the `count` indices come from one pass.
+/// The end of a pass too short for a whole step is skipped (verl's dataloader drops its last
+/// incomplete batch too): a prompt drawn twice in one RL step would make two groups of the same
+/// prompt. Each pass has a new order, so the skipped ones differ from pass to pass. Only a step
+/// larger than the set spans passes and repeats indices.
+pub fn next_distinct_indices(state: &mut TrainerState, n: usize, count: usize, seed: u64) -> Vec<usize> {
+    if count <= n && state.cursor + count > n {
+        state.cursor = 0;
+        state.epoch += 1;
+    }
+    next_indices(state, n, count, seed)
+}
+
 /// The chat-template text of a rendered prompt (a system turn only when the render has one).
 pub fn chat_text(rendered: &Rendered) -> String {
     let mut messages = Vec::new();
@@ -266,9 +279,10 @@ impl Trainer {
         Ok(Trainer { cfg, model, tokenizer, special, tasks, prompts, prepared, verifier, optimizer, store, state, reference, cross })
     }
 
-    /// The next `train_batch_size` prompts: passes over the tasks in a seeded order.
+    /// The next `train_batch_size` prompts: passes over the tasks in a seeded order, no task
+    /// twice in a step when there are enough of them.
     fn next_prompts(&mut self) -> Vec<usize> {
-        next_indices(&mut self.state, self.tasks.len(), self.cfg.data.train_batch_size, self.cfg.run.seed)
+        next_distinct_indices(&mut self.state, self.tasks.len(), self.cfg.data.train_batch_size, self.cfg.run.seed)
     }
 
     /// Writes `checkpoints/step-N/` atomically (a temporary folder, then a rename).
@@ -337,5 +351,43 @@ impl Trainer {
         self.store.set_status("finished")?;
         self.store.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_never_draws_a_task_twice_when_there_are_enough() {
+        // 5 tasks, 2 a step: a pass ends with 1 task left, which the next step skips.
+        let mut state = TrainerState::default();
+        let mut per_pass: std::collections::HashMap<u64, Vec<usize>> = std::collections::HashMap::new();
+        for _ in 0..40 {
+            let before = state;
+            let step = next_distinct_indices(&mut state, 5, 2, 9);
+            assert!(step[0] != step[1], "{step:?} after {before:?}");
+            let pass = if before.cursor + 2 > 5 { before.epoch + 1 } else { before.epoch };
+            per_pass.entry(pass).or_default().extend(step);
+        }
+        for (pass, seen) in &per_pass {
+            let mut unique = seen.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), seen.len(), "pass {pass} repeats a task: {seen:?}");
+        }
+        // The skipped task changes from pass to pass.
+        let skipped: std::collections::HashSet<usize> =
+            per_pass.values().filter(|s| s.len() == 4).map(|s| (0..5).find(|t| !s.contains(t)).unwrap()).collect();
+        assert!(skipped.len() > 1, "{skipped:?}");
+        // A resumed state continues the same way.
+        let mut a = TrainerState { step: 0, cursor: 3, epoch: 2 };
+        let mut b = a;
+        assert_eq!(next_distinct_indices(&mut a, 5, 2, 9), next_distinct_indices(&mut b, 5, 2, 9));
+        // A step larger than the set takes every task, repeating some.
+        let mut state = TrainerState::default();
+        let step = next_distinct_indices(&mut state, 3, 5, 9);
+        assert_eq!(step.len(), 5);
+        assert!((0..3).all(|t| step.contains(&t)));
     }
 }

@@ -8,11 +8,13 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use dllm_policy::estimator::token_weights;
 use dllm_policy::grpo::{k3, ppo_terms, weighted_loss, ClipRange};
-use dllm_policy::{coupled_masks, mask_seed, BackwardOptions, MaskSeeds, Pass, ScoredBatch};
-use dllm_rewards::{backend_disagreement, code_signals, group_advantages, informative_substitution, HackSignal, Judged, SolveStats};
+use dllm_policy::{coupled_masks, mask_seed, BackwardOptions, DreamModel, MaskSeeds, Pass, ScoredBatch};
+use dllm_rewards::{
+    backend_disagreement, code_signals, informative_substitution, judged_group_advantages, HackSignal, Judged, RewardConfig, SolveStats,
+};
 use dllm_rollout::{generate, rollout_seed, Batching, Request, Rollout};
 use dllm_verifier::{Completion, TaskVerdict, TestSpec};
 use rand_core::{Rng, SeedableRng};
@@ -31,7 +33,9 @@ struct Sample {
     /// Each completion token's text (for the decode order in the store).
     pieces: Vec<String>,
     verdict: TaskVerdict,
-    reward: f64,
+    /// `None` when the sandbox spoiled the verdict, and again when it was judged once more: the
+    /// sample is left out of its group's statistics and of the loss, and logged without a reward.
+    reward: Option<f64>,
     components: Option<serde_json::Value>,
     /// Signals found beyond the code rules (a sandbox disagreement).
     signals: Vec<HackSignal>,
@@ -100,6 +104,72 @@ fn cross_check(
     (chosen.len(), disagreements)
 }
 
+/// A completion's reward and its components; `None` for a verdict the sandbox spoiled, which
+/// says nothing about the completion (`dllm_rewards::reward`).
+fn reward_of(cfg: &RewardConfig, text: &str, tokens: usize, verdict: &TaskVerdict) -> (Option<f64>, Option<serde_json::Value>) {
+    match cfg.reward(&Judged { completion: text, tokens, verdict }) {
+        Ok(r) => (Some(r.total), serde_json::to_value(&r.components).ok()),
+        Err(_) => (None, None),
+    }
+}
+
+/// Judges once more the samples whose verdict the sandbox spoiled (a crashed or overloaded
+/// sandbox is usually transient); `judge` gets their (task, completion) pairs and returns one
+/// verdict each. Those still spoiled keep no reward. Returns how many were judged again.
+fn rejudge_sandbox_failures(
+    samples: &mut [Sample],
+    cfg: &RewardConfig,
+    judge: &dyn Fn(&[(usize, String)]) -> Vec<TaskVerdict>,
+) -> usize {
+    let failed: Vec<usize> = (0..samples.len()).filter(|&i| samples[i].reward.is_none()).collect();
+    if failed.is_empty() {
+        return 0;
+    }
+    let items: Vec<(usize, String)> = failed.iter().map(|&i| (samples[i].task, samples[i].text.clone())).collect();
+    for (&i, verdict) in failed.iter().zip(judge(&items)) {
+        let s = &mut samples[i];
+        (s.reward, s.components) = reward_of(cfg, &s.text, s.tokens, &verdict);
+        s.verdict = verdict;
+    }
+    failed.len()
+}
+
+/// The rows a step trains on: (sample, advantage) for every sample of each slot's source
+/// group, except the samples without a reward (they get no loss and stay out of the
+/// token-mean's normaliser).
+fn training_rows(
+    groups: &[Vec<usize>],
+    advantages: &[Vec<f64>],
+    source: &[usize],
+    rewarded: &dyn Fn(usize) -> bool,
+) -> Vec<(usize, f32)> {
+    let group_rows = |g: usize| groups[g].iter().zip(&advantages[g]).filter(|(&i, _)| rewarded(i)).map(|(&i, &a)| (i, a as f32));
+    source.iter().flat_map(|&g| group_rows(g)).collect()
+}
+
+/// Each request's rollout seeds, from the run seed, the step, the task and the sample. A task
+/// drawn more than once in a step (only when the step is larger than the task set) mixes its
+/// occurrence in, so that its copies decode differently; a first occurrence keeps the plain seeds.
+fn request_seeds(run_seed: u64, step: u64, chosen: &[usize], tasks: usize, n: usize) -> Vec<Vec<u64>> {
+    let mut seen: HashMap<usize, u64> = HashMap::new();
+    chosen
+        .iter()
+        .map(|&t| {
+            let occurrence = seen.entry(t).or_insert(0);
+            let key = t as u64 + *occurrence * tasks as u64;
+            *occurrence += 1;
+            (0..n as u64).map(|s| rollout_seed(run_seed, step, key, s)).collect()
+        })
+        .collect()
+}
+
+/// The log-probs of the policy that sampled, for the PPO ratio: in eval mode, without LoRA
+/// dropout, as verl computes them (`compute_log_prob` runs the actor in eval mode). They are
+/// then a function of the weights alone: the same whatever libtorch's generator holds.
+fn old_logprobs(model: &DreamModel, batch: &ScoredBatch) -> dllm_policy::Result<Tensor> {
+    tch::no_grad(|| model.score(batch, Pass::EVAL))
+}
+
 impl Trainer {
     /// Runs step `self.state.step` and returns its metrics.
     pub(super) fn grpo_step(&mut self) -> anyhow::Result<serde_json::Value> {
@@ -115,10 +185,8 @@ impl Trainer {
         let n = self.cfg.rollout.n;
         let requests: Vec<Request> = chosen
             .iter()
-            .map(|&t| Request {
-                prompt: self.prompts[t].clone(),
-                seeds: (0..n as u64).map(|s| rollout_seed(seed, step as u64, t as u64, s)).collect(),
-            })
+            .zip(request_seeds(seed, step as u64, &chosen, self.tasks.len(), n))
+            .map(|(&t, seeds)| Request { prompt: self.prompts[t].clone(), seeds })
             .collect();
         let sampler = &self.cfg.rollout.sampler;
         // 3. Verification overlaps generation: each finished rollout batch goes to a thread that
@@ -156,13 +224,21 @@ impl Trainer {
             let Some(Decoded { text, tokens, pieces, verdict }) = judged.remove(&(rollout.request, rollout.sample)) else {
                 anyhow::bail!("rollout {} of prompt {} was not judged", rollout.sample, rollout.request);
             };
-            let judgement = Judged { completion: &text, tokens, verdict: &verdict };
-            let (reward, components) = match self.cfg.reward.reward(&judgement) {
-                Ok(r) => (r.total, serde_json::to_value(&r.components).ok()),
-                // A sandbox failure says nothing about the completion: zero, and logged as such.
-                Err(_) => (0.0, None),
-            };
+            let (reward, components) = reward_of(&self.cfg.reward, &text, tokens, &verdict);
             samples.push(Sample { task: chosen[rollout.request], rollout, text, tokens, pieces, verdict, reward, components, signals: Vec::new() });
+        }
+        let rejudged = rejudge_sandbox_failures(&mut samples, &self.cfg.reward, &|items| {
+            let ready: Vec<dllm_verifier::PreparedTask> = items.iter().map(|(t, _)| self.prepared[*t].clone()).collect();
+            let completions: Vec<Completion> =
+                items.iter().enumerate().map(|(slot, (_, text))| Completion { task: slot, text: text.clone() }).collect();
+            self.verifier.verify_batch(&ready, &completions, &|_| {})
+        });
+        let unjudged = samples.iter().filter(|s| s.reward.is_none()).count();
+        if unjudged > 0 {
+            tracing::warn!("step {step}: {unjudged} of {} completions failed in the sandbox twice; left out of the update", samples.len());
+        }
+        if unjudged == samples.len() {
+            bail!("step {step}: the sandbox failed on every completion, twice; it is not usable (see the verdicts in the run store)");
         }
         let (cross_checked, disagreements) = match &self.cross {
             Some((verifier, prepared)) => {
@@ -177,9 +253,17 @@ impl Trainer {
 
         // 5. Group advantages, statistics, substitution.
         let groups: Vec<Vec<usize>> = (0..chosen.len()).map(|g| (0..samples.len()).filter(|&i| samples[i].rollout.request == g).collect()).collect();
-        let rewards: Vec<Vec<f64>> = groups.iter().map(|g| g.iter().map(|&i| samples[i].reward).collect()).collect();
-        let advantages: Vec<Vec<f64>> = rewards.iter().map(|r| group_advantages(r, self.cfg.algorithm.adv_estimator)).collect();
-        let solves = SolveStats::from_groups(&groups.iter().map(|g| g.iter().map(|&i| samples[i].verdict.all_passed).collect()).collect::<Vec<_>>());
+        // A sample without a reward (the sandbox failed on it twice) takes no part: its group's
+        // statistics are those of the rest, the solve rates and the mean reward leave it out.
+        let estimator = self.cfg.algorithm.adv_estimator;
+        let advantages: Vec<Vec<f64>> =
+            groups.iter().map(|g| judged_group_advantages(&g.iter().map(|&i| samples[i].reward).collect::<Vec<_>>(), estimator)).collect();
+        let rewards: Vec<Vec<f64>> = groups.iter().map(|g| g.iter().filter_map(|&i| samples[i].reward).collect()).collect();
+        let solved: Vec<Vec<bool>> = groups
+            .iter()
+            .map(|g| g.iter().filter(|&&i| samples[i].reward.is_some()).map(|&i| samples[i].verdict.all_passed).collect())
+            .collect();
+        let solves = SolveStats::from_groups(&solved);
         let substitution = if self.cfg.algorithm.dynamic_filtering {
             informative_substitution(&rewards, mask_seed(seed, step as u64, 0x7375_6273))
         } else {
@@ -187,12 +271,14 @@ impl Trainer {
         };
 
         self.log_rollouts(step, &chosen, &samples)?;
-        let reward_mean = samples.iter().map(|s| s.reward).sum::<f64>() / samples.len().max(1) as f64;
+        let rewarded = samples.len() - unjudged;
+        let reward_mean = samples.iter().filter_map(|s| s.reward).sum::<f64>() / rewarded.max(1) as f64;
         let mut metrics = serde_json::json!({
             "reward_mean": reward_mean,
             "solve_all": solves.solve_all, "solve_none": solves.solve_none,
             "solve_partial": solves.solve_partial, "solve_mean": solves.solve_mean,
             "groups_substituted": substitution.replaced,
+            "sandbox_rejudged": rejudged, "sandbox_unjudged": unjudged,
             "response_tokens_mean": samples.iter().map(|s| s.tokens as f64).sum::<f64>() / samples.len().max(1) as f64,
             "rollout_forwards": gen.forwards,
             "generated_tokens_per_second": (samples.len() as f64 * sampler.max_new_tokens as f64) / rollout_seconds.max(1e-9),
@@ -210,10 +296,7 @@ impl Trainer {
         // 6. Training micro-batches: the rows of every slot's source group, packed by prompt
         // length (rows of one micro-batch share it, so nothing is padded), in chunks.
         let device = self.model.placement.device;
-        let mut rows: Vec<(usize, f32)> = Vec::new();
-        for &g in &substitution.source {
-            rows.extend(groups[g].iter().zip(&advantages[g]).map(|(&i, &a)| (i, a as f32)));
-        }
+        let mut rows = training_rows(&groups, &advantages, &substitution.source, &|i| samples[i].reward.is_some());
         let prompt_of = |i: usize| &self.prompts[chosen[samples[i].rollout.request]];
         rows.sort_by_key(|&(i, _)| prompt_of(i).len());
         let mut batches = Vec::new();
@@ -236,6 +319,10 @@ impl Trainer {
         let clip = ClipRange { low: actor.clip_ratio_low, high: actor.clip_ratio_high };
         let pad = actor.no_loss_on_pad.then_some(self.special.pad);
         let options = BackwardOptions { recompute: actor.gradient_checkpointing, head_chunk: None };
+        // Old, new and reference log-probs at the rollout's temperature (verl divides the logits
+        // by it for all three), so the ratio compares the distribution that sampled. A greedy
+        // rollout (T = 0) has no distribution to match: plain logits.
+        let temperature = if sampler.temperature > 0.0 { sampler.temperature } else { 1.0 };
         let (mut loss_sum, mut clipped, mut scored, mut kl_sum, mut grad_norm) = (0.0, 0i64, 0i64, 0.0, 0.0);
         let mut old_seconds = 0.0;
         // Every epoch's masks and old log-probs first, all under the rollout's weights (as
@@ -258,9 +345,9 @@ impl Trainer {
                 let full_response = Tensor::cat(&[&prompt_cols, &response], 1);
                 for (mask, t) in masks.passes() {
                     let mask = Tensor::cat(&[&prompt_cols, mask], 1);
-                    let batch = ScoredBatch::new(&self.model, &mb.sequences, &mask, None)?;
+                    let batch = ScoredBatch::new(&self.model, &mb.sequences, &mask, None)?.with_temperature(temperature)?;
                     let weights = token_weights(&mask, &full_response, &t, actor.weighting(), &mb.sequences, pad);
-                    let old = tch::no_grad(|| self.model.score(&batch, Pass::TRAIN))?;
+                    let old = old_logprobs(&self.model, &batch)?;
                     let reference = if actor.use_kl_loss {
                         Some(match &self.reference {
                             Some(frozen) => tch::no_grad(|| frozen.score(&batch, Pass::EVAL))?,
@@ -386,9 +473,11 @@ impl Trainer {
                     tokens: s.tokens as i64,
                     step_map: s.rollout.step_map.clone(),
                     pieces: s.pieces.clone(),
-                    reward: Some(s.reward),
+                    // No reward (NULL) for a completion the sandbox could not judge, and that as
+                    // its verdict, whatever test it failed first.
+                    reward: s.reward,
                     reward_components: s.components.clone(),
-                    verdict: s.verdict.summary().into(),
+                    verdict: if s.reward.is_none() { "sandbox_error".into() } else { s.verdict.summary().into() },
                     hack_signals: serde_json::to_value(code_signals(&code, stdio).into_iter().chain(s.signals.iter().cloned()).collect::<Vec<_>>())
                         .unwrap_or_default(),
                     tests: TestRecord::from_verdict(&s.verdict),
@@ -403,11 +492,96 @@ impl Trainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dllm_rewards::AdvantageEstimator;
     use dllm_verifier::{Backend, Task, Verifier};
 
     fn sample(task: usize, text: &str, verdict: TaskVerdict) -> Sample {
         let rollout = Rollout { request: 0, sample: 0, seed: 0, response: vec![], step_map: vec![] };
-        Sample { task, rollout, text: text.into(), tokens: 0, pieces: Vec::new(), verdict, reward: 1.0, components: None, signals: Vec::new() }
+        Sample { task, rollout, text: text.into(), tokens: 0, pieces: Vec::new(), verdict, reward: Some(1.0), components: None, signals: Vec::new() }
+    }
+
+    fn verdict(outcome: dllm_verifier::TestVerdict) -> TaskVerdict {
+        let test = dllm_verifier::TestResult { verdict: outcome, seconds: 0.1, stdout: String::new(), stderr: String::new() };
+        TaskVerdict::from_tests("t", Some(dllm_verifier::CodeSource::Fenced), vec![test], 0.1)
+    }
+
+    #[test]
+    fn a_sandbox_failure_is_judged_again_then_left_out_of_its_group_and_the_loss() {
+        use dllm_verifier::TestVerdict::{Passed, SandboxError, WrongAnswer};
+        let broken = || verdict(SandboxError { message: "fork failed".into() });
+        let cfg = RewardConfig::default();
+        let outcomes = [verdict(Passed), broken(), broken(), verdict(WrongAnswer), verdict(Passed)];
+        let mut samples: Vec<Sample> = outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let mut s = sample(0, &format!("answer {i}"), v);
+                (s.reward, s.components) = reward_of(&cfg, &s.text, s.tokens, &s.verdict);
+                s
+            })
+            .collect();
+        assert_eq!(samples.iter().map(|s| s.reward).collect::<Vec<_>>(), [Some(1.0), None, None, Some(0.0), Some(1.0)]);
+        // The retry judges only the two spoiled ones: the first now passes, the second fails again.
+        let asked = std::cell::RefCell::new(Vec::new());
+        let judge = |items: &[(usize, String)]| {
+            asked.borrow_mut().extend(items.iter().map(|(_, text)| text.clone()));
+            vec![verdict(Passed), broken()]
+        };
+        assert_eq!(rejudge_sandbox_failures(&mut samples, &cfg, &judge), 2);
+        assert_eq!(*asked.borrow(), ["answer 1", "answer 2"]);
+        assert_eq!(samples.iter().map(|s| s.reward).collect::<Vec<_>>(), [Some(1.0), Some(1.0), None, Some(0.0), Some(1.0)]);
+        // The group's statistics are those of the four judged samples; the fifth has no row.
+        let groups = vec![(0..5).collect::<Vec<_>>()];
+        let rewards: Vec<Option<f64>> = samples.iter().map(|s| s.reward).collect();
+        let advantages = vec![judged_group_advantages(&rewards, AdvantageEstimator::Grpo)];
+        let rows = training_rows(&groups, &advantages, &[0], &|i| samples[i].reward.is_some());
+        let expected = dllm_rewards::group_advantages(&[1.0, 1.0, 0.0, 1.0], AdvantageEstimator::Grpo);
+        assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [0, 1, 3, 4]);
+        for (row, want) in rows.iter().zip(expected) {
+            assert!((row.1 as f64 - want).abs() < 1e-6, "{rows:?}");
+        }
+        assert_eq!(advantages[0][2], 0.0);
+    }
+
+    #[test]
+    fn a_task_drawn_twice_in_a_step_decodes_differently() {
+        let seeds = request_seeds(7, 3, &[2, 0, 2], 3, 4);
+        assert_ne!(seeds[0], seeds[2], "the copies of task 2 share no seed");
+        assert!(seeds[0].iter().all(|s| !seeds[2].contains(s)));
+        // A first occurrence keeps the seeds it always had.
+        assert_eq!(seeds[0], (0..4).map(|s| rollout_seed(7, 3, 2, s)).collect::<Vec<_>>());
+        assert_eq!(seeds[1], (0..4).map(|s| rollout_seed(7, 3, 0, s)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn old_logprobs_take_no_dropout() {
+        use dllm_policy::{Init, LoraConfig, ModelConfig, Placement};
+        let json = serde_json::json!({
+            "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 40,
+            "mask_token_id": 39, "initializer_range": 0.2
+        });
+        let serde_json::Value::Object(map) = json else { unreachable!() };
+        let config = ModelConfig::from_map(map, std::path::Path::new("tiny.json")).unwrap();
+        let mut model = DreamModel::new(config, Placement::cpu(), Init::Random { seed: 4 }).unwrap();
+        model.attach_lora(LoraConfig { r: 2, lora_alpha: 4.0, lora_dropout: 0.5, ..LoraConfig::default() }, 5).unwrap();
+        tch::no_grad(|| {
+            for v in model.lora.as_ref().unwrap().vs.trainable_variables() {
+                let _ = v.detach().normal_(0.0, 0.3);
+            }
+        });
+        let ids = Tensor::from_slice(&[3i64, 9, 14, 1, 22, 7, 30, 5, 11, 2, 17, 26, 8, 4, 19, 33]).view([2, 8]);
+        let mask = Tensor::arange(8, (Kind::Int64, tch::Device::Cpu)).ge(3).unsqueeze(0).repeat([2, 1]);
+        let batch = ScoredBatch::new(&model, &ids, &mask, None).unwrap();
+        // libtorch's generator is process-wide: draw on it between the calls instead of relying
+        // on seeds another test could move.
+        let first = old_logprobs(&model, &batch).unwrap();
+        let train_a = tch::no_grad(|| model.score(&batch, Pass::TRAIN)).unwrap();
+        let train_b = tch::no_grad(|| model.score(&batch, Pass::TRAIN)).unwrap();
+        assert!(!train_a.equal(&train_b), "dropout is on in the training pass");
+        let again = old_logprobs(&model, &batch).unwrap();
+        assert!(first.equal(&again), "old log-probs do not depend on libtorch's generator");
+        assert!(first.equal(&tch::no_grad(|| model.score(&batch, Pass::EVAL)).unwrap()));
     }
 
     #[test]
