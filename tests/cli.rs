@@ -502,3 +502,17 @@ fn logs_to_a_pipe_have_no_colour_codes() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("DEBUG") && !err.contains('\u{1b}'), "{err:?}");
 }
+
+#[test]
+fn a_missing_file_names_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = [
+        dllm_rl().args(["prompts", "import", "--format", "mbpp", "--out"]).arg(dir.path().join("o.jsonl")).arg("/no/such/rows.jsonl").output().unwrap(),
+        dllm_rl().args(["model", "init", "--config", "/no/such/config.json", "--out"]).arg(dir.path().join("m")).output().unwrap(),
+    ];
+    for run in runs {
+        assert_eq!(run.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(err.contains("/no/such/") && err.matches("No such file").count() == 1, "{err}");
+    }
+}

@@ -3,12 +3,14 @@
 
 use std::path::PathBuf;
 
+/// A cause that is the error's `source` is left out of its message: `dllm-rl` prints the chain
+/// (`{:#}`), which would repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: std::io::Error },
 
-    #[error("{path}: not valid JSON: {source}")]
+    #[error("{path}: not valid JSON")]
     Json { path: PathBuf, source: serde_json::Error },
 
     /// A configuration value that is missing, malformed or not supported.

@@ -100,11 +100,13 @@ from random import *\nfrom statistics import *\nfrom itertools import *\nfrom fu
 from operator import *\nfrom typing import *\nimport string, re, datetime, collections, heapq, bisect, copy, \
 math, random, statistics, itertools, functools, operator\n";
 
+/// The cause (`source`) is not in the messages: it is the error's source, and whoever prints the
+/// chain (`dllm-rl` prints `{:#}`) would print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not valid JSON: {source}")]
+    #[error("{path}: not valid JSON")]
     Json { path: PathBuf, source: serde_json::Error },
     #[error("{path}: not a readable Parquet file: {message}")]
     Parquet { path: PathBuf, message: String },
@@ -445,5 +447,13 @@ mod tests {
         assert_eq!(got.errors[1].row, 3);
         assert!(got.errors[0].to_string().contains("mbpp.jsonl:2: field `test_list`"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_file_names_its_cause_once_in_the_chain() {
+        let err = import_file(Format::Mbpp, Path::new("/no/such/file.jsonl")).unwrap_err();
+        let cause = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
+        assert_eq!(err.to_string(), "cannot read /no/such/file.jsonl");
+        assert!(cause.contains("No such file"), "{cause}");
     }
 }
