@@ -304,3 +304,51 @@ fn native_replayed_prints_stay_out_of_the_protocol() {
 fn wasm_replayed_prints_stay_out_of_the_protocol() {
     replayed_prints_stay_out_of_the_protocol(Backend::Wasm);
 }
+
+/// Methods of objects the candidate returned, reached through a chained call, a list element
+/// or a tuple assignment: the replay used to answer such calls with a truthy stand-in, so a
+/// class without the methods passed `assert obj.is_connected(...)` and an honest one failed.
+fn methods_of_returned_objects(backend: Backend) {
+    let f = fixture(backend);
+    let tasks = [
+        serde_json::json!({"id": "node", "kind": "pytest", "test_code":
+            "from solution import Node\n\ndef test_connect():\n    nodes = [Node(i) for i in range(3)]\n    \
+             nodes[0].connect(nodes[1])\n    assert nodes[0].is_connected(nodes[1])\n\n\
+             def test_not_connected():\n    a, b = Node(1), Node(2)\n    assert not a.is_connected(b)\n"}),
+        serde_json::json!({"id": "counter", "kind": "assert", "entry_points": ["make_counter"], "test_code":
+            "assert make_counter(5).is_positive()\nassert make_counter(5).value() == 5\n"}),
+    ];
+    let tasks: Vec<PreparedTask> =
+        tasks.into_iter().map(|t| f.verifier.prepare(serde_json::from_value(t).unwrap()).unwrap()).collect();
+    let judge = |task: usize, code: &str| {
+        let completion = Completion { task, text: format!("```python\n{code}\n```") };
+        f.verifier.verify_batch(&tasks, &[completion], &|_| {}).remove(0)
+    };
+    let empty = judge(0, "class Node:\n    def __init__(self, v):\n        self.v = v\n");
+    assert!(empty.tests.iter().all(|t| !t.verdict.passed()), "{backend:?}: {empty:?}");
+    let empty = judge(1, "class C:\n    pass\ndef make_counter(n):\n    return C()\n");
+    assert!(empty.tests.iter().all(|t| !t.verdict.passed()), "{backend:?}: {empty:?}");
+    let honest = judge(
+        0,
+        "class Node:\n    def __init__(self, v):\n        self.v = v\n        self.links = []\n    \
+         def connect(self, other):\n        self.links.append(other.v)\n    \
+         def is_connected(self, other):\n        return other.v in self.links\n",
+    );
+    assert!(honest.all_passed, "{backend:?}: {honest:?}");
+    let honest = judge(
+        1,
+        "class C:\n    def __init__(self, n):\n        self.n = n\n    def is_positive(self):\n        return self.n > 0\n    \
+         def value(self):\n        return self.n\ndef make_counter(n):\n    return C(n)\n",
+    );
+    assert!(honest.all_passed, "{backend:?}: {honest:?}");
+}
+
+#[test]
+fn native_methods_of_returned_objects_are_recorded() {
+    methods_of_returned_objects(Backend::Native);
+}
+
+#[test]
+fn wasm_methods_of_returned_objects_are_recorded() {
+    methods_of_returned_objects(Backend::Wasm);
+}

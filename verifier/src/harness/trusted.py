@@ -179,6 +179,9 @@ class _Sites(ast.NodeTransformer):
             return True
         if isinstance(f, ast.Attribute) and self.is_derived(f.value):
             return True
+        if isinstance(f, ast.Attribute) and _is_recorder(f.value):
+            # A method of what a site returned: `make_counter(5).is_positive()`.
+            return True
         if isinstance(f, ast.Attribute) and _root_name(f) in self.random_modules:
             return _root_name(f) != "np" or "random" in ast.unparse(f).split(".")
         if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Call):
@@ -187,20 +190,44 @@ class _Sites(ast.NodeTransformer):
         return False
 
     def is_derived(self, node):
+        # An element of a derived container is derived too: `nodes[0].connect(nodes[1])`.
+        while isinstance(node, ast.Subscript):
+            node = node.value
         path = _dotted(node)
         if path is None:
             return False
         parts = path.split(".")
         return any(".".join(parts[:i]) in self.derived for i in range(1, len(parts) + 1))
 
+    def from_candidate(self, value):
+        """Whether an assigned value is (or holds) what the candidate made: a site's result, a
+        declared class's instance, or a literal or comprehension of those."""
+        if _is_recorder(value):
+            return True
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id in self.class_names:
+            return True
+        if isinstance(value, (ast.List, ast.Tuple, ast.Set)):
+            return any(self.from_candidate(e) for e in value.elts)
+        if isinstance(value, (ast.ListComp, ast.SetComp, ast.GeneratorExp)):
+            return self.from_candidate(value.elt)
+        if isinstance(value, ast.DictComp):
+            return self.from_candidate(value.value)
+        if isinstance(value, ast.Dict):
+            return any(self.from_candidate(v) for v in value.values)
+        return False
+
+    def derive(self, target):
+        if isinstance(target, (ast.Tuple, ast.List)):
+            for t in target.elts:
+                self.derive(t.value if isinstance(t, ast.Starred) else t)
+        elif _dotted(target):
+            self.derived.add(_dotted(target))
+
     def visit_Assign(self, node):
         node = self.generic_visit(node)
-        value = node.value
-        from_candidate = _is_recorder(value) or (
-            isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id in self.class_names
-        )
-        if from_candidate:
-            self.derived |= {_dotted(t) for t in node.targets if _dotted(t)}
+        if self.from_candidate(node.value):
+            for t in node.targets:
+                self.derive(t)
         return node
 
     def visit_Call(self, node):
@@ -312,7 +339,11 @@ class _CandidateStub:
         return _CandidateStub()
 
     def __call__(self, *args, **kwargs):
-        return _CandidateStub()
+        # Only recorded call sites may produce the candidate's values: a call the rewrite did
+        # not see (a method of an object the candidate returned, reached some other way) has no
+        # value the sandbox vouched for. A truthy stub here passed `assert obj.is_ok()` for a
+        # class without the method.
+        raise _NotRecorded("a call on the candidate's objects outside any recorded site")
 
 
 class _BoundStub(_CandidateStub):
