@@ -347,7 +347,7 @@ pub enum BenchCommand {
 
 #[derive(Debug, Args)]
 pub struct BenchGenerateArgs {
-    /// Model shape (a config.json) [default: configs/models/dream-coder-7b.json, built in].
+    /// Model shape (a config.json) [default: configs/models/dream-coder-7b.json, built in; needs CUDA].
     #[arg(long, conflicts_with = "model")]
     pub config: Option<std::path::PathBuf>,
     /// A checkpoint to sample from instead of a random model (threshold decoding is only
@@ -381,7 +381,7 @@ pub struct BenchGenerateArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchModelArgs {
-    /// Model shape (a config.json) [default: configs/models/dream-coder-7b.json, built in].
+    /// Model shape (a config.json) [default: configs/models/dream-coder-7b.json, built in; needs CUDA].
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
     /// Rollout-side forward batch: sequences x tokens.

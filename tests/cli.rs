@@ -516,3 +516,16 @@ fn a_missing_file_names_its_cause_once() {
         assert!(err.contains("/no/such/") && err.matches("No such file").count() == 1, "{err}");
     }
 }
+
+#[test]
+fn bench_refuses_the_7b_default_without_cuda() {
+    if std::path::Path::new("/dev/nvidia0").exists() {
+        return;
+    }
+    for what in ["model", "generate"] {
+        let run = dllm_rl().args(["bench", what]).output().unwrap();
+        assert_eq!(run.status.code(), Some(2), "bench {what}");
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(err.contains("no CUDA device") && err.contains("--config configs/models/tiny.json"), "{err}");
+    }
+}

@@ -14,7 +14,7 @@ use dllm_policy::{DreamModel, Init, ModelConfig, Placement};
 use dllm_rollout::{generate, Batching, BlockConfig, CacheMode, Request, SamplerConfig, SpecialIds};
 use tch::{Kind, Tensor};
 
-use super::bench_model::{time, DREAM_CODER_7B};
+use super::bench_model::{built_in_7b, time};
 use crate::cli::BenchGenerateArgs;
 
 #[derive(Debug, serde::Serialize)]
@@ -46,7 +46,7 @@ pub fn run(args: BenchGenerateArgs) -> anyhow::Result<ExitCode> {
         (None, config) => {
             let config = match config {
                 Some(path) => ModelConfig::from_file(path)?,
-                None => ModelConfig::from_map(serde_json::from_str(DREAM_CODER_7B)?, std::path::Path::new("dream-coder-7b.json"))?,
+                None => built_in_7b(placement.device)?,
             };
             DreamModel::new(config, placement, Init::Random { seed: 0 })?
         }

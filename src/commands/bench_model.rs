@@ -27,7 +27,20 @@ use tch::{Device, Kind, Tensor};
 
 use crate::cli::BenchModelArgs;
 
-pub(crate) const DREAM_CODER_7B: &str = include_str!("../../configs/models/dream-coder-7b.json");
+const DREAM_CODER_7B: &str = include_str!("../../configs/models/dream-coder-7b.json");
+
+/// The built-in 7B shape, for a GPU only: on a CPU it takes tens of GB of memory and hours per
+/// measurement (or the OOM killer), so without CUDA it is refused with the way to a small shape.
+pub(crate) fn built_in_7b(device: Device) -> anyhow::Result<ModelConfig> {
+    if !device.is_cuda() {
+        anyhow::bail!(
+            "no CUDA device, and the default shape is Dream-Coder 7B, which is for a GPU; \
+             on a CPU give a small shape: --config configs/models/tiny.json"
+        );
+    }
+    let map = serde_json::from_str(DREAM_CODER_7B).context("built-in 7B config")?;
+    Ok(ModelConfig::from_map(map, std::path::Path::new("configs/models/dream-coder-7b.json"))?)
+}
 
 #[derive(Debug, serde::Serialize)]
 struct Row {
@@ -174,15 +187,12 @@ fn forward_flops(cfg: &ModelConfig, batch: i64, len: i64, head_positions: i64) -
 }
 
 pub fn run(args: BenchModelArgs) -> anyhow::Result<ExitCode> {
-    let config = match &args.config {
-        Some(path) => ModelConfig::from_file(path)?,
-        None => {
-            let map = serde_json::from_str(DREAM_CODER_7B).context("built-in 7B config")?;
-            ModelConfig::from_map(map, std::path::Path::new("configs/models/dream-coder-7b.json"))?
-        }
-    };
     let placement = Placement::best_available();
     let device = placement.device;
+    let config = match &args.config {
+        Some(path) => ModelConfig::from_file(path)?,
+        None => built_in_7b(device)?,
+    };
     let probe = MemoryProbe::start(device);
     let peak = |p: &Option<MemoryProbe>| p.as_ref().map(MemoryProbe::peak_gb);
     let params = config.parameter_count();
