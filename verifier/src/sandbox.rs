@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::Value;
 
 /// One run of the harness.
@@ -19,7 +21,8 @@ pub struct Job {
 pub struct RunLimits {
     /// Wall-clock limit of the whole run.
     pub wall: Duration,
-    /// Longest wait for the next result line (the per-test limit of a multi-test run).
+    /// Longest wait for the next test's result line (the per-test limit of a multi-test run;
+    /// see [`Progress`] for what counts).
     pub idle: Option<Duration>,
     pub memory_bytes: u64,
     /// Cap on stdout and on stderr, each.
@@ -68,6 +71,65 @@ impl Outcome {
     }
 }
 
+/// What restarts a run's idle timer ([`RunLimits::idle`]): the harness's record of the test the
+/// run is working on, once its line is complete. In a call run that is the line of the next
+/// test (`{"test": i, ...}`, counting from the job's `start_at`); in an assert run, a call-site
+/// record (`{"site": ...}`). Whatever else the candidate writes to the result channel (newlines
+/// from a thread of its own, stray objects) keeps no test running past its limit. A forged line
+/// of the next test buys that test's limit once, and costs the test: its real line then makes
+/// two, which the judge rejects.
+pub(crate) struct Progress {
+    /// The call test whose line is awaited; `None` in other runs.
+    next_test: Option<u64>,
+    /// The channel's last line so far, not yet ended by a newline.
+    partial: Vec<u8>,
+}
+
+/// The fields of a result line that say which test it records.
+#[derive(Deserialize)]
+struct Record {
+    test: Option<u64>,
+    site: Option<IgnoredAny>,
+}
+
+impl Progress {
+    pub(crate) fn new(job: &Job) -> Self {
+        let call = job.spec.get("mode").and_then(Value::as_str) == Some("call");
+        let start_at = job.spec.get("start_at").and_then(Value::as_u64).unwrap_or(0);
+        Progress { next_test: call.then_some(start_at), partial: Vec::new() }
+    }
+
+    /// Takes the next bytes of the result channel and says whether they completed an awaited line.
+    pub(crate) fn advanced(&mut self, mut bytes: &[u8]) -> bool {
+        let mut advanced = false;
+        while let Some(end) = bytes.iter().position(|b| *b == b'\n') {
+            let line = if self.partial.is_empty() {
+                &bytes[..end]
+            } else {
+                self.partial.extend_from_slice(&bytes[..end]);
+                &self.partial[..]
+            };
+            advanced |= awaited(&mut self.next_test, line);
+            self.partial.clear();
+            bytes = &bytes[end + 1..];
+        }
+        self.partial.extend_from_slice(bytes);
+        advanced
+    }
+}
+
+fn awaited(next_test: &mut Option<u64>, line: &[u8]) -> bool {
+    let Ok(record) = serde_json::from_slice::<Record>(line) else { return false };
+    match next_test {
+        Some(next) if record.test == Some(*next) => {
+            *next += 1;
+            true
+        }
+        Some(_) => false,
+        None => record.site.is_some(),
+    }
+}
+
 /// Failures of the sandbox itself (never of the candidate).
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -90,4 +152,32 @@ pub trait Sandbox: Send + Sync {
         1.0
     }
     fn run(&self, job: &Job) -> Result<Outcome, SandboxError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(spec: Value) -> Job {
+        let limits = RunLimits { wall: Duration::ZERO, idle: None, memory_bytes: 0, output_bytes: 0, result_bytes: 0 };
+        Job { spec, stdin: Vec::new(), limits }
+    }
+
+    #[test]
+    fn only_the_next_tests_line_is_progress() {
+        let mut p = Progress::new(&job(serde_json::json!({"mode": "call", "start_at": 2})));
+        assert!(!p.advanced(b"\n\n{}\n{\"x\":1}\nnot json\n"));
+        assert!(!p.advanced(b"{\"test\":1,\"value\":0}\n{\"test\":3,\"value\":0}\n"), "not the awaited test");
+        assert!(!p.advanced(b"{\"test\":2,\"val"), "an unfinished line");
+        assert!(p.advanced(b"ue\":[1,2]}\n"));
+        assert!(!p.advanced(b"{\"test\":2,\"value\":0}\n"), "test 2 again");
+        assert!(p.advanced(b"{\"value\":0,\"test\":3}\n"));
+    }
+
+    #[test]
+    fn an_assert_runs_progress_is_a_call_site_record() {
+        let mut p = Progress::new(&job(serde_json::json!({"mode": "assert"})));
+        assert!(!p.advanced(b"\n{\"test\":0}\n{}\n"));
+        assert!(p.advanced(b"{\"site\":0,\"n\":0,\"value\":1}\n"));
+    }
 }

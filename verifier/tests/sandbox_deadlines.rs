@@ -85,3 +85,40 @@ fn native_run_that_closes_its_pipes_and_sleeps_times_out() {
     let (v, _) = judge(Backend::Native, STDIO_TASK, "print(int(input()) + 1)", Duration::from_secs(30));
     assert!(v.all_passed, "the sandbox no longer works after the timeouts: {v:?}");
 }
+
+/// Six call tests; the first sleeps 4.5 s, past its limit (1 s and a second of start-up; the
+/// wasm sandbox scales the 0.2 s to 1 s) but within the run's (7 s), writing to the result
+/// channel all the while: newlines, empty objects, a line for a test that does not exist.
+fn stretched_test(backend: Backend) {
+    let time_s = match backend {
+        Backend::Native => 1.0,
+        Backend::Wasm => 0.2,
+    };
+    let tests: Vec<String> = (0..6).map(|x| format!(r#"{{"args":[{x}],"expected":{}}}"#, 2 * x)).collect();
+    let task = format!(
+        r#"{{"id":"slow","kind":"call","entry_point":"f","tests":[{}],"limits":{{"time_s":{time_s}}}}}"#,
+        tests.join(",")
+    );
+    let ping = match backend {
+        Backend::Native => "os.write(3, NOISE)",
+        Backend::Wasm => "open('/run/results', 'ab').write(NOISE)",
+    };
+    let code = format!(
+        "import os, time\nNOISE = b'\\n{{}}\\n{{\"test\": 7}}\\n'\ndef f(x):\n    if x == 0:\n        for _ in range(15):\n            \
+         {ping}\n            time.sleep(0.3)\n    return 2 * x\n"
+    );
+    let (v, _) = judge(backend, &task, &code, Duration::from_secs(60));
+    assert_eq!(v.tests[0].verdict, TestVerdict::Timeout, "{backend:?}: {v:?}");
+    assert!(v.tests[0].seconds < 3.0, "{backend:?}: the first test's run took {} s", v.tests[0].seconds);
+    assert!(v.tests[1..].iter().all(|t| t.verdict.passed()) && !v.sandbox_error, "{backend:?}: {v:?}");
+}
+
+#[test]
+fn native_result_channel_noise_does_not_stretch_a_test() {
+    stretched_test(Backend::Native);
+}
+
+#[test]
+fn wasm_result_channel_noise_does_not_stretch_a_test() {
+    stretched_test(Backend::Wasm);
+}

@@ -26,7 +26,7 @@ use fork_server::ForkServer;
 use serde::Deserialize;
 
 use crate::harness::SERVER_SOURCE;
-use crate::sandbox::{End, Job, Outcome, Sandbox, SandboxError};
+use crate::sandbox::{End, Job, Outcome, Progress, Sandbox, SandboxError};
 
 /// Settings of the native sandbox.
 #[derive(Debug, Clone)]
@@ -242,7 +242,7 @@ impl NativeSandbox {
         server.send(&serde_json::to_vec(&header).expect("header serializes"), &pipes.child_fds())?;
         let pipes = pipes.close_child_ends();
         let started: Started = parse(&server.receive()?)?;
-        let drained = pipes.drain(&job_bytes, &job.stdin, &limits, start)?;
+        let drained = pipes.drain(&job_bytes, &job.stdin, &limits, Progress::new(job), start)?;
         let mut end = drained.end;
         // Closed pipes (`Exited`) may hide a live program (one that closed its descriptors and
         // sleeps): it gets what is left of its deadline to end, then it is killed like any

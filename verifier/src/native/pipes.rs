@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
-use crate::sandbox::{End, RunLimits};
+use crate::sandbox::{End, Progress, RunLimits};
 
 pub(super) struct RunPipes {
     job: (OwnedFd, OwnedFd),
@@ -100,7 +100,15 @@ impl ParentPipes {
     /// Writes the job and stdin, reads stdout, stderr and results until all three close (the
     /// child and everything it started have exited or closed them), a deadline passes, or a
     /// cap is exceeded. All three closed (`End::Exited`) does not mean the child has exited.
-    pub(super) fn drain(self, job: &[u8], stdin: &[u8], limits: &RunLimits, start: Instant) -> io::Result<Drained> {
+    /// The idle deadline restarts at each result line that `progress` awaits.
+    pub(super) fn drain(
+        self,
+        job: &[u8],
+        stdin: &[u8],
+        limits: &RunLimits,
+        mut progress: Progress,
+        start: Instant,
+    ) -> io::Result<Drained> {
         let mut writers = [
             Writer { fd: Some(self.job_w), data: job, pos: 0 },
             Writer { fd: Some(self.stdin_w), data: stdin, pos: 0 },
@@ -111,14 +119,14 @@ impl ParentPipes {
             Reader { fd: Some(self.result_r), buf: Vec::new(), cap: limits.result_bytes },
         ];
         let wall_deadline = start + limits.wall;
-        let mut last_line = start;
+        let mut last_progress = start;
         let mut chunk = vec![0u8; 1 << 16];
         let mut deadline;
         let end = loop {
             let now = Instant::now();
             deadline = wall_deadline;
             if let Some(idle) = limits.idle {
-                deadline = deadline.min(last_line + idle);
+                deadline = deadline.min(last_progress + idle);
             }
             if readers.iter().all(|r| r.fd.is_none()) {
                 break End::Exited;
@@ -180,11 +188,12 @@ impl ParentPipes {
                     r.fd = None;
                 } else if k > 0 {
                     let got = &chunk[..k as usize];
-                    if i == 2 && got.contains(&b'\n') {
-                        last_line = Instant::now();
-                    }
                     let room = r.cap.saturating_sub(r.buf.len());
-                    r.buf.extend_from_slice(&got[..got.len().min(room)]);
+                    let kept = &got[..got.len().min(room)];
+                    if i == 2 && limits.idle.is_some() && progress.advanced(kept) {
+                        last_progress = Instant::now();
+                    }
+                    r.buf.extend_from_slice(kept);
                     if got.len() > room {
                         over_cap = true;
                     }

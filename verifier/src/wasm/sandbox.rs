@@ -20,6 +20,7 @@
 //! harness source. The cache folder is created 0700: a `.cwasm` file is trusted native code.
 
 use std::hash::{Hash, Hasher};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +38,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use super::artifacts::{ArtifactsError, WasiPythonArtifacts};
 use super::poll::{self, RunClock};
 use crate::harness::{GUEST_PRELOAD, GUEST_SOURCE};
-use crate::sandbox::{End, Job, Outcome, Sandbox, SandboxError};
+use crate::sandbox::{End, Job, Outcome, Progress, Sandbox, SandboxError};
 
 const TICK: Duration = Duration::from_millis(10);
 /// Largest guest memory a task may ask for.
@@ -116,25 +117,48 @@ pub(crate) struct State {
     deadline: RunDeadline,
 }
 
-/// The run ends at its wall deadline, or when no new result line came for `idle` (the per-test
-/// limit of a multi-test run, as in the native sandbox).
+/// The run ends at its wall deadline, or when the next test's result line has not come for
+/// `idle` (the per-test limit of a multi-test run, as in the native sandbox).
 struct RunDeadline {
     start: Instant,
     wall: Duration,
     idle: Option<Duration>,
     results: PathBuf,
-    last_len: u64,
+    /// Bytes of the result file already given to `progress`.
+    read: u64,
+    /// The result file's cap: what lies beyond is over it, and never looked at.
+    result_bytes: u64,
+    progress: Progress,
     last_progress: Instant,
+}
+
+impl RunDeadline {
+    /// Gives what the result file gained since the last look to `progress`.
+    fn look_at_results(&mut self) {
+        let Ok(mut file) = std::fs::File::open(&self.results) else { return };
+        let len = file.metadata().map_or(0, |m| m.len()).min(self.result_bytes);
+        // Shorter than before: the guest truncated it, and only spoilt its own results.
+        self.read = self.read.min(len);
+        if len == self.read || file.seek(SeekFrom::Start(self.read)).is_err() {
+            return;
+        }
+        let mut new = Vec::new();
+        if file.take(len - self.read).read_to_end(&mut new).is_ok() {
+            self.read += new.len() as u64;
+            if self.progress.advanced(&new) {
+                self.last_progress = Instant::now();
+            }
+        }
+    }
 }
 
 impl State {
     pub(crate) fn deadline_passed(&mut self) -> bool {
         let d = &mut self.deadline;
-        let now = Instant::now();
-        let len = std::fs::metadata(&d.results).map_or(0, |m| m.len());
-        if len != d.last_len {
-            (d.last_len, d.last_progress) = (len, now);
+        if d.idle.is_some() {
+            d.look_at_results();
         }
+        let now = Instant::now();
         now.duration_since(d.start) > d.wall || d.idle.is_some_and(|idle| now.duration_since(d.last_progress) > idle)
     }
 }
@@ -386,7 +410,9 @@ impl WasmSandbox {
             wall: job.limits.wall,
             idle: job.limits.idle,
             results: scratch.join("results"),
-            last_len: 0,
+            read: 0,
+            result_bytes: job.limits.result_bytes as u64,
+            progress: Progress::new(job),
             last_progress: start,
         };
         let state = State { wasi: builder.build_p1(), limits, clock_origin: start, deadline };
