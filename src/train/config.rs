@@ -164,8 +164,14 @@ impl Default for AlgorithmSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MaskSharing {
-    /// One noise level and position pattern per batch (Dream-Coder).
+    /// One noise level and position pattern per PPO epoch for the whole step's batch. Dream-Coder
+    /// draws one per GPU (8 GPUs: 192 rows each); on one device this is the nearest match in
+    /// code, but it gives a step one t where Dream-Coder's gets eight.
     Batch,
+    /// One per micro-batch (`actor.ppo_micro_batch_size` rows): several draws a step, as
+    /// Dream-Coder's per-GPU draws give it, at the same cost.
+    MicroBatch,
+    /// Each row its own.
     PerSample,
 }
 
@@ -234,8 +240,11 @@ pub struct OptimSection {
     pub weight_decay: f64,
     /// Parameter-name substrings exempt from weight decay.
     pub no_decay: Vec<String>,
-    /// fp32 master copies of bf16 weights.
+    /// fp32 master copies of bf16 weights. (Gradients still accumulate in the parameters'
+    /// dtype: bf16 for full fine-tuning on a GPU, where FSDP keeps fp32 gradients.)
     pub master_weights: bool,
+    /// Advanced once per RL step, as verl steps its scheduler once per actor update (both PPO
+    /// epochs of a step use the step's rate): `warmup_steps` and `total_steps` count RL steps.
     pub lr_schedule: LrSchedule,
 }
 
@@ -394,5 +403,7 @@ mod tests {
         assert!(cfg.validate().unwrap_err().to_string().contains("top_p"));
         let cfg: TrainConfig = toml::from_str(&format!("{MINIMAL}[optim]\nlr = 1e-5\nweight_decay = 0.0\n")).unwrap();
         assert_eq!((cfg.optim.lr, cfg.optim.weight_decay), (1e-5, 0.0));
+        let cfg: TrainConfig = toml::from_str(&format!("{MINIMAL}[actor]\nmask_sharing = \"micro_batch\"\n")).unwrap();
+        assert_eq!(cfg.actor.mask_sharing, MaskSharing::MicroBatch);
     }
 }

@@ -2,6 +2,12 @@
 //! (`../shared/research/dllm_rl.md` §3.1): sample prompts → roll out G samples each → verify →
 //! rewards → group advantages → informative substitution → coupled masks → old log-probs →
 //! PPO epochs (each: both masks of every row, micro-batches accumulated, one optimizer step).
+//!
+//! Where it departs from that recipe (README, "Training"): the loss is a token-mean over the
+//! whole mini-batch, not per micro-batch; one noise level and mask pattern per epoch for the
+//! whole batch by default (`actor.mask_sharing = "micro_batch"` draws several, as Dream-Coder's
+//! one per GPU does); full fine-tuning accumulates gradients in bf16 on a GPU; a completion the
+//! sandbox failed on twice is left out of the update rather than scored.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -338,6 +344,7 @@ impl Trainer {
                 let response = Tensor::ones([rows, sampler.max_new_tokens], (Kind::Bool, device));
                 let seeds = match actor.mask_sharing {
                     MaskSharing::Batch => MaskSeeds::Shared(epoch_seed),
+                    MaskSharing::MicroBatch => MaskSeeds::Shared(mask_seed(epoch_seed, b as u64, u64::MAX)),
                     MaskSharing::PerSample => MaskSeeds::PerSample((0..rows as u64).map(|r| mask_seed(epoch_seed, b as u64, r)).collect()),
                 };
                 let masks = coupled_masks(&response, &seeds)?;
@@ -368,6 +375,11 @@ impl Trainer {
         let mut kl_penalty_sum = 0.0;
         let mut entropy_sum = 0.0;
         for passes in &epochs_passes {
+            // Token-mean over the whole mini-batch (every pass of the epoch, DAPO's rule): Σ w·L
+            // over all micro-batches / Σ w over all of them. Dream-Coder's verl divides each
+            // micro-batch's Σ w·L by its own Σ w and by the number of micro-batches, which weighs
+            // a token more in a micro-batch with fewer (or lighter) tokens; here a token weighs
+            // the same wherever it is packed, and the result does not depend on the micro-batch size.
             let normaliser: f64 = passes.iter().map(|p| p.norm_weights.sum(Kind::Double).double_value(&[])).sum();
             if normaliser <= 0.0 {
                 // Every token weighs nothing (CART with a noise level near 1: no visible context).
@@ -422,7 +434,8 @@ impl Trainer {
                 continue;
             }
             loss_sum += epoch_loss;
-            let lr = self.cfg.optim.lr_schedule.lr(self.cfg.optim.lr, self.optimizer.step);
+            // Per RL step, not per optimizer step: verl steps its scheduler once per update.
+            let lr = self.cfg.optim.lr_schedule.lr(self.cfg.optim.lr, step);
             self.optimizer.set_lr(lr);
             self.optimizer.step();
             metrics["lr"] = lr.into();
