@@ -46,6 +46,33 @@ fn humaneval() {
 }
 
 #[test]
+fn humaneval_helpers_of_the_prompt_are_the_tasks() {
+    // HumanEval/32's layout: the tests call `poly`, which the prompt defines.
+    let task = import_one(
+        Format::Humaneval,
+        json!({
+            "task_id": "HumanEval/32", "entry_point": "find_zero",
+            "prompt": "import math\n\n\ndef poly(xs: list, x: float):\n    \"\"\"Evaluates a polynomial.\"\"\"\n    \
+                       return sum([coeff * math.pow(x, i) for i, coeff in enumerate(xs)])\n\n\n\
+                       def find_zero(xs: list):\n    \"\"\"Finds x such that poly(x) = 0.\"\"\"\n",
+            "canonical_solution": "    begin, end = -1.0, 1.0\n    while poly(xs, begin) * poly(xs, end) > 0:\n        begin *= 2.0\n        end *= 2.0\n    \
+                                   while end - begin > 1e-10:\n        center = (begin + end) / 2.0\n        \
+                                   if poly(xs, center) * poly(xs, begin) > 0:\n            begin = center\n        else:\n            end = center\n    return begin\n",
+            "test": "\n\nMETADATA = {}\n\n\ndef check(candidate):\n    for coeffs in [[1, 2], [-6, 11, -6, 1], [3, -4, 0, 1]]:\n        \
+                     solution = candidate(list(coeffs))\n        assert math.fabs(poly(coeffs, solution)) < 1e-4\n"
+        }),
+    );
+    let setup = match &task.spec {
+        dllm_verifier::TestSpec::Assert { test_setup, .. } => test_setup.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(setup.contains("def poly(") && !setup.contains("find_zero"), "{setup}");
+    let reference = task.reference.clone().unwrap();
+    let own_poly = "def poly(xs, x):\n    return 0\ndef find_zero(xs):\n    return 12345\n";
+    assert_eq!(judge(&task, &[&reference, own_poly]), [true, false]);
+}
+
+#[test]
 fn mbpp_google_research() {
     let task = import_one(
         Format::Mbpp,

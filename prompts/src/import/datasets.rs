@@ -20,6 +20,7 @@ pub fn humaneval(v: &Value) -> RowResult {
     let entry = string(v, "entry_point")?;
     let prompt = string(v, "prompt")?;
     let test = string(v, "test")?;
+    let test_setup = prompt_before_entry_point(&prompt, &entry);
     Ok(Task {
         id: format!("humaneval/{}", id.rsplit('/').next().unwrap_or(&id)),
         source: Some("humaneval".into()),
@@ -29,11 +30,27 @@ pub fn humaneval(v: &Value) -> RowResult {
         spec: TestSpec::Assert {
             entry_points: vec![entry.clone()],
             class_names: vec![],
-            test_setup: String::new(),
+            test_setup,
             test_code: format!("{test}\n\ncheck({entry})\n"),
         },
         limits: Limits::default(),
     })
+}
+
+/// What a HumanEval prompt defines before the entry point's signature: imports and helpers the
+/// tests call (`poly` of HumanEval/32, `encode_cyclic` of /38). They are the task's, so they run
+/// as trusted set-up: left to the candidate, `def poly(xs, x): return 0` passed HumanEval/32.
+fn prompt_before_entry_point(prompt: &str, entry: &str) -> String {
+    let signature = format!("def {entry}(");
+    let mut offset = 0;
+    for line in prompt.split_inclusive('\n') {
+        if line.starts_with(&signature) {
+            let setup = &prompt[..offset];
+            return if setup.trim().is_empty() { String::new() } else { setup.to_owned() };
+        }
+        offset += line.len();
+    }
+    String::new()
 }
 
 /// MBPP as google-research publishes it: `task_id`, `text`, `code`, `test_list`, `test_setup_code`.
