@@ -401,8 +401,8 @@ fn curation_commands_catch_what_was_planted() {
     let manifest = read_lines(&dir.path().join("valid.manifest.jsonl"));
     assert_eq!(manifest.len(), 17);
     assert!(manifest.iter().all(|d| d["reason"].as_str().unwrap().starts_with("reference passes all")));
-    // The default minimum of 5 tests drops KodCode files with fewer test functions.
-    let said = run(&["prompts", "validate", "--out", &p("valid5.jsonl"), &p("train.jsonl")]);
+    // A minimum of 5 tests (DeepCoder's) drops KodCode files with fewer test functions.
+    let said = run(&["prompts", "validate", "--min-tests", "5", "--out", &p("valid5.jsonl"), &p("train.jsonl")]);
     assert!(said.contains("too few tests"), "{said}");
 
     run(&["prompts", "dedupe", "--out", &p("unique.jsonl"), &p("valid.jsonl")]);
@@ -543,4 +543,32 @@ fn bench_refuses_the_7b_default_without_cuda() {
         let err = String::from_utf8_lossy(&run.stderr);
         assert!(err.contains("no CUDA device") && err.contains("--config configs/models/tiny.json"), "{err}");
     }
+}
+
+#[test]
+fn filters_that_keep_nothing_fail_and_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("mbpp.jsonl");
+    let src = repo("tests/data/shared/sandboxfusion/code_eval_mbpp.jsonl");
+    assert!(dllm_rl().args(["-q", "prompts", "import", "--format", "sandboxfusion-mbpp", "--out"]).arg(&tasks).arg(&src).status().unwrap().success());
+    let fails = |args: &[&str], needle: &str| {
+        let run = dllm_rl().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+    let t = tasks.to_str().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let o = out.to_str().unwrap();
+    // MBPP has 3 tests a task: --min-tests 5 drops them all, which is an error naming the reason.
+    fails(&["prompts", "validate", "--min-tests", "5", "--out", o, t], "all 20 tasks dropped (too few tests 20)");
+    assert!(!out.exists() && dir.path().join("out.manifest.jsonl").exists());
+    fails(&["prompts", "mix", "--target", "mbpp=1,leetcode=1", "--out", o, t], "--target leetcode: no task");
+    let empty = write(dir.path(), "empty.jsonl", "");
+    fails(&["prompts", "dedupe", "--out", o, empty.to_str().unwrap()], "no tasks in");
+    // Tasks without references: nothing to verify.
+    let bare = write(dir.path(), "bare.jsonl", "{\"id\":\"a\",\"kind\":\"stdio\",\"tests\":[{\"stdin\":\"\",\"stdout\":\"1\\n\"}]}\n");
+    fails(&["verify", "--reference", "--tasks", bare.to_str().unwrap()], "none of the 1 tasks has a reference solution");
+    fails(&["verify", "--tasks", bare.to_str().unwrap(), "--completions", empty.to_str().unwrap()], "no completions");
+    assert!(!out.exists());
 }

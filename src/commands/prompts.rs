@@ -143,6 +143,11 @@ fn read_tasks_with_repeats(inputs: &[PathBuf]) -> anyhow::Result<Vec<Task>> {
     Ok(tasks)
 }
 
+/// `a.jsonl, b.jsonl` for messages.
+fn show_paths(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
 /// `valid.jsonl` → `valid.manifest.jsonl`.
 fn manifest_path(out: &Path) -> PathBuf {
     let stem = out.file_stem().map_or_else(|| "out".into(), |s| s.to_string_lossy().into_owned());
@@ -156,11 +161,24 @@ fn refuse_curate_io_clash(io: &CurateIo) -> anyhow::Result<()> {
 }
 
 fn finish(step: &str, io: &CurateIo, before: usize, curated: &Curated) -> anyhow::Result<ExitCode> {
-    write_jsonl(&io.out, &curated.kept)?;
+    if before == 0 {
+        bail!("{step}: no tasks in {}; {} not written", show_paths(&io.inputs), io.out.display());
+    }
     let manifest = manifest_path(&io.out);
     write_jsonl(&manifest, &curated.decisions)?;
     let dropped = curated.dropped_by_reason();
     let reasons: Vec<String> = dropped.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    if curated.kept.is_empty() {
+        // An empty task file looks like success to the next step: fail, say why, and leave
+        // --out alone (the manifest is written: it has every task's reason).
+        bail!(
+            "{step}: all {before} tasks dropped ({}); decisions in {}, {} not written",
+            reasons.join(", "),
+            manifest.display(),
+            io.out.display()
+        );
+    }
+    write_jsonl(&io.out, &curated.kept)?;
     let flagged = curated.decisions.iter().filter(|d| d.kept && d.reason.starts_with("flagged")).count();
     println!(
         "{step}: {before} in, {} kept{}, {} dropped{}; tasks in {}, decisions in {}",
@@ -283,6 +301,12 @@ fn mix(args: MixArgs) -> anyhow::Result<ExitCode> {
     };
     let tasks = read_tasks(&args.io.inputs)?;
     let before = tasks.len();
+    // A target with no task would silently skew the mix (or, without --total, empty it).
+    let present: std::collections::BTreeSet<String> = tasks.iter().map(|t| key.of(t)).collect();
+    if let Some(absent) = targets.keys().find(|g| !present.contains(*g)) {
+        let present: Vec<&str> = present.iter().map(String::as_str).collect();
+        bail!("--target {absent}: no task in {} has it (by {:?}, these are present: {})", show_paths(&args.io.inputs), args.by, present.join(", "));
+    }
     let curated = curate::mix::mix(tasks, key, &targets, args.total, args.seed);
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for t in &curated.kept {

@@ -88,6 +88,9 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let (lines, completions): (Vec<Option<usize>>, Vec<Completion>) = match (&args.completions, reference) {
         (Some(path), false) => {
             let rows: Vec<(usize, CompletionLine)> = read_jsonl(path)?;
+            if rows.is_empty() {
+                bail!("{}: no completions", path.display());
+            }
             let mut out = Vec::with_capacity(rows.len());
             for (line, row) in rows {
                 let Some(&task) = index.get(&row.task_id) else {
@@ -99,11 +102,20 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
         (None, true) => {
             let mut out = Vec::new();
+            let mut without = Vec::new();
             for (i, (line, task)) in tasks.iter().enumerate() {
                 match &task.reference {
                     Some(code) => out.push((args.tasks.is_some().then_some(*line), Completion { task: i, text: code.clone() })),
-                    None => tracing::warn!("{tasks_name}:{line}: task {} has no reference solution; skipped", task.id),
+                    None => without.push(format!("{tasks_name}:{line} ({})", task.id)),
                 }
+            }
+            if out.is_empty() {
+                bail!("{tasks_name}: none of the {} tasks has a reference solution; nothing to verify", tasks.len());
+            }
+            if !without.is_empty() {
+                // One line, not one per task: a set without references would bury the summary.
+                let more = if without.len() > 3 { format!(" and {} more", without.len() - 3) } else { String::new() };
+                tracing::warn!("{} tasks have no reference solution and are skipped: {}{more}", without.len(), without[..without.len().min(3)].join(", "));
             }
             out.into_iter().unzip()
         }
