@@ -572,3 +572,18 @@ fn filters_that_keep_nothing_fail_and_say_why() {
     fails(&["verify", "--tasks", bare.to_str().unwrap(), "--completions", empty.to_str().unwrap()], "no completions");
     assert!(!out.exists());
 }
+
+#[test]
+fn prompts_split_writes_only_inside_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("mbpp.jsonl");
+    let src = repo("tests/data/shared/sandboxfusion/code_eval_mbpp.jsonl");
+    assert!(dllm_rl().args(["-q", "prompts", "import", "--format", "sandboxfusion-mbpp", "--out"]).arg(&tasks).arg(&src).status().unwrap().success());
+    let out = dir.path().join("parts");
+    for (part, needle) in [("../evil=0.5,train=0.5", "a part name is the stem"), ("train=0.5,train=0.5", "given twice")] {
+        let run = dllm_rl().args(["prompts", "split", "--part", part, "--out"]).arg(&out).arg(&tasks).output().unwrap();
+        assert_eq!(run.status.code(), Some(2), "{part}");
+        assert!(String::from_utf8_lossy(&run.stderr).contains(needle), "{}", String::from_utf8_lossy(&run.stderr));
+    }
+    assert!(!dir.path().join("evil.jsonl").exists() && !out.exists());
+}

@@ -273,19 +273,32 @@ fn difficulty(args: DifficultyArgs) -> anyhow::Result<ExitCode> {
     finish("difficulty", &args.io, before, &curate::difficulty::difficulty(tasks, &rates, cfg))
 }
 
-/// `name=0.5` pairs; errors name the bad item.
+/// `name=0.5` pairs; errors name the bad item. A name given twice is an error (the two would
+/// otherwise be merged or one silently lost).
 fn parse_pairs(items: &[String], flag: &str) -> anyhow::Result<Vec<(String, f64)>> {
-    items
-        .iter()
-        .map(|item| {
-            let (name, value) = item.split_once('=').with_context(|| format!("{flag} {item:?}: expected NAME=FRACTION"))?;
-            let value: f64 = value.trim().parse().with_context(|| format!("{flag} {item:?}: {value:?} is not a number"))?;
-            if value.is_nan() || value < 0.0 {
-                bail!("{flag} {item:?}: fractions must not be negative");
-            }
-            Ok((name.trim().to_owned(), value))
-        })
-        .collect()
+    let mut pairs: Vec<(String, f64)> = Vec::with_capacity(items.len());
+    for item in items {
+        let (name, value) = item.split_once('=').with_context(|| format!("{flag} {item:?}: expected NAME=FRACTION"))?;
+        let value: f64 = value.trim().parse().with_context(|| format!("{flag} {item:?}: {value:?} is not a number"))?;
+        if value.is_nan() || value < 0.0 {
+            bail!("{flag} {item:?}: fractions must not be negative");
+        }
+        let name = name.trim();
+        if pairs.iter().any(|(n, _)| n == name) {
+            bail!("{flag} {item:?}: {name:?} is given twice");
+        }
+        pairs.push((name.to_owned(), value));
+    }
+    Ok(pairs)
+}
+
+/// A part of `split` names its file `<OUT>/<name>.jsonl`, so it must be a plain file stem:
+/// `../x` would write outside OUT, and `split.manifest` would overwrite the manifest.
+fn check_part_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        bail!("--part {name:?}: a part name is the stem of its file: letters, digits, '_' and '-' only");
+    }
+    Ok(())
 }
 
 fn mix(args: MixArgs) -> anyhow::Result<ExitCode> {
@@ -321,6 +334,9 @@ fn mix(args: MixArgs) -> anyhow::Result<ExitCode> {
 
 fn split(args: SplitArgs) -> anyhow::Result<ExitCode> {
     let parts = parse_pairs(&args.part, "--part")?;
+    for (name, _) in &parts {
+        check_part_name(name)?;
+    }
     if parts.iter().map(|p| p.1).sum::<f64>() <= 0.0 {
         bail!("--part: the fractions sum to zero");
     }
@@ -359,4 +375,23 @@ fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(path, serde_json::to_string_pretty(&s)?).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_names_are_plain_unique_file_stems() {
+        let pairs = |items: &[&str]| parse_pairs(&items.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "--part");
+        assert_eq!(pairs(&["train=0.9", " valid = 0.1"]).unwrap(), [("train".to_owned(), 0.9), ("valid".to_owned(), 0.1)]);
+        let err = pairs(&["a=0.5", "a=0.5"]).unwrap_err().to_string();
+        assert!(err.contains("\"a\" is given twice"), "{err}");
+        for bad in ["../evil", "a/b", "", ".hidden", "split.manifest", "x y"] {
+            assert!(check_part_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["train", "valid-1", "test_A"] {
+            assert!(check_part_name(good).is_ok(), "{good:?}");
+        }
+    }
 }
