@@ -83,6 +83,18 @@ fn parse_enum<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     serde_json::from_value(serde_json::Value::String(text.replace('-', "_"))).map_err(|e| e.to_string())
 }
 
+/// A number in [0, 1].
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    let x: f64 = text.trim().parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&x) { Ok(x) } else { Err(format!("{x} is not in [0, 1]")) }
+}
+
+/// A finite number, zero or more.
+fn parse_non_negative(text: &str) -> Result<f64, String> {
+    let x: f64 = text.trim().parse().map_err(|e| format!("{e}"))?;
+    if x >= 0.0 && x.is_finite() { Ok(x) } else { Err(format!("{x} is not a non-negative number")) }
+}
+
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     /// Checkpoint folder (Hugging Face layout, with a tokenizer).
@@ -238,21 +250,21 @@ pub struct QuickstartArgs {
     pub out: std::path::PathBuf,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 2500)]
+    #[arg(long, default_value_t = 2500, value_parser = clap::value_parser!(i64).range(1..))]
     pub sft_steps: i64,
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(i64).range(1..))]
     pub rl_steps: i64,
     /// Samples per held-out task for pass@1 (200 tasks).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub eval_samples: usize,
     /// Fraction of the SFT reference solutions given an off-by-one bug, as noisy SFT data has:
     /// what RL, rewarded by tests alone, should unlearn.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, value_parser = parse_fraction)]
     pub reference_noise: f64,
     /// Weight of a format reward (a fenced python block ending the answer) added to the RL
     /// reward, as DiffuCoder does: gives a barely trained model something to learn (the CI
     /// test's short run uses it).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_non_negative)]
     pub format_reward: f64,
 }
 

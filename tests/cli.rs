@@ -587,3 +587,14 @@ fn prompts_split_writes_only_inside_its_folder() {
     }
     assert!(!dir.path().join("evil.jsonl").exists() && !out.exists());
 }
+
+#[test]
+fn quickstart_checks_its_arguments_before_writing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("qs");
+    for bad in [["--sft-steps", "0"], ["--rl-steps", "0"], ["--eval-samples", "0"], ["--reference-noise", "1.5"], ["--format-reward", "-1"]] {
+        let run = dllm_rl().args(["quickstart", "--out"]).arg(&out).args(bad).output().unwrap();
+        assert_eq!(run.status.code(), Some(2), "{bad:?}: {}", String::from_utf8_lossy(&run.stderr));
+        assert!(!out.exists(), "{bad:?} left {}", out.display());
+    }
+}

@@ -152,12 +152,32 @@ fn pass_at_1(model_dir: &Path, lora: Option<&Path>, tasks: &[Task], samples: usi
     Ok(verdicts.iter().filter(|v| v.all_passed).count() as f64 / verdicts.len().max(1) as f64)
 }
 
+/// The RL stage's config (`configs/quickstart.toml` with the arguments filled in) as TOML text.
+fn rl_config(args: &QuickstartArgs, model: &Path) -> anyhow::Result<String> {
+    let mut rl_toml: toml::Table = toml::from_str(RL_CONFIG).context("configs/quickstart.toml")?;
+    let set = |table: &mut toml::Table, section: &str, key: &str, value: toml::Value| {
+        if let Some(toml::Value::Table(t)) = table.get_mut(section) {
+            t.insert(key.into(), value);
+        }
+    };
+    set(&mut rl_toml, "run", "seed", toml::Value::Integer(args.seed as i64));
+    set(&mut rl_toml, "run", "total_steps", toml::Value::Integer(args.rl_steps));
+    set(&mut rl_toml, "run", "save_freq", toml::Value::Integer(args.rl_steps));
+    set(&mut rl_toml, "model", "path", toml::Value::String(model.display().to_string()));
+    set(&mut rl_toml, "reward", "format", toml::Value::Float(args.format_reward));
+    Ok(toml::to_string(&rl_toml)?)
+}
+
 pub fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let out = &args.out;
     if out.join("sft").exists() || out.join("rl").exists() {
         anyhow::bail!("{} holds an earlier quickstart; remove it or pass --out", out.display());
     }
+    // Check the RL config the arguments make before anything is written: a bad value found only
+    // after SFT would leave a folder that blocks the rerun (above).
+    let rl_check: TrainConfig = toml::from_str(&rl_config(&args, Path::new("sft/model"))?).context("the RL config")?;
+    rl_check.validate().context("the RL config the arguments make")?;
     std::fs::create_dir_all(out)?;
     let out = out.canonicalize()?;
     println!("quickstart in {}", out.display());
@@ -234,18 +254,7 @@ weight_decay = 0.0
     println!("SFT done ({:.0} s): held-out pass@1 {:.1}%", started.elapsed().as_secs_f64(), 100.0 * before);
 
     // 4. Coupled GRPO from the SFT checkpoint.
-    let mut rl_toml: toml::Table = toml::from_str(RL_CONFIG).context("configs/quickstart.toml")?;
-    let set = |table: &mut toml::Table, section: &str, key: &str, value: toml::Value| {
-        if let Some(toml::Value::Table(t)) = table.get_mut(section) {
-            t.insert(key.into(), value);
-        }
-    };
-    set(&mut rl_toml, "run", "seed", toml::Value::Integer(args.seed as i64));
-    set(&mut rl_toml, "run", "total_steps", toml::Value::Integer(args.rl_steps));
-    set(&mut rl_toml, "run", "save_freq", toml::Value::Integer(args.rl_steps));
-    set(&mut rl_toml, "model", "path", toml::Value::String(sft_model.display().to_string()));
-    set(&mut rl_toml, "reward", "format", toml::Value::Float(args.format_reward));
-    let rl_toml = toml::to_string(&rl_toml)?;
+    let rl_toml = rl_config(&args, &sft_model)?;
     std::fs::write(out.join("rl.toml"), &rl_toml)?;
     let rl_cfg = TrainConfig::from_file(&out.join("rl.toml"))?;
     let mut trainer = Trainer::new(rl_cfg, false)?;
