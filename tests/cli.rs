@@ -598,3 +598,17 @@ fn quickstart_checks_its_arguments_before_writing_anything() {
         assert!(!out.exists(), "{bad:?} left {}", out.display());
     }
 }
+
+#[test]
+fn a_byte_order_mark_is_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = std::fs::read_to_string(repo("tests/data/shared/sandboxfusion/code_eval_mbpp.jsonl")).unwrap();
+    let src = write(dir.path(), "bom.jsonl", &format!("\u{feff}{raw}"));
+    let tasks = dir.path().join("tasks.jsonl");
+    let run = dllm_rl().args(["-q", "prompts", "import", "--format", "sandboxfusion-mbpp", "--out"]).arg(&tasks).arg(&src).output().unwrap();
+    assert!(String::from_utf8_lossy(&run.stdout).contains("20 tasks written"), "{}", String::from_utf8_lossy(&run.stderr));
+    let with_bom = write(dir.path(), "tasks-bom.jsonl", &format!("\u{feff}{}", std::fs::read_to_string(&tasks).unwrap()));
+    let run = dllm_rl().args(["-q", "prompts", "stats"]).arg(&with_bom).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("20 tasks"));
+}

@@ -21,6 +21,8 @@ struct Prompt {
 /// Reads `{"prompt": ...}` / `{"messages": [...]}` lines; errors name the file, line and field.
 fn read_prompts(path: &Path, chat: bool) -> anyhow::Result<Vec<Prompt>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    // A UTF-8 byte-order mark (editors on Windows write one) is not JSON.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut prompts = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

@@ -226,8 +226,9 @@ fn read_against(args: &DecontaminateArgs) -> anyhow::Result<Vec<(String, String)
             continue;
         }
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         let rows: Vec<(usize, Value)> = if text.trim_start().starts_with('[') {
-            let all: Vec<Value> = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+            let all: Vec<Value> = serde_json::from_str(text).with_context(|| format!("{}: not JSON", path.display()))?;
             all.into_iter().enumerate().map(|(i, v)| (i + 1, v)).collect()
         } else {
             read_jsonl::<Value>(path)?

@@ -29,8 +29,10 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>, ImportError> {
     text_rows(path, &text)
 }
 
-/// JSONL (one value per non-blank line) or one JSON array.
+/// JSONL (one value per non-blank line) or one JSON array; a leading UTF-8 byte-order mark
+/// (written by editors on Windows, not allowed in JSON) is skipped.
 pub fn text_rows(path: &Path, text: &str) -> Result<Vec<Row>, ImportError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim_start().starts_with('[') {
         let all: Vec<Value> = serde_json::from_str(text).map_err(|source| ImportError::Json { path: path.into(), source })?;
         return Ok(all.into_iter().enumerate().map(|(i, v)| (i + 1, Ok(v))).collect());
@@ -52,4 +54,17 @@ fn parquet_rows(path: &Path) -> Result<Vec<Row>, ImportError> {
         .enumerate()
         .map(|(i, row)| (i + 1, row.map(|r| r.to_json_value()).map_err(|e| format!("unreadable parquet row: {e}"))))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let rows = text_rows(Path::new("x.jsonl"), "\u{feff}{\"a\": 1}\n{\"a\": 2}\n").unwrap();
+        assert_eq!(rows.iter().map(|(i, r)| (*i, r.clone().unwrap()["a"].as_i64())).collect::<Vec<_>>(), [(1, Some(1)), (2, Some(2))]);
+        let rows = text_rows(Path::new("x.json"), "\u{feff}[{\"a\": 1}]").unwrap();
+        assert_eq!(rows.len(), 1);
+    }
 }
