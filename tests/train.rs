@@ -150,6 +150,13 @@ fn train_logs_learns_checkpoints_and_resumes_exactly() {
     let out = dllm_rl().args(["train", "--config", config(&dir, "a", 4).to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+    // A resume under another config is refused, naming what changed.
+    let changed = config(&dir, "a", 6);
+    std::fs::write(&changed, std::fs::read_to_string(&changed).unwrap().replace("lr = 0.01", "lr = 0.02")).unwrap();
+    let out = dllm_rl().args(["train", "--resume", "--config", changed.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in: optim.lr."), "{stderr}");
 }
 
 #[test]

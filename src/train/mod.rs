@@ -133,6 +133,94 @@ pub(crate) fn latest_checkpoint(run_dir: &Path) -> Option<(i64, PathBuf)> {
         .max_by_key(|(step, _)| *step)
 }
 
+/// Where a run starts: its newest checkpoint under `resume`, or afresh (`None`).
+///
+/// A run that failed before its first checkpoint has nothing to resume, and would otherwise
+/// block its name for good: its store is set aside (`store.failed.sqlite`, replacing an older
+/// one) and the run starts afresh, with or without `resume`. A run without a checkpoint whose
+/// store still says `running` may be alive in another process (or was killed): the error says
+/// what to remove.
+fn starting_point(run_dir: &Path, resume: bool) -> anyhow::Result<Option<(i64, PathBuf)>> {
+    let store_path = run_dir.join("store.sqlite");
+    let checkpoint = latest_checkpoint(run_dir);
+    if checkpoint.is_none() && store_path.exists() {
+        let status: String = crate::store::open_read_only(&store_path)?
+            .query_row("SELECT status FROM runs ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
+            .with_context(|| format!("reading the run's status in {}", store_path.display()))?;
+        if status != "failed" {
+            bail!(
+                "{} holds a run (status {status}) that never wrote a checkpoint, so there is nothing to resume. \
+                 If no dllm-rl process is running it, remove {} (and its -wal and -shm files, if any) and start \
+                 again without --resume; or choose another run.name",
+                run_dir.display(),
+                store_path.display()
+            );
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let from = run_dir.join(format!("store.sqlite{suffix}"));
+            let to = run_dir.join(format!("store.failed.sqlite{suffix}"));
+            let _ = std::fs::remove_file(&to);
+            if from.exists() {
+                std::fs::rename(&from, &to).with_context(|| format!("setting aside {}", from.display()))?;
+            }
+        }
+        tracing::warn!("{}: the last attempt failed before its first checkpoint; starting afresh (its store: store.failed.sqlite)", run_dir.display());
+        return Ok(None);
+    }
+    match (resume, checkpoint) {
+        (true, None) => bail!("{}: no checkpoint to resume from", run_dir.display()),
+        (true, found) => Ok(found),
+        (false, _) if store_path.exists() => {
+            bail!("{} already has a run; resume it with --resume, or choose another run.name", run_dir.display())
+        }
+        (false, _) => Ok(None),
+    }
+}
+
+/// Keys a resumed run may change: they decide how long it runs and how often it saves, not what
+/// it computes.
+const RESUMABLE_KEYS: [&str; 2] = ["run.total_steps", "run.save_freq"];
+
+/// Refuses to resume under a config that differs from the one the run started with
+/// (`config.toml` in the run folder) in anything but [`RESUMABLE_KEYS`]: the resumed steps would
+/// silently belong to another experiment. The error names every changed key.
+fn refuse_changed_config(run_dir: &Path, cfg: &TrainConfig) -> anyhow::Result<()> {
+    let saved_path = run_dir.join("config.toml");
+    let text = std::fs::read_to_string(&saved_path).with_context(|| format!("reading the run's config {}", saved_path.display()))?;
+    let saved: TrainConfig = toml::from_str(&text).with_context(|| format!("{}: invalid config", saved_path.display()))?;
+    let mut changed = Vec::new();
+    changed_keys(&serde_json::to_value(&saved)?, &serde_json::to_value(cfg)?, "", &mut changed);
+    changed.retain(|k| !RESUMABLE_KEYS.contains(&k.as_str()));
+    if !changed.is_empty() {
+        bail!(
+            "the config differs from the one {} started with ({}) in: {}. A resumed run keeps its config (only {} may \
+             change); set those keys back, or start a new run under another run.name",
+            cfg.run.name,
+            saved_path.display(),
+            changed.join(", "),
+            RESUMABLE_KEYS.join(" and ")
+        );
+    }
+    Ok(())
+}
+
+/// The dotted keys whose values differ between two configs (as JSON); a key present in one
+/// only counts as changed.
+fn changed_keys(old: &serde_json::Value, new: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                changed_keys(a.get(key).unwrap_or(&Value::Null), b.get(key).unwrap_or(&Value::Null), &path, out);
+            }
+        }
+        (a, b) if a != b => out.push(prefix.to_string()),
+        _ => {}
+    }
+}
+
 /// Writes `run_dir/checkpoints/step-N/` (N = `state.step`): adapters (PEFT) or the model
 /// (Hugging Face, tokenizer copied from `base`), the optimizer state and `trainer.json`, into a
 /// temporary folder renamed at the end.
@@ -178,18 +266,10 @@ impl Trainer {
     pub fn new(cfg: TrainConfig, resume: bool) -> anyhow::Result<Self> {
         let run_dir = cfg.run_dir();
         let store_path = run_dir.join("store.sqlite");
-        let checkpoint = if resume {
-            let found = latest_checkpoint(&run_dir);
-            if found.is_none() {
-                bail!("{}: no checkpoint to resume from", run_dir.display());
-            }
-            found
-        } else {
-            if store_path.exists() {
-                bail!("{} already has a run; resume it with --resume, or choose another run.name", run_dir.display());
-            }
-            None
-        };
+        let checkpoint = starting_point(&run_dir, resume)?;
+        if checkpoint.is_some() {
+            refuse_changed_config(&run_dir, &cfg)?;
+        }
         std::fs::create_dir_all(run_dir.join("checkpoints")).with_context(|| format!("creating {}", run_dir.display()))?;
 
         let placement = Placement::best_available();
@@ -318,7 +398,18 @@ impl Trainer {
     }
 
     /// Runs steps until `run.total_steps` or until `stop` is set (then checkpoints and returns).
+    /// On an error the run's status becomes `failed`.
     pub fn run(&mut self, stop: &AtomicBool, on_step: &mut dyn FnMut(i64, &serde_json::Value)) -> anyhow::Result<()> {
+        let outcome = self.run_steps(stop, on_step);
+        if outcome.is_err() {
+            // Best effort: the error being returned matters more than a store that cannot say so.
+            let _ = self.store.set_status("failed");
+            let _ = self.store.flush();
+        }
+        outcome
+    }
+
+    fn run_steps(&mut self, stop: &AtomicBool, on_step: &mut dyn FnMut(i64, &serde_json::Value)) -> anyhow::Result<()> {
         let mut idle = 0;
         while self.state.step < self.cfg.run.total_steps {
             let metrics = self.guarded_step()?;
@@ -357,6 +448,59 @@ impl Trainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_changed_config_is_named_key_by_key() {
+        let old = serde_json::json!({"run": {"total_steps": 4, "seed": 7}, "optim": {"lr": 0.01, "betas": [0.9, 0.999]}});
+        let new = serde_json::json!({"run": {"total_steps": 8, "seed": 7}, "optim": {"lr": 0.02, "betas": [0.9, 0.99]}, "x": 1});
+        let mut changed = Vec::new();
+        changed_keys(&old, &new, "", &mut changed);
+        assert_eq!(changed, ["optim.betas", "optim.lr", "run.total_steps", "x"]);
+    }
+
+    #[test]
+    fn a_resume_refuses_a_changed_config_and_names_the_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in ["dream-coder-7b-lora.toml", "dream-coder-7b-full.toml", "quickstart.toml"] {
+            let cfg = TrainConfig::from_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(name)).unwrap();
+            // As a fresh run writes it.
+            std::fs::write(tmp.path().join("config.toml"), toml::to_string(&cfg).unwrap()).unwrap();
+            refuse_changed_config(tmp.path(), &cfg).unwrap_or_else(|e| panic!("{name}: its own config is refused: {e:#}"));
+            let mut longer = cfg.clone();
+            longer.run.total_steps += 100;
+            longer.run.save_freq += 1;
+            refuse_changed_config(tmp.path(), &longer).unwrap();
+            let mut other = cfg.clone();
+            other.optim.lr *= 2.0;
+            other.actor.ppo_epochs += 1;
+            other.run.total_steps += 100;
+            let err = refuse_changed_config(tmp.path(), &other).unwrap_err().to_string();
+            assert!(err.contains("in: actor.ppo_epochs, optim.lr. "), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_run_that_failed_before_its_first_checkpoint_starts_afresh() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = tmp.path().join("r");
+        std::fs::create_dir_all(run_dir.join("checkpoints")).unwrap();
+        let store_path = run_dir.join("store.sqlite");
+        let store = RunStore::create(&store_path, "r", "train", &serde_json::json!({})).unwrap();
+        store.flush().unwrap();
+        // Still `running` (alive elsewhere, or killed): refused, with what to remove.
+        for resume in [false, true] {
+            let err = starting_point(&run_dir, resume).unwrap_err().to_string();
+            assert!(err.contains("never wrote a checkpoint") && err.contains(&store_path.display().to_string()), "{err}");
+        }
+        store.set_status("failed").unwrap();
+        store.flush().unwrap();
+        drop(store);
+        // Failed: a rerun, with or without --resume, starts afresh and keeps the old store aside.
+        assert!(starting_point(&run_dir, true).unwrap().is_none());
+        assert!(!store_path.exists() && run_dir.join("store.failed.sqlite").exists());
+        assert!(starting_point(&run_dir, false).unwrap().is_none());
+        assert!(starting_point(&run_dir, true).unwrap_err().to_string().contains("no checkpoint to resume from"));
+    }
 
     #[test]
     fn a_step_never_draws_a_task_twice_when_there_are_enough() {
