@@ -243,9 +243,6 @@ impl Trainer {
         if unjudged > 0 {
             tracing::warn!("step {step}: {unjudged} of {} completions failed in the sandbox twice; left out of the update", samples.len());
         }
-        if unjudged == samples.len() {
-            bail!("step {step}: the sandbox failed on every completion, twice; it is not usable (see the verdicts in the run store)");
-        }
         let (cross_checked, disagreements) = match &self.cross {
             Some((verifier, prepared)) => {
                 let main_is_native = matches!(self.cfg.verifier.backend, super::config::BackendName::Native);
@@ -277,6 +274,10 @@ impl Trainer {
         };
 
         self.log_rollouts(step, &chosen, &samples)?;
+        if unjudged == samples.len() {
+            self.store.flush()?;
+            bail!("step {step}: the sandbox failed on every completion, twice; it is not usable (the verdicts are in the run store)");
+        }
         let rewarded = samples.len() - unjudged;
         let reward_mean = samples.iter().filter_map(|s| s.reward).sum::<f64>() / rewarded.max(1) as f64;
         let mut metrics = serde_json::json!({
