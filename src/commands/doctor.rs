@@ -143,7 +143,9 @@ fn print_text(r: &Report) {
                 m.tflops,
                 n = m.n
             ),
-            (None, e) => println!("matmul         {} failed: {}", m.device.as_deref().unwrap_or("?"), e.as_deref().unwrap_or_default()),
+            (None, e) => {
+                println!("matmul         {} failed: {}", m.device.as_deref().unwrap_or("?"), e.as_deref().unwrap_or_default())
+            }
         }
     }
     if !r.failed.is_empty() {

@@ -319,7 +319,12 @@ fn mix(args: MixArgs) -> anyhow::Result<ExitCode> {
     let present: std::collections::BTreeSet<String> = tasks.iter().map(|t| key.of(t)).collect();
     if let Some(absent) = targets.keys().find(|g| !present.contains(*g)) {
         let present: Vec<&str> = present.iter().map(String::as_str).collect();
-        bail!("--target {absent}: no task in {} has it (by {:?}, these are present: {})", show_paths(&args.io.inputs), args.by, present.join(", "));
+        bail!(
+            "--target {absent}: no task in {} has it (by {:?}, these are present: {})",
+            show_paths(&args.io.inputs),
+            args.by,
+            present.join(", ")
+        );
     }
     let curated = curate::mix::mix(tasks, key, &targets, args.total, args.seed);
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();

@@ -117,7 +117,8 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             if !without.is_empty() {
                 // One line, not one per task: a set without references would bury the summary.
                 let more = if without.len() > 3 { format!(" and {} more", without.len() - 3) } else { String::new() };
-                tracing::warn!("{} tasks have no reference solution and are skipped: {}{more}", without.len(), without[..without.len().min(3)].join(", "));
+                let first = without[..without.len().min(3)].join(", ");
+                tracing::warn!("{} tasks have no reference solution and are skipped: {first}{more}", without.len());
             }
             out.into_iter().unzip()
         }

@@ -158,7 +158,8 @@ mod tests {
         ];
         let out = dedupe(tasks, DedupeConfig::default());
         let kept: Vec<&str> = out.kept.iter().map(|t| t.prompt.as_deref().unwrap_or_default()).collect();
-        assert_eq!(kept, ["Print the sum of two integers read from one line of input.", "Reverse a string and print it."]);
+        assert_eq!(kept.len(), 2);
+        assert!(kept[0].starts_with("Print the sum") && kept[1].starts_with("Reverse"), "{kept:?}");
         assert_eq!(out.decisions[2].reason, "duplicate id: a again (first at position 1)");
         assert_eq!(out.dropped_by_reason().get("duplicate id"), Some(&1));
     }

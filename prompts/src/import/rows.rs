@@ -63,7 +63,8 @@ mod tests {
     #[test]
     fn a_byte_order_mark_is_skipped() {
         let rows = text_rows(Path::new("x.jsonl"), "\u{feff}{\"a\": 1}\n{\"a\": 2}\n").unwrap();
-        assert_eq!(rows.iter().map(|(i, r)| (*i, r.clone().unwrap()["a"].as_i64())).collect::<Vec<_>>(), [(1, Some(1)), (2, Some(2))]);
+        let got: Vec<(usize, Option<i64>)> = rows.iter().map(|(i, r)| (*i, r.clone().unwrap()["a"].as_i64())).collect();
+        assert_eq!(got, [(1, Some(1)), (2, Some(2))]);
         let rows = text_rows(Path::new("x.json"), "\u{feff}[{\"a\": 1}]").unwrap();
         assert_eq!(rows.len(), 1);
     }
