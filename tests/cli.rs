@@ -566,6 +566,7 @@ fn filters_that_keep_nothing_fail_and_say_why() {
     fails(&["prompts", "mix", "--target", "mbpp=1,leetcode=1", "--out", o, t], "--target leetcode: no task");
     let empty = write(dir.path(), "empty.jsonl", "");
     fails(&["prompts", "dedupe", "--out", o, empty.to_str().unwrap()], "no tasks in");
+    fails(&["prompts", "split", "--part", "a=1", "--out", o, empty.to_str().unwrap()], "no tasks in");
     // Tasks without references: nothing to verify.
     let bare = write(dir.path(), "bare.jsonl", "{\"id\":\"a\",\"kind\":\"stdio\",\"tests\":[{\"stdin\":\"\",\"stdout\":\"1\\n\"}]}\n");
     fails(&["verify", "--reference", "--tasks", bare.to_str().unwrap()], "none of the 1 tasks has a reference solution");

@@ -347,6 +347,9 @@ fn split(args: SplitArgs) -> anyhow::Result<ExitCode> {
         bail!("--part: the fractions sum to zero");
     }
     let tasks = read_tasks(&args.inputs)?;
+    if tasks.is_empty() {
+        bail!("split: no tasks in {}; nothing written", show_paths(&args.inputs));
+    }
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let (out, decisions): (BTreeMap<String, Vec<Task>>, Vec<Decision>) = curate::split::split(tasks, &parts, args.seed);
     for (name, tasks) in &out {
