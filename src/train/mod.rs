@@ -140,7 +140,7 @@ pub(crate) fn latest_checkpoint(run_dir: &Path) -> Option<(i64, PathBuf)> {
 /// one) and the run starts afresh, with or without `resume`. A run without a checkpoint whose
 /// store still says `running` may be alive in another process (or was killed): the error says
 /// what to remove.
-fn starting_point(run_dir: &Path, resume: bool) -> anyhow::Result<Option<(i64, PathBuf)>> {
+pub(crate) fn starting_point(run_dir: &Path, resume: bool) -> anyhow::Result<Option<(i64, PathBuf)>> {
     let store_path = run_dir.join("store.sqlite");
     let checkpoint = latest_checkpoint(run_dir);
     if checkpoint.is_none() && store_path.exists() {

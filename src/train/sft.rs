@@ -110,10 +110,9 @@ struct Pair {
 pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serde_json::Value)) -> anyhow::Result<PathBuf> {
     let run_dir = cfg.run.out_dir.join(&cfg.run.name);
     let store_path = run_dir.join("store.sqlite");
-    let checkpoint = if resume { latest_checkpoint(&run_dir) } else { None };
-    if !resume && store_path.exists() {
-        bail!("{} already has a run; resume it with --resume, or choose another run.name", run_dir.display());
-    }
+    // As for RL runs: the newest checkpoint, or afresh (also after a run that failed before its
+    // first checkpoint); `--resume` without a checkpoint is an error, not a second run.
+    let checkpoint = super::starting_point(&run_dir, resume)?;
     std::fs::create_dir_all(run_dir.join("checkpoints"))?;
     let placement = Placement::best_available();
     let mut model = match &checkpoint {
@@ -173,72 +172,81 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serd
         None => TokenWeighting::InverseT,
     };
     let device = placement.device;
-    let mut last = None;
-    while state.step < cfg.run.total_steps {
-        let started = Instant::now();
-        let step = state.step;
-        tch::manual_seed((mask_seed(cfg.run.seed, step as u64, 0x0073_6674) >> 1) as i64);
-        let rows = next_indices(&mut state, pairs.len(), cfg.sft.batch_size, cfg.run.seed);
-        let mut rng = ChaCha8Rng::seed_from_u64(mask_seed(cfg.run.seed, step as u64, 0x6d61_736b));
-        let uniform = |rng: &mut ChaCha8Rng| ((rng.next_u64() >> 40) as f64 + 0.5) / (1u64 << 24) as f64;
-        // Build every micro-batch first: the loss divides by the masked count of the whole batch.
-        let mut micro = Vec::new();
-        for chunk in rows.chunks(cfg.sft.micro_batch_size.max(1)) {
-            let longest_answer = chunk.iter().map(|&r| pairs[r].answer_len).max().unwrap_or(1);
-            let len_r = if cfg.sft.random_truncation { longest_answer + (uniform(&mut rng) * (n - longest_answer + 1) as f64) as usize } else { n }.min(n);
-            let p = chunk.iter().map(|&r| pairs[r].prompt.len()).max().unwrap_or(0);
-            let (mut ids, mut attention, mut mask) = (Vec::new(), Vec::new(), Vec::new());
-            let mut ts = Vec::new();
-            for &r in chunk {
-                let pair = &pairs[r];
-                let left = p - pair.prompt.len();
-                ids.extend(std::iter::repeat_n(pad, left).chain(pair.prompt.iter().copied()).chain(pair.response[..len_r].iter().copied()));
-                attention.extend(std::iter::repeat_n(0i64, left).chain(std::iter::repeat_n(1, pair.prompt.len() + len_r)));
-                let t = cfg.sft.eps + (1.0 - cfg.sft.eps) * uniform(&mut rng);
-                ts.push(t as f32);
-                let mut row: Vec<bool> = (0..len_r).map(|_| uniform(&mut rng) < t).collect();
-                if !row.iter().any(|&m| m) {
-                    let i = (rng.next_u64() % len_r as u64) as usize;
-                    row[i] = true;
+    // Every error from here on leaves the run `failed` in its store.
+    let outcome = (|| -> anyhow::Result<Option<PathBuf>> {
+        let mut last = None;
+        while state.step < cfg.run.total_steps {
+            let started = Instant::now();
+            let step = state.step;
+            tch::manual_seed((mask_seed(cfg.run.seed, step as u64, 0x0073_6674) >> 1) as i64);
+            let rows = next_indices(&mut state, pairs.len(), cfg.sft.batch_size, cfg.run.seed);
+            let mut rng = ChaCha8Rng::seed_from_u64(mask_seed(cfg.run.seed, step as u64, 0x6d61_736b));
+            let uniform = |rng: &mut ChaCha8Rng| ((rng.next_u64() >> 40) as f64 + 0.5) / (1u64 << 24) as f64;
+            // Build every micro-batch first: the loss divides by the masked count of the whole batch.
+            let mut micro = Vec::new();
+            for chunk in rows.chunks(cfg.sft.micro_batch_size.max(1)) {
+                let longest_answer = chunk.iter().map(|&r| pairs[r].answer_len).max().unwrap_or(1);
+                let len_r = if cfg.sft.random_truncation { longest_answer + (uniform(&mut rng) * (n - longest_answer + 1) as f64) as usize } else { n }.min(n);
+                let p = chunk.iter().map(|&r| pairs[r].prompt.len()).max().unwrap_or(0);
+                let (mut ids, mut attention, mut mask) = (Vec::new(), Vec::new(), Vec::new());
+                let mut ts = Vec::new();
+                for &r in chunk {
+                    let pair = &pairs[r];
+                    let left = p - pair.prompt.len();
+                    ids.extend(std::iter::repeat_n(pad, left).chain(pair.prompt.iter().copied()).chain(pair.response[..len_r].iter().copied()));
+                    attention.extend(std::iter::repeat_n(0i64, left).chain(std::iter::repeat_n(1, pair.prompt.len() + len_r)));
+                    let t = cfg.sft.eps + (1.0 - cfg.sft.eps) * uniform(&mut rng);
+                    ts.push(t as f32);
+                    let mut row: Vec<bool> = (0..len_r).map(|_| uniform(&mut rng) < t).collect();
+                    if !row.iter().any(|&m| m) {
+                        let i = (rng.next_u64() % len_r as u64) as usize;
+                        row[i] = true;
+                    }
+                    mask.extend(std::iter::repeat_n(false, p).chain(row));
                 }
-                mask.extend(std::iter::repeat_n(false, p).chain(row));
+                let b = chunk.len() as i64;
+                let shape = [b, (p + len_r) as i64];
+                let ids = Tensor::from_slice(&ids).view(shape).to_device(device);
+                let ragged = attention.contains(&0);
+                let attention = ragged.then(|| Tensor::from_slice(&attention).view(shape).to_device(device));
+                let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
+                let response = Tensor::arange(shape[1], (Kind::Int64, device)).ge(p as i64).unsqueeze(0).expand(shape, false);
+                let t = Tensor::from_slice(&ts).to_device(device);
+                let weights = token_weights(&mask, &response, &t, weighting, &ids, cfg.sft.no_loss_on_pad.then_some(pad));
+                let batch = ScoredBatch::new(&model, &ids, &mask, attention.as_ref())?;
+                let w = batch.flatten(&weights.loss);
+                micro.push((batch, w));
             }
-            let b = chunk.len() as i64;
-            let shape = [b, (p + len_r) as i64];
-            let ids = Tensor::from_slice(&ids).view(shape).to_device(device);
-            let ragged = attention.contains(&0);
-            let attention = ragged.then(|| Tensor::from_slice(&attention).view(shape).to_device(device));
-            let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
-            let response = Tensor::arange(shape[1], (Kind::Int64, device)).ge(p as i64).unsqueeze(0).expand(shape, false);
-            let t = Tensor::from_slice(&ts).to_device(device);
-            let weights = token_weights(&mask, &response, &t, weighting, &ids, cfg.sft.no_loss_on_pad.then_some(pad));
-            let batch = ScoredBatch::new(&model, &ids, &mask, attention.as_ref())?;
-            let w = batch.flatten(&weights.loss);
-            micro.push((batch, w));
+            let masked: i64 = micro.iter().map(|(b, _)| b.positions.sum(Kind::Int64).int64_value(&[])).sum();
+            optimizer.zero_grad();
+            let mut loss_sum = 0.0;
+            for (batch, w) in &micro {
+                let objective = |lp: &Tensor, start: i64| (-lp * w.narrow(0, start, lp.size()[0])).sum(Kind::Float) / masked.max(1) as f64;
+                let (_, loss) = model.backward_scored(batch, Pass::TRAIN, BackwardOptions { recompute: true, head_chunk: None }, &objective)?;
+                loss_sum += loss;
+            }
+            let grad_norm = optimizer.clip_grad_norm(cfg.sft.grad_clip);
+            let lr = cfg.optim.lr_schedule.lr(cfg.optim.lr, optimizer.step);
+            optimizer.set_lr(lr);
+            optimizer.step();
+            let metrics = serde_json::json!({"loss": loss_sum, "masked_tokens": masked, "grad_norm": grad_norm, "lr": lr,
+                                             "seconds": {"total": started.elapsed().as_secs_f64()}});
+            store.log_step(step, metrics.clone())?;
+            on_step(step, &metrics);
+            state.step += 1;
+            if state.step % cfg.run.save_freq == 0 || state.step == cfg.run.total_steps {
+                let dir = write_checkpoint(&run_dir, &cfg.model.path, &model, &optimizer, &state)?;
+                store.log_checkpoint(state.step, &dir)?;
+                last = Some(dir);
+            }
         }
-        let masked: i64 = micro.iter().map(|(b, _)| b.positions.sum(Kind::Int64).int64_value(&[])).sum();
-        optimizer.zero_grad();
-        let mut loss_sum = 0.0;
-        for (batch, w) in &micro {
-            let objective = |lp: &Tensor, start: i64| (-lp * w.narrow(0, start, lp.size()[0])).sum(Kind::Float) / masked.max(1) as f64;
-            let (_, loss) = model.backward_scored(batch, Pass::TRAIN, BackwardOptions { recompute: true, head_chunk: None }, &objective)?;
-            loss_sum += loss;
-        }
-        let grad_norm = optimizer.clip_grad_norm(cfg.sft.grad_clip);
-        let lr = cfg.optim.lr_schedule.lr(cfg.optim.lr, optimizer.step);
-        optimizer.set_lr(lr);
-        optimizer.step();
-        let metrics = serde_json::json!({"loss": loss_sum, "masked_tokens": masked, "grad_norm": grad_norm, "lr": lr,
-                                         "seconds": {"total": started.elapsed().as_secs_f64()}});
-        store.log_step(step, metrics.clone())?;
-        on_step(step, &metrics);
-        state.step += 1;
-        if state.step % cfg.run.save_freq == 0 || state.step == cfg.run.total_steps {
-            let dir = write_checkpoint(&run_dir, &cfg.model.path, &model, &optimizer, &state)?;
-            store.log_checkpoint(state.step, &dir)?;
-            last = Some(dir);
-        }
+        Ok(last)
+    })();
+    if outcome.is_err() {
+        let _ = store.set_status("failed");
+        let _ = store.flush();
     }
+    let last = outcome?;
     store.set_status("finished")?;
     store.flush()?;
     let last = last.or_else(|| latest_checkpoint(&run_dir).map(|(_, d)| d)).context("no checkpoint written")?;
