@@ -587,6 +587,10 @@ fn prompts_split_writes_only_inside_its_folder() {
         assert!(String::from_utf8_lossy(&run.stderr).contains(needle), "{}", String::from_utf8_lossy(&run.stderr));
     }
     assert!(!dir.path().join("evil.jsonl").exists() && !out.exists());
+    // A part's file must not be an input either.
+    let run = dllm_rl().args(["prompts", "split", "--part", "mbpp=0.5,rest=0.5", "--out"]).arg(dir.path()).arg(&tasks).output().unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("is also an input"), "{}", String::from_utf8_lossy(&run.stderr));
 }
 
 #[test]

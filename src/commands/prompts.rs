@@ -342,7 +342,9 @@ fn split(args: SplitArgs) -> anyhow::Result<ExitCode> {
     let parts = parse_pairs(&args.part, "--part")?;
     for (name, _) in &parts {
         check_part_name(name)?;
+        refuse_out_among_inputs(&args.out.join(format!("{name}.jsonl")), &args.inputs)?;
     }
+    refuse_out_among_inputs(&args.out.join("split.manifest.jsonl"), &args.inputs)?;
     if parts.iter().map(|p| p.1).sum::<f64>() <= 0.0 {
         bail!("--part: the fractions sum to zero");
     }
