@@ -2,8 +2,9 @@
 //! §3.2): per scored token i of a row with advantage A,
 //! `r = exp(ℓ - ℓ_old)`, `L = max(-A r, -A clip(r, 1 - ε_low, 1 + ε_high))`, weighted by the
 //! token's loss weight and normalised by the sum of its normaliser weights over the whole
-//! mini-batch (token-mean). Every term depends on its own token only, so the loss can be
-//! computed and back-propagated in chunks ([`crate::recompute`]).
+//! mini-batch (DAPO's token-mean; Dream-Coder's verl normalises each micro-batch by its own sum
+//! and averages the micro-batches, a deviation the trainer documents). Every term depends on its
+//! own token only, so the loss can be computed and back-propagated in chunks ([`crate::recompute`]).
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
