@@ -352,3 +352,36 @@ fn native_methods_of_returned_objects_are_recorded() {
 fn wasm_methods_of_returned_objects_are_recorded() {
     methods_of_returned_objects(Backend::Wasm);
 }
+
+/// Not a hack, but it shares the fixture: a linked list of 200 nodes crosses the result channel
+/// (objects travel in a flat table; nested, 50 nodes were too deep for the JSON reader and an
+/// honest solution failed as malformed), and a wrong one still fails.
+fn long_linked_lists(backend: Backend) {
+    let f = fixture(backend);
+    let test_code = "from solution import ListNode, reverse_list\n\n\
+                     def build(values):\n    head = None\n    for v in reversed(values):\n        head = ListNode(v, head)\n    return head\n\n\
+                     def to_list(node):\n    out = []\n    while node:\n        out.append(node.val)\n        node = node.next\n    return out\n\n\
+                     def test_long():\n    assert to_list(reverse_list(build(list(range(200))))) == list(range(199, -1, -1))\n";
+    let task = serde_json::json!({"id": "linked", "kind": "pytest", "test_code": test_code});
+    let tasks = vec![f.verifier.prepare(serde_json::from_value(task).unwrap()).unwrap()];
+    let node = "class ListNode:\n    def __init__(self, val=0, next=None):\n        self.val = val\n        self.next = next\n";
+    let honest = format!(
+        "{node}def reverse_list(head):\n    prev = None\n    while head:\n        head.next, prev, head = prev, head, head.next\n    return prev\n"
+    );
+    let wrong = format!("{node}def reverse_list(head):\n    return head\n");
+    let completions: Vec<Completion> =
+        [honest, wrong].iter().map(|code| Completion { task: 0, text: format!("```python\n{code}\n```") }).collect();
+    let verdicts = f.verifier.verify_batch(&tasks, &completions, &|_| {});
+    assert!(verdicts[0].all_passed, "{backend:?}: {:?}", verdicts[0]);
+    assert_eq!(verdicts[1].summary(), "wrong_answer", "{backend:?}: {:?}", verdicts[1]);
+}
+
+#[test]
+fn native_long_linked_lists_are_judged() {
+    long_linked_lists(Backend::Native);
+}
+
+#[test]
+fn wasm_long_linked_lists_are_judged() {
+    long_linked_lists(Backend::Wasm);
+}

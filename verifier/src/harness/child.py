@@ -32,7 +32,9 @@ import types
 WARM_IMPORTS = "array bisect collections copy dataclasses decimal fractions functools heapq itertools math operator random re statistics string typing"
 
 # Result lines are capped so that a hostile candidate cannot make the parent buffer gigabytes.
-MAX_DEPTH = 64
+# Depth counts JSON nesting levels: the parent's JSON reader stops at 128, and a value sits up
+# to 6 levels down in its result line.
+MAX_DEPTH = 120
 MAX_ITEMS = 1_000_000
 
 # ---------------------------------------------------------------------------------------------
@@ -42,21 +44,39 @@ MAX_ITEMS = 1_000_000
 
 
 def encode(value):
-    """Type-tagged JSON of `value`, built from builtin types only (see the module doc)."""
-    return _Encoder().encode(value, 0)
+    """Type-tagged JSON of `value`, built from builtin types only (see the module doc).
+
+    Plain objects (ListNode, TreeNode, a class the task asked for) travel as their attributes,
+    read with object.__getattribute__ so that no candidate method runs, in a flat table:
+    `{"$graph": {"value": V, "objects": [{"$object": cls, "id": n, "attrs": [[k, v]...]}...]}}`
+    with `{"$ref": n}` wherever an object occurs. Nested, a linked list of 50 nodes was too deep
+    for the parent's JSON reader, and an honest solution failed as "malformed"."""
+    encoder = _Encoder()
+    root = encoder.encode(value, 0)
+    if not encoder.queue:
+        return root
+    objects = []
+    while len(objects) < len(encoder.queue):
+        obj = encoder.queue[len(objects)]
+        attrs = object.__getattribute__(obj, "__dict__") if _has_dict(obj) else None
+        entry = {"$object": type(obj).__name__, "id": len(objects), "attrs": None}
+        if type(attrs) is dict:
+            entry["attrs"] = [[str(k), encoder.encode(v, 6)] for k, v in dict.items(attrs)]
+        objects.append(entry)
+    return {"$graph": {"value": root, "objects": objects}}
 
 
 class _Encoder:
     def __init__(self):
         self.budget = MAX_ITEMS
-        self.objects = {}  # id -> reference number, so cyclic object graphs terminate
+        self.objects = {}  # id -> reference number, so shared and cyclic objects are one entry
+        self.queue = []  # the objects met, in reference order; their attributes come later
 
     def encode(self, value, depth):
         self.budget -= 1
         if self.budget < 0 or depth > MAX_DEPTH:
             raise ValueError("value too large or too deep")
         t = type(value)
-        d = depth + 1
         if value is None or t is bool or t is str:
             return value
         if t is int:
@@ -64,33 +84,27 @@ class _Encoder:
         if t is float:
             return value if math.isfinite(value) else {"$float": repr(value)}
         if t is list:
-            return [self.encode(v, d) for v in value]
+            return [self.encode(v, depth + 1) for v in value]
         if t is tuple:
-            return {"$tuple": [self.encode(v, d) for v in value]}
+            return {"$tuple": [self.encode(v, depth + 2) for v in value]}
         if t is dict:
-            return {"$dict": [[self.encode(k, d), self.encode(v, d)] for k, v in dict.items(value)]}
+            return {"$dict": [[self.encode(k, depth + 3), self.encode(v, depth + 3)] for k, v in dict.items(value)]}
         if t is set or t is frozenset:
-            return {"$set" if t is set else "$frozenset": [self.encode(v, d) for v in value]}
+            return {"$set" if t is set else "$frozenset": [self.encode(v, depth + 2) for v in value]}
         if t is bytes:
             return {"$bytes": value.hex()}
         if t is complex:
-            return {"$complex": [self.encode(value.real, d), self.encode(value.imag, d)]}
+            return {"$complex": [self.encode(value.real, depth + 2), self.encode(value.imag, depth + 2)]}
         np = sys.modules.get("numpy")
         if np is not None and t is np.ndarray:
-            return {"$ndarray": {"dtype": str(value.dtype), "data": self.encode(np.ndarray.tolist(value), d)}}
+            return {"$ndarray": {"dtype": str(value.dtype), "data": self.encode(np.ndarray.tolist(value), depth + 2)}}
         if np is not None and t.__module__ == "numpy" and issubclass(t, np.generic) and t in _numpy_scalar_types(np):
-            return self.encode(np.generic.item(value), d)
-        # Plain objects (ListNode, TreeNode, a class the task asked for) travel as their
-        # attributes, read with object.__getattribute__ so that no candidate method runs.
+            return self.encode(np.generic.item(value), depth)
         key = id(value)
-        if key in self.objects:
-            return {"$ref": self.objects[key]}
-        self.objects[key] = len(self.objects)
-        attrs = object.__getattribute__(value, "__dict__") if _has_dict(value) else None
-        encoded = {"$object": t.__name__, "id": self.objects[key], "attrs": None}
-        if type(attrs) is dict:
-            encoded["attrs"] = [[str(k), self.encode(v, d)] for k, v in dict.items(attrs)]
-        return encoded
+        if key not in self.objects:
+            self.objects[key] = len(self.queue)
+            self.queue.append(value)
+        return {"$ref": self.objects[key]}
 
 
 def _numpy_scalar_types(np):

@@ -69,6 +69,15 @@ def decode(value, objects=None):
         except Exception:
             pass
         return data
+    if tag == "$graph":
+        # Every object first (references may point forward or form cycles), then attributes.
+        table = inner["objects"]
+        for entry in table:
+            objects[entry["id"]] = Opaque(entry["$object"])
+        for entry in table:
+            for k, v in entry.get("attrs") or []:
+                setattr(objects[entry["id"]], k, decode(v, objects))
+        return decode(inner["value"], objects)
     if tag == "$ref":
         return objects[inner]
     if tag == "$object":
