@@ -47,12 +47,14 @@ const TRUSTED_ADDRESS_SPACE: libc::rlim_t = 4 << 30;
 pub const TRUSTED_SOURCE: &str =
     concat!(include_str!("child.py"), "\n", include_str!("trusted.py"), "\ntrusted_main()\n");
 
+/// The I/O causes are in the messages, not `source()`s: verdicts keep `to_string()` alone, and
+/// a cause in both would be printed twice by `{:#}`.
 #[derive(Debug, thiserror::Error)]
 pub enum TrustedError {
-    #[error("cannot start the trusted judge {python}: {source}")]
-    Spawn { python: String, source: std::io::Error },
+    #[error("cannot start the trusted judge {python}: {cause}")]
+    Spawn { python: String, cause: std::io::Error },
     #[error("trusted judge I/O: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("trusted judge answered badly: {0}")]
     Protocol(String),
     /// The task's test code ran past its deadline (a loop over a huge value the candidate
@@ -134,6 +136,12 @@ struct Process {
     _workdir: tempfile::TempDir,
 }
 
+impl From<std::io::Error> for TrustedError {
+    fn from(e: std::io::Error) -> Self {
+        TrustedError::Io(e)
+    }
+}
+
 /// A small pool of trusted judge processes (one per concurrent caller).
 pub struct TrustedJudge {
     python: std::path::PathBuf,
@@ -164,7 +172,9 @@ impl TrustedJudge {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+        // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent. (No parent-
+        // death signal: it fires when the spawning *thread* ends, and judges outlive the scoped
+        // threads that start them; a judge whose verifier died reads end-of-file and exits.)
         unsafe {
             command.pre_exec(|| {
                 let cap = libc::rlimit { rlim_cur: TRUSTED_ADDRESS_SPACE, rlim_max: TRUSTED_ADDRESS_SPACE };
@@ -176,7 +186,7 @@ impl TrustedJudge {
         }
         let mut child = command
             .spawn()
-            .map_err(|source| TrustedError::Spawn { python: self.python.display().to_string(), source })?;
+            .map_err(|cause| TrustedError::Spawn { python: self.python.display().to_string(), cause })?;
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         Ok(Process { child, stdin, stdout, _workdir: workdir })
