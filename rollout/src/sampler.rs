@@ -10,8 +10,9 @@
 //! - a step proposes tokens at the block's masked positions ([`crate::proposal`]) and commits
 //!   some: each row its own quota `floor(m (1 - s/t))` of the most confident (or the batch-mean
 //!   quota of the reference), all left at the block's last step; `origin` reveals each position
-//!   with probability `1 - s/t`; threshold decoding commits the most confident position and
-//!   every position whose token probability reaches the threshold, until the block is full.
+//!   with probability `1 - s/t`; threshold decoding commits the position whose token is most
+//!   probable and every position whose token probability reaches the threshold (both after the
+//!   pad penalty), until the block is full.
 //!
 //! Where this departs from the published code, deliberately:
 //! - Fast-dLLM's Dream block sampler commits the first token of each block from the refresh pass
@@ -156,7 +157,10 @@ pub fn sample(model: &DreamModel, cfg: &SamplerConfig, canvas: &Canvas, seeds: &
 
             let proposed = x.masked_scatter(&masked, &proposal.tokens);
             let neg_inf = Tensor::full([b, l], f64::NEG_INFINITY, (Kind::Float, device));
-            let mut confidence = neg_inf.masked_scatter(&masked, &proposal.confidence);
+            // Threshold decoding orders by the proposed token's probability (Fast-dLLM), the
+            // other schedules by the configured confidence (entropy, margin, ...).
+            let scores = if threshold.is_some() { &proposal.probability } else { &proposal.confidence };
+            let mut confidence = neg_inf.masked_scatter(&masked, scores);
             if cfg.pad_penalty > 0.0 {
                 let progress = step_of_row.to_kind(Kind::Float) / total_steps as f64;
                 let is_stop = Tensor::isin(&proposed, &stop_ids, false, false).logical_and(&masked);
@@ -164,9 +168,8 @@ pub fn sample(model: &DreamModel, cfg: &SamplerConfig, canvas: &Canvas, seeds: &
             }
 
             let commit = if let Some(tau) = threshold {
-                let probability = neg_inf.masked_scatter(&masked, &proposal.probability);
                 let best = ranks(&confidence).eq(0).logical_and(&masked);
-                best.logical_or(&probability.ge(tau).logical_and(&masked))
+                best.logical_or(&confidence.ge(tau).logical_and(&masked))
             } else if cfg.alg == Alg::Origin {
                 position_u.lt(transfer_ratio(&ts, i) as f64).logical_and(&masked)
             } else {

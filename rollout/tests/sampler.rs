@@ -166,3 +166,37 @@ fn batch_mean_quota_is_clamped_to_each_rows_masks() {
     assert_eq!(out.ids.eq(49).sum(Kind::Int64).int64_value(&[]), 0);
 }
 
+
+/// Fast-dLLM's rule: a threshold step commits the block's position whose proposed token is
+/// most probable (then every one at or above the threshold; at 1.0, none besides). Checked by
+/// recomputing, for each step, the model's probabilities on the canvas that step saw.
+#[test]
+fn threshold_decoding_commits_the_most_probable_position() {
+    let model = tiny();
+    let cfg = SamplerConfig {
+        max_new_tokens: 16,
+        steps: 16,
+        temperature: 0.0,
+        top_p: 1.0,
+        early_stop: false,
+        block: Some(BlockConfig { length: 8, cache: CacheMode::None, threshold: Some(1.0) }),
+        ..SamplerConfig::default()
+    };
+    let out = run(&model, &cfg, &[PROMPT], &[5]);
+    let (ids, steps) = (&rows(&out.ids)[0], &rows(&out.step_map)[0]);
+    let p = PROMPT.len();
+    for s in 0..out.forwards {
+        let committed: Vec<usize> = (0..16).filter(|&j| steps[j] == s).collect();
+        assert_eq!(committed.len(), 1, "step {s}: {steps:?}");
+        let mut canvas = PROMPT.to_vec();
+        canvas.extend((0..16).map(|j| if steps[j] < s { ids[p + j] } else { 49 }));
+        let hidden = model.forward(&Tensor::from_slice(&canvas).view([1, -1]), None, dllm_policy::Pass::EVAL);
+        let logits = model.logits(&hidden).index_fill(2, &Tensor::from_slice(&[49i64]), f64::NEG_INFINITY);
+        let top: Vec<f32> = Vec::try_from(logits.softmax(-1, Kind::Float).amax(&[2i64][..], false).view([-1])).unwrap();
+        let j = committed[0];
+        let block = (j / 8) * 8..(j / 8) * 8 + 8;
+        for k in block.filter(|&k| steps[k] >= s) {
+            assert!(top[p + j] >= top[p + k] - 1e-6, "step {s}: committed {j} ({}), {k} is likelier ({})", top[p + j], top[p + k]);
+        }
+    }
+}
