@@ -86,6 +86,13 @@ fn native_run_that_closes_its_pipes_and_sleeps_times_out() {
     assert!(v.all_passed, "the sandbox no longer works after the timeouts: {v:?}");
 }
 
+#[test]
+fn wasm_run_that_closes_its_descriptors_and_sleeps_times_out() {
+    let code = "import os, time\nfor fd in (1, 2, 3):\n    os.close(fd)\ntime.sleep(10**6)\n";
+    let (v, _) = judge(Backend::Wasm, STDIO_TASK, code, Duration::from_secs(60));
+    assert_eq!(v.tests[0].verdict, TestVerdict::Timeout, "{v:?}");
+}
+
 /// Six call tests; the first sleeps 4.5 s, past its limit (1 s and a second of start-up; the
 /// wasm sandbox scales the 0.2 s to 1 s) but within the run's (7 s), writing to the result
 /// channel all the while: newlines, empty objects, a line for a test that does not exist.
