@@ -176,8 +176,9 @@ pub struct SamplerArgs {
 }
 
 impl SamplerArgs {
-    pub fn config(&self) -> dllm_rollout::SamplerConfig {
-        dllm_rollout::SamplerConfig {
+    /// The validated settings; a bad one is named by its flag (the sampler names TOML keys).
+    pub fn config(&self) -> anyhow::Result<dllm_rollout::SamplerConfig> {
+        let config = dllm_rollout::SamplerConfig {
             max_new_tokens: self.max_new_tokens,
             steps: self.steps.unwrap_or(self.max_new_tokens),
             temperature: self.temperature,
@@ -189,8 +190,20 @@ impl SamplerArgs {
             pad_penalty: self.pad_penalty,
             early_stop: !self.no_early_stop,
             ..dllm_rollout::SamplerConfig::default()
+        };
+        match config.validate() {
+            Ok(()) => Ok(config),
+            Err(dllm_rollout::RolloutError::Config { key, reason }) => anyhow::bail!("--{}: {reason}", flag_of(&key)),
+            Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The flag that sets a `[rollout.sampler]` key: `block.length` is `--block-length`, the other
+/// block keys have no prefix (`--cache`, `--threshold`).
+fn flag_of(key: &str) -> String {
+    let key = if key == "block.length" { "block_length" } else { key.trim_start_matches("block.") };
+    key.replace('_', "-")
 }
 
 #[derive(Debug, Args)]

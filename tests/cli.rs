@@ -617,3 +617,27 @@ fn a_byte_order_mark_is_not_an_error() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert!(String::from_utf8_lossy(&run.stdout).contains("20 tasks"));
 }
+
+#[test]
+fn sampler_settings_are_named_as_the_user_wrote_them() {
+    // On the command line, by flag, before any checkpoint is read.
+    for (bad, needle) in [
+        (&["--max-new-tokens", "100", "--block-length", "32"][..], "--block-length: 32 must be positive and divide max_new_tokens 100"),
+        (&["--block-length", "32", "--threshold", "2"][..], "--threshold: 2 is not in (0, 1]"),
+    ] {
+        let run = dllm_rl().args(["generate", "--model", "/no/such/model", "--prompt", "x"]).args(bad).output().unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(err.contains(needle) && !err.contains("/no/such/model"), "{bad:?}: {err}");
+    }
+    // In a train config, by TOML key; a default that cannot fit says how to choose.
+    let dir = tempfile::tempdir().unwrap();
+    let head = "[run]\nname = \"r\"\ntotal_steps = 3\n[model]\npath = \"m\"\n[data]\ntrain_files = [\"t.jsonl\"]\n";
+    let config = write(dir.path(), "run.toml", &format!("{head}[rollout.sampler]\nmax_new_tokens = 100\n"));
+    let run = dllm_rl().args(["train", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("line 8") && err.contains("block.length defaults to 32") && err.contains("block = \"none\""), "{err}");
+    let config = write(dir.path(), "run.toml", &format!("{head}[rollout.sampler]\nmax_new_tokens = 16\n[rollout.sampler.block]\nlength = 5\n"));
+    let run = dllm_rl().args(["train", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("rollout.sampler.block.length: 5 must be positive and divide max_new_tokens 16"), "{err}");
+}

@@ -1,6 +1,11 @@
 //! Sampler settings, named as in Dream's `diffusion_generate` and Fast-dLLM, with defaults from
 //! Dream-Coder's RL rollouts (`../shared/research/dllm_rl.md` §3.3): 768 new tokens in 768
 //! steps, temperature 1.0, top-p 0.95, entropy order, blocks of 32 with the prefix cache.
+//!
+//! In TOML (`[rollout.sampler]` of a train config) the defaults a file leaves out follow the
+//! values it sets: `steps` defaults to `max_new_tokens`, and the block length to
+//! `min(32, max_new_tokens)`, so `max_new_tokens = 16` alone is a valid section. `block = "none"`
+//! chooses Dream's plain sampler (one block over the whole canvas, no cache).
 
 use serde::{Deserialize, Serialize};
 
@@ -64,7 +69,7 @@ fn default_cache() -> CacheMode {
 
 /// Everything a sampler call needs besides the model and the prompts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "SamplerToml")]
 pub struct SamplerConfig {
     pub max_new_tokens: i64,
     /// Denoising steps in total (over all blocks).
@@ -78,7 +83,9 @@ pub struct SamplerConfig {
     /// The last timestep (t runs from 1 to eps).
     pub eps: f64,
     pub quota: Quota,
-    /// `None`: one block over the whole canvas and no cache (Dream's plain sampler).
+    /// `None`: one block over the whole canvas and no cache (Dream's plain sampler); written
+    /// `block = "none"` in TOML, where TOML has no null and a missing key means the default.
+    #[serde(serialize_with = "serialize_block")]
     pub block: Option<BlockConfig>,
     /// Lowers the confidence of positions whose proposal is a stop token (pad/eos/`<|im_end|>`)
     /// by `pad_penalty x (1 - progress)`: answers are written before the padding that ends them.
@@ -108,6 +115,100 @@ impl Default for SamplerConfig {
     }
 }
 
+/// The block length a config gets when it names none (Dream-Coder's).
+const DEFAULT_BLOCK_LENGTH: i64 = 32;
+
+/// [`SamplerConfig`] as a file writes it: `None` is a key the file leaves out, so that the
+/// defaults of `steps` and `block` can follow `max_new_tokens` (a file that sets only
+/// `max_new_tokens = 16` would otherwise fail on 32-token blocks it never asked for).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SamplerToml {
+    max_new_tokens: Option<i64>,
+    steps: Option<i64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i64>,
+    alg: Option<Alg>,
+    alg_temp: Option<f64>,
+    eps: Option<f64>,
+    quota: Option<Quota>,
+    /// Outer `None`: not in the file; `Some(None)`: `block = "none"`.
+    #[serde(default, deserialize_with = "deserialize_block")]
+    block: Option<Option<BlockConfig>>,
+    pad_penalty: Option<f64>,
+    early_stop: Option<bool>,
+}
+
+impl TryFrom<SamplerToml> for SamplerConfig {
+    type Error = String;
+
+    fn try_from(t: SamplerToml) -> Result<Self, String> {
+        let d = SamplerConfig::default();
+        let max_new_tokens = t.max_new_tokens.unwrap_or(d.max_new_tokens);
+        let block = match t.block {
+            Some(block) => block,
+            None => {
+                let length = DEFAULT_BLOCK_LENGTH.min(max_new_tokens);
+                // Checked here, where it is known that the user chose neither number's partner.
+                if length > 0 && max_new_tokens % length != 0 {
+                    return Err(format!(
+                        "block.length defaults to {length}, which does not divide max_new_tokens = {max_new_tokens}: \
+                         add a [rollout.sampler.block] table with a `length` that divides it, or set \
+                         `block = \"none\"` for Dream's plain sampler (no blocks)"
+                    ));
+                }
+                d.block.map(|b| BlockConfig { length, ..b })
+            }
+        };
+        Ok(SamplerConfig {
+            max_new_tokens,
+            steps: t.steps.unwrap_or(max_new_tokens),
+            temperature: t.temperature.unwrap_or(d.temperature),
+            top_p: t.top_p.unwrap_or(d.top_p),
+            top_k: t.top_k.or(d.top_k),
+            alg: t.alg.unwrap_or(d.alg),
+            alg_temp: t.alg_temp.unwrap_or(d.alg_temp),
+            eps: t.eps.unwrap_or(d.eps),
+            quota: t.quota.unwrap_or(d.quota),
+            block,
+            pad_penalty: t.pad_penalty.unwrap_or(d.pad_penalty),
+            early_stop: t.early_stop.unwrap_or(d.early_stop),
+        })
+    }
+}
+
+/// `block`: a table, or the string `"none"`.
+fn deserialize_block<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<BlockConfig>>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Option<BlockConfig>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a [block] table (length, cache, threshold) or \"none\" for Dream's plain sampler")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            if v == "none" { Ok(None) } else { Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)) }
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            // Through BlockConfig's own derive, so a misspelt key inside the table is still named.
+            BlockConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    d.deserialize_any(Visitor).map(Some)
+}
+
+/// Writes `None` as `"none"`: a saved config (the run's `config.toml`) must read back as the
+/// plain sampler, not as the default blocks an absent key gives.
+fn serialize_block<S: serde::Serializer>(block: &Option<BlockConfig>, s: S) -> Result<S::Ok, S::Error> {
+    match block {
+        Some(b) => b.serialize(s),
+        None => s.serialize_str("none"),
+    }
+}
+
 impl SamplerConfig {
     /// Dream's plain `diffusion_generate`: no blocks, no cache.
     pub fn plain(max_new_tokens: i64, steps: i64) -> Self {
@@ -122,7 +223,7 @@ impl SamplerConfig {
         }
     }
 
-    /// Checks every value; errors name the key (as in a TOML `[rollout]` section).
+    /// Checks every value; errors name the key (as in a TOML `[rollout.sampler]` section).
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, reason: String| Err(RolloutError::Config { key: key.into(), reason });
         if self.max_new_tokens < 1 {
@@ -220,5 +321,37 @@ mod tests {
         assert_eq!(c.temperature, 1.0);
         let err = toml::from_str::<SamplerConfig>("stepz = 3").unwrap_err();
         assert!(err.to_string().contains("stepz"), "{err}");
+        let err = toml::from_str::<SamplerConfig>("[block]\nlenght = 16\n").unwrap_err();
+        assert!(err.to_string().contains("lenght"), "{err}");
+    }
+
+    #[test]
+    fn defaults_a_file_leaves_out_follow_max_new_tokens() {
+        // Only max_new_tokens: steps and the block length follow it (blocks of 32 cannot split 16).
+        let c: SamplerConfig = toml::from_str("max_new_tokens = 16").unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.steps, c.blocks()), (16, (1, 16)));
+        let c: SamplerConfig = toml::from_str("max_new_tokens = 64\nsteps = 32").unwrap();
+        assert_eq!((c.steps, c.blocks()), (32, (2, 32)));
+        // A default that cannot divide says so, and how to choose.
+        let err = toml::from_str::<SamplerConfig>("max_new_tokens = 100").unwrap_err().to_string();
+        assert!(err.contains("block.length defaults to 32") && err.contains("block = \"none\""), "{err}");
+        // Cache and threshold keep their defaults when only the length is given.
+        let c: SamplerConfig = toml::from_str("max_new_tokens = 100\n[block]\nlength = 25").unwrap();
+        assert_eq!(c.block, Some(BlockConfig { length: 25, cache: CacheMode::Prefix, threshold: None }));
+    }
+
+    #[test]
+    fn block_none_is_the_plain_sampler_and_survives_a_round_trip() {
+        let c: SamplerConfig = toml::from_str("max_new_tokens = 100\nblock = \"none\"").unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.block, c.blocks()), (None, (1, 100)));
+        // A saved config (the run's config.toml) reads back as it was, blocks or none.
+        for config in [c, SamplerConfig::default()] {
+            let text = toml::to_string(&config).unwrap();
+            assert_eq!(toml::from_str::<SamplerConfig>(&text).unwrap(), config, "{text}");
+        }
+        let err = toml::from_str::<SamplerConfig>("block = \"off\"").unwrap_err().to_string();
+        assert!(err.contains("\"none\""), "{err}");
     }
 }

@@ -2,8 +2,9 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
-    /// A sampler setting that cannot work; `key` as in the `[rollout]` TOML section.
-    #[error("rollout.{key}: {reason}")]
+    /// A sampler setting that cannot work; `key` as in the `[rollout.sampler]` TOML section
+    /// (the command line maps it to its flag: `SamplerArgs::validate`).
+    #[error("rollout.sampler.{key}: {reason}")]
     Config { key: String, reason: String },
 
     /// A request that cannot be sampled (empty prompt, too long for the model, ...).

@@ -83,9 +83,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     if args.samples == 0 {
         bail!("--samples must be at least 1");
     }
+    let cfg = args.sampler.config()?;
     let (model, tokenizer) = load_policy(&args.model, args.lora.as_deref())?;
-    let cfg = args.sampler.config();
-    cfg.validate()?;
     let special = SpecialIds::from_config(&model.config, &tokenizer.stop_ids)?;
     let render = match &args.prompt_format {
         Some(path) => prompt_format(path)?,

@@ -74,6 +74,8 @@ pub(crate) fn load_policy(dir: &Path, lora: Option<&Path>) -> anyhow::Result<(Dr
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    // Before loading the model: a bad flag should not cost a checkpoint load.
+    let cfg = args.sampler.config()?;
     let (model, tokenizer) = load_policy(&args.model, args.lora.as_deref())?;
     let prompts = match (&args.prompt, &args.prompts) {
         (Some(text), _) => {
@@ -83,8 +85,6 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         (None, Some(path)) => read_prompts(path, args.chat)?,
         (None, None) => bail!("give --prompt or --prompts"),
     };
-    let cfg = args.sampler.config();
-    cfg.validate()?;
     let special = SpecialIds::from_config(&model.config, &tokenizer.stop_ids)?;
     let requests = prompts
         .iter()

@@ -406,4 +406,19 @@ mod tests {
         let cfg: TrainConfig = toml::from_str(&format!("{MINIMAL}[actor]\nmask_sharing = \"micro_batch\"\n")).unwrap();
         assert_eq!(cfg.actor.mask_sharing, MaskSharing::MicroBatch);
     }
+
+    #[test]
+    fn sampler_keys_are_named_as_the_file_writes_them() {
+        // max_new_tokens alone: the 32-token default blocks shrink to fit instead of failing.
+        let cfg: TrainConfig = toml::from_str(&format!("{MINIMAL}[rollout.sampler]\nmax_new_tokens = 16\n")).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!((cfg.rollout.sampler.steps, cfg.rollout.sampler.blocks()), (16, (1, 16)));
+        let cfg: TrainConfig =
+            toml::from_str(&format!("{MINIMAL}[rollout.sampler]\nmax_new_tokens = 16\n[rollout.sampler.block]\nlength = 5\n"))
+                .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("rollout.sampler.block.length: 5 "), "{err}");
+        let cfg: TrainConfig = toml::from_str(&format!("{MINIMAL}[rollout.sampler]\nblock = \"none\"\n")).unwrap();
+        assert_eq!(cfg.rollout.sampler.block, None);
+    }
 }
