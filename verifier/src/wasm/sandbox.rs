@@ -37,6 +37,7 @@ use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use super::artifacts::{ArtifactsError, WasiPythonArtifacts};
+use super::cache;
 use super::poll::{self, RunClock};
 use super::writes::{self, BudgetSpent, WriteBudget};
 use crate::harness::{GUEST_PRELOAD, GUEST_SOURCE};
@@ -298,6 +299,7 @@ impl WasmSandbox {
         }
         let cached = cache_dir.join(format!("guest-preinit-{:016x}.cwasm", hasher.finish()));
         let module = if cached.exists() {
+            cache::mark_used(&cached);
             // SAFETY: written by `Module::serialize` of this engine configuration (the key
             // includes the compatibility hash via `snapshot_key`), in our 0700 cache folder.
             unsafe { Module::deserialize_file(&self.engine, &cached) }.map_err(wt("loading the pre-initialised guest"))?
@@ -331,6 +333,7 @@ impl WasmSandbox {
             std::fs::rename(&tmp, &cached).map_err(io_err("cannot write the module cache", &cached))?;
             module
         };
+        cache::prune(cache_dir, "guest-preinit-", cache::KEEP_PER_KIND);
         Ok(self.linker.instantiate_pre(&module).map_err(wt("linking the pre-initialised guest"))?)
     }
 
@@ -553,6 +556,8 @@ fn load_or_compile(engine: &Engine, wasm: &Path, cache_dir: &Path) -> Result<Mod
     let key = module_key(engine, wasm)?;
     let cached = cache_dir.join(format!("python-snapshot-{key:016x}.cwasm"));
     if cached.exists() {
+        cache::mark_used(&cached);
+        cache::prune(cache_dir, "python-snapshot-", cache::KEEP_PER_KIND);
         // SAFETY: the file was written by `Module::serialize` of this wasmtime with the same
         // configuration (the key includes the compatibility hash), into a 0700 folder of ours.
         match unsafe { Module::deserialize_file(engine, &cached) } {
@@ -567,6 +572,7 @@ fn load_or_compile(engine: &Engine, wasm: &Path, cache_dir: &Path) -> Result<Mod
     std::fs::write(&tmp, bytes).map_err(io_err("cannot write the module cache", &tmp))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io_err("cannot chmod", &tmp))?;
     std::fs::rename(&tmp, &cached).map_err(io_err("cannot write the module cache", &cached))?;
+    cache::prune(cache_dir, "python-snapshot-", cache::KEEP_PER_KIND);
     Ok(module)
 }
 
