@@ -641,3 +641,29 @@ fn sampler_settings_are_named_as_the_user_wrote_them() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("rollout.sampler.block.length: 5 must be positive and divide max_new_tokens 16"), "{err}");
 }
+
+#[test]
+fn task_files_may_be_gzip_compressed_and_a_false_gz_is_named() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("t.jsonl");
+    let src = repo("tests/data/shared/sandboxfusion/code_eval_mbpp.jsonl");
+    assert!(dllm_rl().args(["-q", "prompts", "import", "--format", "sandboxfusion-mbpp", "--out"]).arg(&tasks).arg(&src).status().unwrap().success());
+    let gz = dir.path().join("t.jsonl.gz");
+    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::default());
+    enc.write_all(&std::fs::read(&tasks).unwrap()).unwrap();
+    enc.finish().unwrap();
+    let run = dllm_rl().args(["prompts", "stats"]).arg(&gz).output().unwrap();
+    assert!(String::from_utf8_lossy(&run.stdout).contains("20 tasks"), "{}", String::from_utf8_lossy(&run.stderr));
+    let run = dllm_rl().args(["-q", "verify", "--reference", "--tasks"]).arg(&gz).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    // A plain file named .gz: one clear sentence, from the task readers and the importer alike.
+    let fake = dir.path().join("x.gz");
+    std::fs::copy(&tasks, &fake).unwrap();
+    for args in [&["prompts", "stats"][..], &["prompts", "import", "--format", "sandboxfusion-mbpp", "--out", "/dev/null"]] {
+        let run = dllm_rl().args(args).arg(&fake).output().unwrap();
+        assert_eq!(run.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(err.contains("x.gz: not gzip-compressed, although its name ends in .gz") && err.lines().count() == 1, "{args:?}: {err}");
+    }
+}

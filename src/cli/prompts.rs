@@ -33,7 +33,7 @@ pub struct CurateIo {
     /// The tasks kept (canonical task JSONL).
     #[arg(long)]
     pub out: std::path::PathBuf,
-    /// Canonical task JSONL files, read in order.
+    /// Canonical task JSONL files (optionally .gz), read in order.
     #[arg(required = true)]
     pub inputs: Vec<std::path::PathBuf>,
 }

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufWriter, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -36,11 +36,11 @@ struct VerdictLine<'a> {
     detail: &'a TaskVerdict,
 }
 
-/// Reads a JSONL file, naming the file and line of any bad record.
+/// Reads a JSONL file, gzip-compressed when its name ends in `.gz` (as `prompts import` reads
+/// it), naming the file and line of any bad record.
 pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Vec<(usize, T)>> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut items = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
+    for (i, line) in dllm_prompts::open_text(path)?.lines().enumerate() {
         let line = line.with_context(|| format!("{}:{}: cannot read", path.display(), i + 1))?;
         // Editors on Windows start UTF-8 files with a byte-order mark, which JSON does not allow.
         let line = if i == 0 { line.strip_prefix('\u{feff}').unwrap_or(&line) } else { &line };

@@ -7,7 +7,7 @@ mod datasets;
 mod pickle;
 mod rows;
 
-pub use rows::read_rows;
+pub use rows::{open_text, read_rows};
 
 use std::path::{Path, PathBuf};
 
@@ -110,6 +110,8 @@ pub enum ImportError {
     Json { path: PathBuf, source: serde_json::Error },
     #[error("{path}: not a readable Parquet file: {message}")]
     Parquet { path: PathBuf, message: String },
+    #[error("{path}: not gzip-compressed, although its name ends in .gz")]
+    NotGzip { path: PathBuf },
 }
 
 /// One row that could not be imported.

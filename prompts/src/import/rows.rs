@@ -2,7 +2,7 @@
 //! Parquet (how Hugging Face stores datasets), each row as a JSON value with its 1-based row
 //! number.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use serde_json::Value;
@@ -18,15 +18,26 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>, ImportError> {
     if name.ends_with(".parquet") {
         return parquet_rows(path);
     }
-    let text = if name.ends_with(".gz") {
-        let file = std::fs::File::open(path).map_err(read_err)?;
-        let mut text = String::new();
-        flate2::read::MultiGzDecoder::new(file).read_to_string(&mut text).map_err(read_err)?;
-        text
-    } else {
-        std::fs::read_to_string(path).map_err(read_err)?
-    };
+    let mut text = String::new();
+    open_text(path)?.read_to_string(&mut text).map_err(read_err)?;
     text_rows(path, &text)
+}
+
+/// Opens a text file, decompressed when its name ends in `.gz` (any case), so that every command
+/// reading JSONL reads what `prompts import` reads. A `.gz` file that does not start with gzip's
+/// magic bytes is [`ImportError::NotGzip`]: the decoder itself only says "invalid gzip header"
+/// or, for a short file, "unexpected end of file".
+pub fn open_text(path: &Path) -> Result<Box<dyn BufRead>, ImportError> {
+    let read_err = |source| ImportError::Read { path: path.into(), source };
+    let mut file = BufReader::new(std::fs::File::open(path).map_err(read_err)?);
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    if !name.ends_with(".gz") {
+        return Ok(Box::new(file));
+    }
+    if !file.fill_buf().map_err(read_err)?.starts_with(&[0x1f, 0x8b]) {
+        return Err(ImportError::NotGzip { path: path.into() });
+    }
+    Ok(Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file))))
 }
 
 /// JSONL (one value per non-blank line) or one JSON array; a leading UTF-8 byte-order mark
@@ -67,5 +78,24 @@ mod tests {
         assert_eq!(got, [(1, Some(1)), (2, Some(2))]);
         let rows = text_rows(Path::new("x.json"), "\u{feff}[{\"a\": 1}]").unwrap();
         assert_eq!(rows.len(), 1);
+    }
+
+    #[test]
+    fn gz_files_are_decompressed_and_a_false_gz_is_named() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let gz = dir.path().join("t.jsonl.GZ");
+        let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::default());
+        enc.write_all(b"{\"a\": 1}\n").unwrap();
+        enc.finish().unwrap();
+        let mut text = String::new();
+        open_text(&gz).unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "{\"a\": 1}\n");
+        for (name, bytes) in [("plain.gz", &b"{\"a\": 1}\n"[..]), ("empty.gz", b""), ("one.gz", b"\x1f")] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let err = open_text(&path).err().unwrap().to_string();
+            assert_eq!(err, format!("{}: not gzip-compressed, although its name ends in .gz", path.display()));
+        }
     }
 }
