@@ -667,3 +667,13 @@ fn task_files_may_be_gzip_compressed_and_a_false_gz_is_named() {
         assert!(err.contains("x.gz: not gzip-compressed, although its name ends in .gz") && err.lines().count() == 1, "{args:?}: {err}");
     }
 }
+
+#[test]
+fn audit_of_a_file_that_is_no_store_fails_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = write(dir.path(), "t.jsonl", "{\"id\": \"a\"}\n");
+    let run = dllm_rl().args(["audit", "runs", "--db"]).arg(&tasks).output().unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("t.jsonl: not an SQLite database") && err.lines().count() == 1 && run.stdout.is_empty(), "{err}");
+}

@@ -67,9 +67,14 @@ pub fn open(path: &Path) -> anyhow::Result<Opened> {
         bail!("{}: no such run store", path.display());
     }
     let conn = open_read_only(path)?;
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .with_context(|| format!("{}: not an SQLite database", path.display()))?;
+    let version: i64 = match conn.pragma_query_value(None, "user_version", |r| r.get(0)) {
+        Ok(version) => version,
+        // SQLite's own words ("file is not a database", twice: message and code) add nothing.
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {
+            bail!("{}: not an SQLite database (a run store is the store.sqlite in a run's folder)", path.display())
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("{}: cannot read", path.display()))),
+    };
     let known = MIGRATIONS.len() as i64;
     if version == 0 {
         bail!("{}: not a dllm-rl run store (schema version 0: no run was ever written to it)", path.display());
@@ -107,16 +112,24 @@ pub fn find_stores(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// Opens each store, skipping (with a warning) what is not a readable run store, so that one
-/// stray file does not hide every other run under a folder.
-pub fn open_each(paths: &[PathBuf]) -> impl Iterator<Item = Opened> + '_ {
-    paths.iter().filter_map(|path| match open(path) {
-        Ok(opened) => Some(opened),
-        Err(e) => {
-            tracing::warn!("skipping {e:#}");
-            None
-        }
-    })
+/// Opens the stores [`find_stores`] found under `root`. A file the user named (`root` itself)
+/// must be a run store: anything else is an error, not an empty table. Stores found by search
+/// that cannot be read are skipped with a warning, so that one stray file does not hide every
+/// other run under a folder.
+pub fn open_each(root: &Path, paths: &[PathBuf]) -> anyhow::Result<Vec<Opened>> {
+    if root.is_file() {
+        return Ok(vec![open(root)?]);
+    }
+    Ok(paths
+        .iter()
+        .filter_map(|path| match open(path) {
+            Ok(opened) => Some(opened),
+            Err(e) => {
+                tracing::warn!("skipping {e:#}");
+                None
+            }
+        })
+        .collect())
 }
 
 impl Opened {
@@ -184,7 +197,7 @@ pub fn resolve(selector: &RunSelector) -> anyhow::Result<(Opened, RunInfo)> {
     }
     let mut matches = Vec::new();
     let mut known = Vec::new();
-    for opened in open_each(&stores) {
+    for opened in open_each(&selector.db, &stores)? {
         for run in opened.runs()? {
             if run.name == selector.run || run.id.to_string() == selector.run {
                 matches.push((opened.path.clone(), run));
@@ -313,5 +326,19 @@ mod tests {
         Connection::open(&newer).unwrap().pragma_update(None, "user_version", 999).unwrap();
         let err = open(&newer).err().unwrap().to_string();
         assert!(err.contains("schema version 999 is newer"), "{err}");
+    }
+
+    #[test]
+    fn a_named_file_must_be_a_store_but_a_stray_one_found_by_search_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("runs/toy")).unwrap();
+        fixture::write(&dir.path().join("runs/toy/store.sqlite"));
+        let stray = dir.path().join("runs/bad/store.sqlite");
+        std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+        std::fs::write(&stray, "{\"id\": \"t\"}\n").unwrap();
+        let found = find_stores(dir.path()).unwrap();
+        assert_eq!(open_each(dir.path(), &found).unwrap().len(), 1);
+        let err = open_each(&stray, &find_stores(&stray).unwrap()).err().unwrap();
+        assert_eq!(format!("{err:#}"), format!("{}: not an SQLite database (a run store is the store.sqlite in a run's folder)", stray.display()));
     }
 }

@@ -89,7 +89,7 @@ pub fn runs(args: &RunsArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("no store.sqlite under {} (pass --db FILE for a store with another name)", args.db.display());
     }
     let mut table = Table::new(["store", "run", "kind", "status", "steps", "best reward", "last reward", "started", "duration"]);
-    for store in open_each(&stores) {
+    for store in open_each(&args.db, &stores)? {
         for run in store.runs()? {
             let steps = load_steps(&store, &run)?;
             let rewards: Vec<f64> = steps.iter().filter_map(|s| s.number("reward_mean")).collect();
