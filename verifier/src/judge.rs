@@ -259,7 +259,9 @@ impl Judge<'_> {
         let records: Vec<Value> = outcome.results.iter().filter(|l| l.get("site").is_some()).cloned().collect();
         let mut seen = std::collections::HashSet::new();
         let duplicated = records.iter().any(|r| !seen.insert((r.get("site").cloned(), r.get("n").cloned())));
-        if outcome.malformed || duplicated {
+        // Only the rewrite's sites exist; a record for another was forged.
+        let unknown = records.iter().any(|r| r.get("site").and_then(Value::as_u64).is_none_or(|s| s as usize >= child.sites));
+        if outcome.malformed || duplicated || unknown {
             return (all(malformed(), Some(&outcome)), outcome.seconds);
         }
         // The replay runs the test code once more, minus the candidate's work: it gets the run's

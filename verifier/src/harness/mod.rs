@@ -73,6 +73,8 @@ pub struct ChildTests {
     pub child: String,
     /// Number of `assert` statements: the tests of an `assert` task.
     pub asserts: usize,
+    /// Number of candidate call sites: records name one of `0..sites`.
+    pub sites: usize,
     /// Number of test functions: the tests of a `pytest` task.
     #[serde(default)]
     pub functions: usize,
