@@ -524,6 +524,7 @@ fn a_missing_file_names_its_cause_once() {
     let runs = [
         dllm_rl().args(["prompts", "import", "--format", "mbpp", "--out"]).arg(dir.path().join("o.jsonl")).arg("/no/such/rows.jsonl").output().unwrap(),
         dllm_rl().args(["model", "init", "--config", "/no/such/config.json", "--out"]).arg(dir.path().join("m")).output().unwrap(),
+        dllm_rl().args(["verify"]).env("DLLM_SANDBOX_PYTHON", "/no/such/python").output().unwrap(),
     ];
     for run in runs {
         assert_eq!(run.status.code(), Some(2));

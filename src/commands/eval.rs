@@ -102,9 +102,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
 
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let verifier = Verifier::new(args.backend.into(), jobs).context("starting the sandbox")?.with_fail_fast(args.fail_fast);
-    // Tasks whose tests cannot even be prepared fail every sample (with the reason).
+    // Tasks whose tests cannot even be prepared fail every sample (with the reason: the chain,
+    // since the error's message only names the task).
     let prepared: Vec<Result<PreparedTask, String>> =
-        verifier.prepare_all(tasks.clone()).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
+        verifier.prepare_all(tasks.clone()).into_iter().map(|r| r.map_err(|e| format!("{:#}", anyhow::Error::new(e)))).collect();
     let rewards = RewardConfig::default();
 
     let bar = crate::telemetry::progress_bar((tasks.len() * args.samples) as u64, "{bar:30} {pos}/{len} completions judged, {elapsed}");

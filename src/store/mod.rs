@@ -19,23 +19,53 @@ use serde::Serialize;
 
 pub use schema::MIGRATIONS;
 
+/// A cause is the error's `source`, not part of its message: `dllm-rl` prints the chain (`{:#}`),
+/// which would say it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path}: {source}")]
-    Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error("{path}")]
+    Sqlite { path: PathBuf, source: SqliteCause },
     #[error("{path}: schema version {found} is newer than this program's {known}; upgrade dllm-rl")]
     TooNew { path: PathBuf, found: i64, known: i64 },
     #[error("the run store's writer thread has stopped (an earlier write failed: see the log)")]
     WriterGone,
-    #[error("{0}")]
+    #[error(transparent)]
     Json(#[from] serde_json::Error),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// What SQLite said, once. rusqlite's error repeats its message in its own source (the same
+/// words after an error code), and for a file it cannot open appends the path that
+/// [`StoreError::Sqlite`] already names: `x: unable to open database file: x: Error code 14:
+/// unable to open database file` was one failure.
+#[derive(Debug)]
+pub struct SqliteCause(String);
+
+impl SqliteCause {
+    fn new(path: &Path, e: &rusqlite::Error) -> Self {
+        let text = e.to_string();
+        let text = text.strip_suffix(&format!(": {}", path.display())).unwrap_or(&text);
+        SqliteCause(text.to_string())
+    }
+}
+
+impl std::fmt::Display for SqliteCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SqliteCause {}
+
+/// The error of an SQLite call on the store at `path`.
+fn sql_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + Copy + '_ {
+    move |e| StoreError::Sqlite { path: path.into(), source: SqliteCause::new(path, &e) }
+}
+
 /// Opens (creating if needed) and migrates a store for writing.
 fn open_writable(path: &Path) -> Result<Connection> {
-    let sql = |source| StoreError::Sqlite { path: path.into(), source };
+    let sql = sql_error(path);
     let mut conn = Connection::open(path).map_err(sql)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)).map_err(sql)?;
@@ -47,7 +77,7 @@ fn open_writable(path: &Path) -> Result<Connection> {
 
 /// Applies the migrations this database lacks, each in its own transaction.
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
-    let sql = |source| StoreError::Sqlite { path: path.into(), source };
+    let sql = sql_error(path);
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql)?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
@@ -64,7 +94,7 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
 
 /// Opens a store for reading only (never blocks the writer).
 pub fn open_read_only(path: &Path) -> Result<Connection> {
-    let sql = |source| StoreError::Sqlite { path: path.into(), source };
+    let sql = sql_error(path);
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(sql)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
     Ok(conn)
@@ -157,7 +187,7 @@ impl RunStore {
     /// Starts a run `name` (kind `train` / `sft`), recording its resolved config.
     pub fn create(path: &Path, name: &str, kind: &str, config: &serde_json::Value) -> Result<Self> {
         let conn = open_writable(path)?;
-        let sql = |source| StoreError::Sqlite { path: path.into(), source };
+        let sql = sql_error(path);
         conn.execute(
             "INSERT INTO runs (name, kind, status, config, code_version, started_at) VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
             params![name, kind, serde_json::to_string(config)?, env!("CARGO_PKG_VERSION"), now()],
@@ -172,7 +202,7 @@ impl RunStore {
     /// the next attempt number.
     pub fn resume(path: &Path, name: &str, checkpoint_step: i64) -> Result<Self> {
         let mut conn = open_writable(path)?;
-        let sql = |source| StoreError::Sqlite { path: path.into(), source };
+        let sql = sql_error(path);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
         let run_id: i64 = tx.query_row("SELECT id FROM runs WHERE name = ?1", [name], |r| r.get(0)).map_err(sql)?;
         let attempt: i64 =
@@ -227,7 +257,7 @@ impl RunStore {
         self.send(Message::Flush(tx))?;
         match rx.recv() {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Sqlite { path: self.path.clone(), source: rusqlite::Error::InvalidParameterName(e) }),
+            Ok(Err(e)) => Err(StoreError::Sqlite { path: self.path.clone(), source: SqliteCause(e) }),
             Err(_) => Err(StoreError::WriterGone),
         }
     }
@@ -385,6 +415,19 @@ mod tests {
         assert_eq!(rows, vec![(0, 0, 0), (1, 0, 0), (2, 0, 1), (2, 1, 0), (3, 0, 1)]);
         let status: String = reader.query_row("SELECT status FROM runs", [], |r| r.get(0)).unwrap();
         assert_eq!(status, "finished");
+    }
+
+    #[test]
+    fn an_sqlite_failure_is_said_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = |e: StoreError| format!("{:#}", anyhow::Error::new(e));
+        // A folder where the file should be; then a run name already taken (a constraint).
+        let err = chain(RunStore::create(dir.path(), "r", "eval", &serde_json::json!({})).err().unwrap());
+        assert_eq!(err, format!("{}: unable to open database file", dir.path().display()));
+        let path = dir.path().join("run.sqlite");
+        drop(RunStore::create(&path, "r", "eval", &serde_json::json!({})).unwrap());
+        let err = chain(RunStore::create(&path, "r", "eval", &serde_json::json!({})).err().unwrap());
+        assert_eq!(err, format!("{}: UNIQUE constraint failed: runs.name", path.display()));
     }
 
     #[test]

@@ -315,7 +315,7 @@ impl Trainer {
                     continue;
                 }
                 (_, Err(e)) => {
-                    tracing::warn!("left out: {e}");
+                    tracing::warn!("left out: {:#}", anyhow::Error::new(e));
                     continue;
                 }
             };

@@ -21,14 +21,23 @@ pub enum Backend {
     Wasm,
 }
 
+/// A cause is the error's `source`, not part of its message: `dllm-rl` prints the chain (`{:#}`),
+/// which would say it twice. `Sandbox` is the exception: a [`SandboxError`]'s message already
+/// ends with its cause (verdicts and logs print it alone, with `{}`), so its chain stops here.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifierError {
-    #[error(transparent)]
-    Sandbox(#[from] SandboxError),
-    #[error("task {task}: {source}")]
+    #[error("{0}")]
+    Sandbox(SandboxError),
+    #[error("task {task}")]
     Task { task: String, source: TrustedError },
-    #[error("cannot build the worker pool: {0}")]
+    #[error("cannot build the worker pool")]
     Pool(#[from] rayon::ThreadPoolBuildError),
+}
+
+impl From<SandboxError> for VerifierError {
+    fn from(e: SandboxError) -> Self {
+        VerifierError::Sandbox(e)
+    }
 }
 
 /// Runs verdicts for many completions at once, `jobs` at a time. Back-pressure is the pool's
@@ -114,5 +123,23 @@ impl Verifier {
                 })
                 .collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message and its causes as `dllm-rl` prints them (anyhow's `{:#}`).
+    fn chain(e: &dyn std::error::Error) -> String {
+        std::iter::successors(Some(e), |e| e.source()).map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let task = VerifierError::Task { task: "t".into(), source: TrustedError::Tests("the tests do not parse".into()) };
+        assert_eq!(chain(&task), "task t: the tests do not parse");
+        let sandbox = VerifierError::from(SandboxError::Io(std::io::Error::other("broken pipe")));
+        assert_eq!(chain(&sandbox), "sandbox I/O failed: broken pipe");
     }
 }

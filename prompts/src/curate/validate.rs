@@ -31,7 +31,11 @@ pub fn validate(tasks: Vec<Task>, verifier: &Verifier, cfg: ValidateConfig, on_d
     let mut errors = vec![None; tasks.len()];
     for (i, (task, prepared)) in tasks.iter().zip(prepared).enumerate() {
         match (prepared, &task.reference) {
-            (Err(e), _) => errors[i] = Some(e.to_string()),
+            // With its cause: the error's message names the task, its source says what is wrong.
+            (Err(e), _) => {
+                let chain = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source());
+                errors[i] = Some(chain.map(|e| e.to_string()).collect::<Vec<_>>().join(": "));
+            }
             (Ok(p), Some(reference)) if test_count(task) >= cfg.min_tests => {
                 slot[i] = Some(completions.len());
                 completions.push(Completion { task: ready.len(), text: reference.clone() });
