@@ -89,6 +89,15 @@ fn parse_fraction(text: &str) -> Result<f64, String> {
     if (0.0..=1.0).contains(&x) { Ok(x) } else { Err(format!("{x} is not in [0, 1]")) }
 }
 
+/// A count of at least 1 (clap's own range check would print the range as `1..18446744073709551615`).
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A finite number, zero or more.
 fn parse_non_negative(text: &str) -> Result<f64, String> {
     let x: f64 = text.trim().parse().map_err(|e| format!("{e}"))?;
@@ -96,6 +105,7 @@ fn parse_non_negative(text: &str) -> Result<f64, String> {
 }
 
 #[derive(Debug, Args)]
+#[group(id = "input", required = true, multiple = false, args = ["prompt", "prompts"])]
 pub struct GenerateArgs {
     /// Checkpoint folder (Hugging Face layout, with a tokenizer).
     #[arg(long)]
@@ -103,8 +113,8 @@ pub struct GenerateArgs {
     /// A PEFT LoRA adapter folder to apply.
     #[arg(long)]
     pub lora: Option<std::path::PathBuf>,
-    /// One prompt.
-    #[arg(long, conflicts_with = "prompts", required_unless_present = "prompts")]
+    /// One prompt (this or --prompts).
+    #[arg(long)]
     pub prompt: Option<String>,
     /// JSONL of prompts: `{"prompt": TEXT}` or `{"messages": [{"role", "content"}...]}` per
     /// line, with an optional `id` (or `task_id`); canonical task files work as they are.
@@ -130,37 +140,39 @@ pub struct GenerateArgs {
 }
 
 /// Sampler options shared by `generate` and `eval` (defaults: Dream-Coder's evaluation
-/// settings, entropy order at temperature 0.1, top-p 0.95, one token per step).
+/// settings, entropy order at temperature 0.1, top-p 0.95, one token per step). The numbers
+/// accept a leading minus so that `--temperature -1` reaches the check that says what is wrong
+/// with it (clap would take it for a flag: "unexpected argument '-1'").
 #[derive(Debug, Args)]
 pub struct SamplerArgs {
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
     pub max_new_tokens: i64,
     /// Denoising steps [default: max-new-tokens].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub steps: Option<i64>,
     /// origin, maskgit_plus, topk_margin or entropy.
     #[arg(long, default_value = "entropy", value_parser = parse_enum::<dllm_rollout::Alg>)]
     pub alg: dllm_rollout::Alg,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub temperature: f64,
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     pub top_p: f64,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub top_k: Option<i64>,
     /// Draw positions from softmax(confidence / alg_temp) instead of taking the most confident.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub alg_temp: f64,
     /// Decode in blocks of this many tokens (Fast-dLLM); without it, Dream's plain sampler.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub block_length: Option<i64>,
     /// Key/value cache of block decoding: none, prefix or dual.
     #[arg(long, default_value = "prefix", value_parser = parse_enum::<dllm_rollout::CacheMode>, requires = "block_length")]
     pub cache: dllm_rollout::CacheMode,
     /// Threshold decoding: commit every token at least this probable (needs --block-length).
-    #[arg(long, requires = "block_length")]
+    #[arg(long, requires = "block_length", allow_negative_numbers = true)]
     pub threshold: Option<f64>,
     /// Lower the confidence of pad/eos proposals by this much, annealed to 0 over the steps.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub pad_penalty: f64,
     /// Decode every position even after the answer has ended.
     #[arg(long)]
@@ -221,7 +233,7 @@ pub struct EvalArgs {
     #[arg(long, short = 'n', default_value_t = 1)]
     pub samples: usize,
     /// The k of pass@k, comma-separated (those above --samples are skipped).
-    #[arg(long, value_delimiter = ',', default_value = "1,5,10")]
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10", value_parser = parse_positive)]
     pub k: Vec<usize>,
     /// Only the first N tasks.
     #[arg(long)]

@@ -678,3 +678,29 @@ fn audit_of_a_file_that_is_no_store_fails_naming_it() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("t.jsonl: not an SQLite database") && err.lines().count() == 1 && run.stdout.is_empty(), "{err}");
 }
+
+#[test]
+fn bad_arguments_are_refused_with_a_reason() {
+    let refused = |args: &[&str], needle: &str| {
+        let run = dllm_rl().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+    let model = ["--model", "/no/such/model"];
+    refused(&[&["generate"][..], &model].concat(), "<--prompt <PROMPT>|--prompts <PROMPTS>>");
+    let eval = [&["eval"][..], &model, &["--tasks", "/no/such/tasks.jsonl"]].concat();
+    refused(&[&eval[..], &["--k", "1,0"]].concat(), "invalid value '0' for '--k <K>': must be at least 1");
+    // A negative number is a value, checked and named, not an unknown flag.
+    refused(&[&["generate", "--prompt", "x"][..], &model, &["--temperature", "-1"]].concat(), "--temperature: -1 is negative");
+    refused(&[&["generate", "--prompt", "x"][..], &model, &["--top-k", "-3"]].concat(), "--top-k: -3 is not positive");
+    let io = ["--out", "/no/such/out.jsonl", "/no/such/in.jsonl"];
+    refused(&[&["prompts", "dedupe", "--shingle", "0"][..], &io].concat(), "'--shingle <SHINGLE>': must be at least 1");
+    refused(&[&["prompts", "difficulty", "--rates", "r", "--min", "-0.5"][..], &io].concat(), "-0.5 is not in [0, 1]");
+    for command in ["split", "stats", "difficulty"] {
+        let help = dllm_rl().args(["prompts", command, "--help"]).output().unwrap();
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(text.contains("<INPUTS>...  Canonical task JSONL files (optionally .gz)"), "{command}: {text}");
+        assert!(command != "difficulty" || text.contains("Lowest pass rate kept"), "{text}");
+    }
+}

@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 
-use super::BackendArg;
+use super::{parse_fraction, parse_positive, BackendArg};
 
 #[derive(Debug, Subcommand)]
 pub enum PromptsCommand {
@@ -66,7 +66,7 @@ pub struct DedupeArgs {
     #[arg(long, default_value_t = 0.8)]
     pub threshold: f64,
     /// Words per shingle.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = parse_positive)]
     pub shingle: usize,
     #[command(flatten)]
     pub io: CurateIo,
@@ -98,10 +98,12 @@ pub struct DifficultyArgs {
     /// Per-task pass rates written by `dllm-rl eval --per-task`.
     #[arg(long)]
     pub rates: std::path::PathBuf,
-    #[arg(long, default_value_t = 0.0)]
+    /// Lowest pass rate kept, in [0, 1] (the default keeps what the model never solves; any
+    /// value above 0 drops it).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction, allow_negative_numbers = true)]
     pub min: f64,
-    /// Highest pass rate kept (the default drops what the model always solves).
-    #[arg(long, default_value_t = 0.999)]
+    /// Highest pass rate kept, in [0, 1] (the default drops what the model always solves).
+    #[arg(long, default_value_t = 0.999, value_parser = parse_fraction, allow_negative_numbers = true)]
     pub max: f64,
     /// Keep tasks with no pass rate (flagged).
     #[arg(long)]
@@ -144,6 +146,7 @@ pub struct SplitArgs {
     /// Output folder: one `<part>.jsonl` per part and `split.manifest.jsonl`.
     #[arg(long)]
     pub out: std::path::PathBuf,
+    /// Canonical task JSONL files (optionally .gz), split together.
     #[arg(required = true)]
     pub inputs: Vec<std::path::PathBuf>,
 }
@@ -156,6 +159,7 @@ pub struct StatsArgs {
     /// Also write the statistics as JSON.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Canonical task JSONL files (optionally .gz), counted together.
     #[arg(required = true)]
     pub inputs: Vec<std::path::PathBuf>,
 }
