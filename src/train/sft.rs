@@ -33,8 +33,14 @@ pub struct SftConfig {
     pub data: SftData,
     #[serde(default)]
     pub sft: SftSection,
-    #[serde(default)]
+    #[serde(default = "sft_optim")]
     pub optim: OptimSection,
+}
+
+/// The optimizer of Dream-Coder's SFT stage (`run_sft.sh`): lr 5e-6, ten times its RL rate;
+/// the rest as in RL.
+fn sft_optim() -> OptimSection {
+    OptimSection { lr: 5e-6, ..OptimSection::default() }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -251,4 +257,16 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serd
     store.flush()?;
     let last = last.or_else(|| latest_checkpoint(&run_dir).map(|(_, d)| d)).context("no checkpoint written")?;
     Ok(last)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn without_an_optim_section_the_rate_is_dream_coders_sft_rate() {
+        let cfg: super::SftConfig = toml::from_str(
+            "[run]\nname = \"s\"\ntotal_steps = 1\n[model]\npath = \"m\"\n[data]\ntrain_files = [\"t.jsonl\"]\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.optim.lr, 5e-6);
+    }
 }
