@@ -101,6 +101,9 @@ fn verify_judges_completions_and_writes_verdicts() {
     let run = verify(&[], &tasks, &completions);
     let summary = String::from_utf8(run.stdout).unwrap();
     assert!(summary.contains("4 completions on 2 tasks (native): 2 passed (50.0%)"), "{summary}");
+    // Each failure once: the verdict, and the exception only where there is one.
+    assert!(summary.contains("  not passed: add (wrong_answer)\n"), "{summary}");
+    assert!(summary.contains("  not passed: echo (runtime_error: SyntaxError"), "{summary}");
     let verdicts: Vec<serde_json::Value> =
         std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let names: Vec<&str> = verdicts.iter().map(|v| v["verdict"].as_str().unwrap()).collect();
@@ -703,4 +706,20 @@ fn bad_arguments_are_refused_with_a_reason() {
         assert!(text.contains("<INPUTS>...  Canonical task JSONL files (optionally .gz)"), "{command}: {text}");
         assert!(command != "difficulty" || text.contains("Lowest pass rate kept"), "{text}");
     }
+}
+
+#[test]
+fn a_tiny_checkpoint_is_described_in_its_own_unit_and_readable_like_its_config() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ckpt");
+    let run = dllm_rl().args(["-q", "model", "init", "--byte-tokenizer", "--config"]).arg(repo("configs/models/tiny.json")).arg("--out").arg(&out).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    // The weights (written through a temporary file) get the mode of the files beside them.
+    let mode = |name: &str| std::fs::metadata(out.join(name)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("model.safetensors"), mode("config.json"));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 4, "no probe file left behind");
+    let info = dllm_rl().args(["model", "info"]).arg(&out).output().unwrap();
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains(", 139.8 K parameters)") && text.contains("1 file(s), 562.1 KB;"), "{text}");
 }

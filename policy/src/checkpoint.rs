@@ -191,7 +191,27 @@ impl View for &HostTensor {
 fn write_file(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata), path)
-        .map_err(|e| checkpoint_error(path, format!("cannot write: {e}")))
+        .map_err(|e| checkpoint_error(path, format!("cannot write: {e}")))?;
+    give_the_usual_mode(path)
+}
+
+/// safetensors writes through a temporary file, created private (0600), and renames it: the
+/// weights would be the one file of a checkpoint that others cannot read. This gives `path` the
+/// mode a file created here gets (0666 less the umask), as `config.json` beside it has. The
+/// umask is read from a probe file because setting it to read it would race other threads.
+#[cfg(unix)]
+fn give_the_usual_mode(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let probe = path.with_extension("mode-probe");
+    let created = std::fs::File::create(&probe).and_then(|f| f.metadata()).map_err(io_error(&probe));
+    let _ = std::fs::remove_file(&probe);
+    let mode = created?.permissions().mode() & 0o777;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_error(path))
+}
+
+#[cfg(not(unix))]
+fn give_the_usual_mode(_: &Path) -> Result<()> {
+    Ok(())
 }
 
 /// Writes named tensors as Hugging Face safetensors shards (+ index) in `dtype`.
@@ -333,4 +353,22 @@ pub fn copy_passthrough(source: &Path, dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_tensor_file_gets_the_mode_of_any_other_file_written_here() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("optimizer.safetensors");
+        save_tensors_file(&path, &[("x".into(), Tensor::ones([2], (Kind::Float, Device::Cpu)))], Kind::Float).unwrap();
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        let mode = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("optimizer.safetensors"), mode("config.json"));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "the probe file is removed");
+    }
 }

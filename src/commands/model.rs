@@ -19,7 +19,7 @@ fn init(args: ModelInitArgs) -> anyhow::Result<ExitCode> {
     let config = ModelConfig::from_file(&args.config)?;
     warn_ignored(&config);
     let params = config.parameter_count();
-    tracing::info!("initialising {:.3} B parameters from {}", params as f64 / 1e9, args.config.display());
+    tracing::info!("initialising {} parameters from {}", count(params), args.config.display());
     // Created in the saved dtype: a 7B model in bf16 needs 15 GB of host memory, not 30.
     let placement = Placement { param_kind: args.dtype.kind(), ..Placement::cpu() };
     let mut model = DreamModel::new(config, placement, Init::Random { seed: args.seed })?;
@@ -40,6 +40,28 @@ fn init(args: ModelInitArgs) -> anyhow::Result<ExitCode> {
     }
     println!("{params} parameters written to {}", args.out.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A parameter count in the unit that suits it: a tiny test model is `139.8 K`, not `0.000 B`.
+fn count(n: i64) -> String {
+    let x = n as f64;
+    match n {
+        1_000_000_000.. => format!("{:.3} B", x / 1e9),
+        1_000_000.. => format!("{:.1} M", x / 1e6),
+        1_000.. => format!("{:.1} K", x / 1e3),
+        _ => n.to_string(),
+    }
+}
+
+/// Bytes in the unit that suits them (the tiny model's weights are not `0.00 GB`).
+fn size(n: u64) -> String {
+    let x = n as f64;
+    match n {
+        1_000_000_000.. => format!("{:.2} GB", x / 1e9),
+        1_000_000.. => format!("{:.1} MB", x / 1e6),
+        1_000.. => format!("{:.1} KB", x / 1e3),
+        _ => format!("{n} bytes"),
+    }
 }
 
 fn warn_ignored(config: &ModelConfig) {
@@ -102,7 +124,7 @@ fn info(args: ModelInfoArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let id = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
-    println!("{}  ({}, {:.3} B parameters)", args.dir.display(), info.model_type, info.parameters as f64 / 1e9);
+    println!("{}  ({}, {} parameters)", args.dir.display(), info.model_type, count(info.parameters));
     println!(
         "  {} layers, hidden {}, MLP {}, heads {} q / {} kv x {}, vocabulary {}{}",
         info.layers,
@@ -123,9 +145,9 @@ fn info(args: ModelInfoArgs) -> anyhow::Result<ExitCode> {
         if info.logit_shift { "on" } else { "off" }
     );
     println!(
-        "  weights: {} file(s), {:.2} GB; tokenizer.json {}",
+        "  weights: {} file(s), {}; tokenizer.json {}",
         info.weight_files.len(),
-        info.weight_bytes as f64 / 1e9,
+        size(info.weight_bytes),
         if info.tokenizer { "present" } else { "absent" }
     );
     if info.mask_token_id.is_none() {
@@ -135,4 +157,15 @@ fn info(args: ModelInfoArgs) -> anyhow::Result<ExitCode> {
         println!("  keys not used (kept on save): {}", info.ignored_keys.join(", "));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parameter_counts_use_a_unit_that_shows_them() {
+        let got: Vec<String> = [7_615_616_512, 494_032_768, 139_840, 512].into_iter().map(super::count).collect();
+        assert_eq!(got, ["7.616 B", "494.0 M", "139.8 K", "512"]);
+        let got: Vec<String> = [15_231_233_024, 562_104, 512].into_iter().map(super::size).collect();
+        assert_eq!(got, ["15.23 GB", "562.1 KB", "512 bytes"]);
+    }
 }

@@ -188,8 +188,47 @@ fn print_summary(
         runs as f64 / seconds
     );
     for (v, c) in verdicts.iter().zip(completions).filter(|(v, _)| !v.all_passed).take(10) {
-        let first = v.tests.iter().find(|t| !t.verdict.passed());
-        let detail = first.map(|t| format!("{:?}", t.verdict)).unwrap_or_default();
-        println!("  not passed: {} ({}) {detail}", prepared[c.task].task.id, v.summary());
+        println!("  not passed: {} ({})", prepared[c.task].task.id, verdict_with_detail(v));
+    }
+}
+
+/// The verdict's name, and what it carries that the name does not say (the exception, the
+/// sandbox's or the task's error), on one line: `wrong_answer`, `runtime_error: ZeroDivisionError`.
+fn verdict_with_detail(v: &TaskVerdict) -> String {
+    use dllm_verifier::TestVerdict;
+    let detail = match (&v.task_error, v.tests.iter().find(|t| !t.verdict.passed()).map(|t| &t.verdict)) {
+        (Some(reason), _) => Some(reason.as_str()),
+        (None, Some(TestVerdict::RuntimeError { exception: text } | TestVerdict::SandboxError { message: text })) => {
+            Some(text.as_str())
+        }
+        _ => None,
+    };
+    match detail.and_then(|d| d.lines().map(str::trim).find(|l| !l.is_empty())) {
+        Some(line) if line.chars().count() > 120 => format!("{}: {}...", v.summary(), line.chars().take(117).collect::<String>()),
+        Some(line) => format!("{}: {line}", v.summary()),
+        None => v.summary().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dllm_verifier::{TaskVerdict, TestResult, TestVerdict};
+
+    use super::verdict_with_detail;
+
+    fn verdict(tests: &[TestVerdict]) -> TaskVerdict {
+        let results = tests.iter().map(|v| TestResult { verdict: v.clone(), seconds: 0.0, stdout: "".into(), stderr: "".into() });
+        TaskVerdict::from_tests("t", Some(dllm_verifier::CodeSource::Fenced), results.collect(), 0.0)
+    }
+
+    #[test]
+    fn a_verdict_is_named_once_with_only_the_detail_that_adds_something() {
+        assert_eq!(verdict_with_detail(&verdict(&[TestVerdict::Passed, TestVerdict::WrongAnswer])), "wrong_answer");
+        let raised = verdict(&[TestVerdict::RuntimeError { exception: "ZeroDivisionError".into() }, TestVerdict::NotRun]);
+        assert_eq!(verdict_with_detail(&raised), "runtime_error: ZeroDivisionError");
+        let broken = verdict(&[TestVerdict::SandboxError { message: "\ncannot fork\nmore".into() }]);
+        assert_eq!(verdict_with_detail(&broken), "sandbox_error: cannot fork");
+        let task = TaskVerdict { task_error: Some("the tests do not parse".into()), ..verdict(&[TestVerdict::NotRun]) };
+        assert_eq!(verdict_with_detail(&task), "task_error: the tests do not parse");
     }
 }
