@@ -90,12 +90,13 @@ fn parse_fraction(text: &str) -> Result<f64, String> {
 }
 
 /// A count of at least 1 (clap's own range check would print the range as `1..18446744073709551615`).
-fn parse_positive(text: &str) -> Result<usize, String> {
-    match text.trim().parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
+fn parse_positive<T>(text: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+    T::Err: std::fmt::Display,
+{
+    let n: T = text.trim().parse().map_err(|e: T::Err| e.to_string())?;
+    if n >= T::from(1) { Ok(n) } else { Err("must be at least 1".into()) }
 }
 
 /// A finite number, zero or more.
@@ -233,7 +234,7 @@ pub struct EvalArgs {
     #[arg(long, short = 'n', default_value_t = 1)]
     pub samples: usize,
     /// The k of pass@k, comma-separated (those above --samples are skipped).
-    #[arg(long, value_delimiter = ',', default_value = "1,5,10", value_parser = parse_positive)]
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10", value_parser = parse_positive::<usize>)]
     pub k: Vec<usize>,
     /// Only the first N tasks.
     #[arg(long)]
@@ -275,12 +276,12 @@ pub struct QuickstartArgs {
     pub out: std::path::PathBuf,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 2500, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, default_value_t = 2500, value_parser = parse_positive::<i64>, allow_negative_numbers = true)]
     pub sft_steps: i64,
-    #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, default_value_t = 150, value_parser = parse_positive::<i64>, allow_negative_numbers = true)]
     pub rl_steps: i64,
     /// Samples per held-out task for pass@1 (200 tasks).
-    #[arg(long, default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 2, value_parser = parse_positive::<usize>)]
     pub eval_samples: usize,
     /// Fraction of the SFT reference solutions given an off-by-one bug, as noisy SFT data has:
     /// what RL, rewarded by tests alone, should unlearn.
@@ -517,10 +518,10 @@ pub struct VerifyArgs {
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// Size of the square matrices timed on each device.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, default_value_t = 4096, value_parser = parse_positive::<i64>, allow_negative_numbers = true)]
     pub matmul_size: i64,
     /// Products timed per device (the median is reported).
-    #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 10, value_parser = parse_positive::<usize>)]
     pub iters: usize,
     /// Print the report as JSON instead of text.
     #[arg(long)]

@@ -700,6 +700,8 @@ fn bad_arguments_are_refused_with_a_reason() {
     let io = ["--out", "/no/such/out.jsonl", "/no/such/in.jsonl"];
     refused(&[&["prompts", "dedupe", "--shingle", "0"][..], &io].concat(), "'--shingle <SHINGLE>': must be at least 1");
     refused(&[&["prompts", "difficulty", "--rates", "r", "--min", "-0.5"][..], &io].concat(), "-0.5 is not in [0, 1]");
+    refused(&["quickstart", "--out", "/no/such/qs", "--sft-steps", "-1"], "'--sft-steps <SFT_STEPS>': must be at least 1");
+    refused(&["doctor", "--iters", "0"], "'--iters <ITERS>': must be at least 1");
     for command in ["split", "stats", "difficulty"] {
         let help = dllm_rl().args(["prompts", command, "--help"]).output().unwrap();
         let text = String::from_utf8_lossy(&help.stdout);

@@ -66,7 +66,7 @@ pub struct DedupeArgs {
     #[arg(long, default_value_t = 0.8)]
     pub threshold: f64,
     /// Words per shingle.
-    #[arg(long, default_value_t = 5, value_parser = parse_positive)]
+    #[arg(long, default_value_t = 5, value_parser = parse_positive::<usize>)]
     pub shingle: usize,
     #[command(flatten)]
     pub io: CurateIo,
