@@ -175,6 +175,19 @@ pub enum MaskSharing {
     PerSample,
 }
 
+/// Over what the policy loss's token-mean runs (Σ w·L / Σ w).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenMean {
+    /// The whole mini-batch (every micro-batch of a PPO epoch; DAPO's rule): a token weighs the
+    /// same wherever it is packed, and the loss does not depend on the micro-batch size.
+    MiniBatch,
+    /// Each micro-batch by its own Σ w, then the mean over micro-batches: verl's token-mean
+    /// with gradient accumulation, so Dream-Coder's. A token weighs more in a micro-batch with
+    /// fewer or lighter tokens (a group of short answers, a high noise level).
+    MicroBatch,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActorSection {
@@ -185,6 +198,7 @@ pub struct ActorSection {
     pub context_adaptive_reweight_p: Option<f64>,
     pub no_loss_on_pad: bool,
     pub mask_sharing: MaskSharing,
+    pub token_mean: TokenMean,
     /// Rows per forward/backward (verl's `ppo_micro_batch_size_per_gpu`).
     pub ppo_micro_batch_size: usize,
     /// Layer recomputation in the backward.
@@ -209,6 +223,7 @@ impl Default for ActorSection {
             context_adaptive_reweight_p: Some(0.1),
             no_loss_on_pad: true,
             mask_sharing: MaskSharing::Batch,
+            token_mean: TokenMean::MiniBatch,
             ppo_micro_batch_size: 16,
             gradient_checkpointing: true,
             grad_clip: 1.0,
@@ -405,6 +420,8 @@ mod tests {
         assert_eq!((cfg.optim.lr, cfg.optim.weight_decay), (1e-5, 0.0));
         let cfg: TrainConfig = toml::from_str(&format!("{MINIMAL}[actor]\nmask_sharing = \"micro_batch\"\n")).unwrap();
         assert_eq!(cfg.actor.mask_sharing, MaskSharing::MicroBatch);
+        let cfg: TrainConfig = toml::from_str(&format!("{MINIMAL}[actor]\ntoken_mean = \"micro_batch\"\n")).unwrap();
+        assert_eq!(cfg.actor.token_mean, TokenMean::MicroBatch);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use dllm_verifier::{Completion, TaskVerdict, TestSpec};
 use rand_core::{Rng, SeedableRng};
 use tch::{Kind, Tensor};
 
-use super::config::MaskSharing;
+use super::config::{MaskSharing, TokenMean};
 use super::Trainer;
 use crate::store::{PromptRecord, RolloutRecord, TestRecord};
 
@@ -58,6 +58,8 @@ struct Decoded {
 /// One coupled-mask pass of a micro-batch, scored before the update: the log-probs of the
 /// policy that sampled (and of the KL reference), flattened to the scored tokens.
 struct ScoredPass {
+    /// Index of the micro-batch it scores (its two coupled passes share it).
+    micro_batch: usize,
     batch: ScoredBatch,
     loss_weights: Tensor,
     norm_weights: Tensor,
@@ -167,6 +169,22 @@ fn request_seeds(run_seed: u64, step: u64, chosen: &[usize], tasks: usize, n: us
             (0..n as u64).map(|s| rollout_seed(run_seed, step, key, s)).collect()
         })
         .collect()
+}
+
+/// Each pass's divisor of Σ w·L, from its micro-batch and its Σ w: the epoch's total Σ w, or
+/// (`TokenMean::MicroBatch`) its micro-batch's Σ w times the number of micro-batches.
+fn token_mean_normalisers(micro_batches: &[usize], sums: &[f64], mode: TokenMean) -> Vec<f64> {
+    match mode {
+        TokenMean::MiniBatch => vec![sums.iter().sum(); sums.len()],
+        TokenMean::MicroBatch => {
+            let mut per_micro_batch: HashMap<usize, f64> = HashMap::new();
+            for (&b, &w) in micro_batches.iter().zip(sums) {
+                *per_micro_batch.entry(b).or_default() += w;
+            }
+            let count = per_micro_batch.len() as f64;
+            micro_batches.iter().map(|b| per_micro_batch[b] * count).collect()
+        }
+    }
 }
 
 /// The log-probs of the policy that sampled, for the PPO ratio: in eval mode, without LoRA
@@ -366,7 +384,7 @@ impl Trainer {
                     };
                     let advantages = batch.flatten(&mb.advantages.unsqueeze(1).expand([rows, len], false));
                     let (loss_weights, norm_weights) = (batch.flatten(&weights.loss), batch.flatten(&weights.norm));
-                    passes.push(ScoredPass { batch, loss_weights, norm_weights, old, reference, advantages });
+                    passes.push(ScoredPass { micro_batch: b, batch, loss_weights, norm_weights, old, reference, advantages });
                 }
             }
             epochs_passes.push(passes);
@@ -376,19 +394,20 @@ impl Trainer {
         let mut kl_penalty_sum = 0.0;
         let mut entropy_sum = 0.0;
         for passes in &epochs_passes {
-            // Token-mean over the whole mini-batch (every pass of the epoch, DAPO's rule): Σ w·L
-            // over all micro-batches / Σ w over all of them. Dream-Coder's verl divides each
-            // micro-batch's Σ w·L by its own Σ w and by the number of micro-batches, which weighs
-            // a token more in a micro-batch with fewer (or lighter) tokens; here a token weighs
-            // the same wherever it is packed, and the result does not depend on the micro-batch size.
-            let normaliser: f64 = passes.iter().map(|p| p.norm_weights.sum(Kind::Double).double_value(&[])).sum();
-            if normaliser <= 0.0 {
+            // The token-mean's Σ w for each pass (`actor.token_mean`): that of the whole epoch's
+            // passes, or of the pass's micro-batch (both coupled passes) times the number of
+            // micro-batches, as verl's gradient accumulation divides.
+            let sums: Vec<f64> = passes.iter().map(|p| p.norm_weights.sum(Kind::Double).double_value(&[])).collect();
+            let total: f64 = sums.iter().sum();
+            if total <= 0.0 {
                 // Every token weighs nothing (CART with a noise level near 1: no visible context).
                 continue;
             }
+            let micro_batches: Vec<usize> = passes.iter().map(|p| p.micro_batch).collect();
+            let normalisers = token_mean_normalisers(&micro_batches, &sums, actor.token_mean);
             self.optimizer.zero_grad();
             let mut epoch_loss = 0.0;
-            for pass in passes {
+            for (pass, &normaliser) in passes.iter().zip(&normalisers) {
                 let clipped_here = Cell::new(0i64);
                 let penalty_here = Cell::new(0.0f64);
                 let entropy_here = Cell::new(0.0f64);
@@ -517,6 +536,17 @@ mod tests {
     fn verdict(outcome: dllm_verifier::TestVerdict) -> TaskVerdict {
         let test = dllm_verifier::TestResult { verdict: outcome, seconds: 0.1, stdout: String::new(), stderr: String::new() };
         TaskVerdict::from_tests("t", Some(dllm_verifier::CodeSource::Fenced), vec![test], 0.1)
+    }
+
+    #[test]
+    fn the_token_mean_runs_over_the_mini_batch_or_each_micro_batch() {
+        // Two micro-batches, two coupled passes each; Σ w of 3 + 1 and 10 + 6.
+        let (micro_batches, sums) = ([0, 0, 1, 1], [3.0, 1.0, 10.0, 6.0]);
+        assert_eq!(token_mean_normalisers(&micro_batches, &sums, TokenMean::MiniBatch), [20.0; 4]);
+        // verl: each micro-batch's token-mean, divided by the 2 accumulated micro-batches.
+        assert_eq!(token_mean_normalisers(&micro_batches, &sums, TokenMean::MicroBatch), [8.0, 8.0, 32.0, 32.0]);
+        // With one micro-batch the two agree.
+        assert_eq!(token_mean_normalisers(&[0, 0], &[3.0, 1.0], TokenMean::MicroBatch), [4.0, 4.0]);
     }
 
     #[test]
