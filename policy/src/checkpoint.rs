@@ -108,6 +108,10 @@ pub fn load_named(files: &[PathBuf], targets: &HashMap<String, Tensor>, skip: &d
                 }
                 continue;
             };
+            // Two copies would load last-wins, whichever the index names.
+            if loaded.contains(&name) {
+                return Err(checkpoint_error(file, format!("`{name}` is also in an earlier file of this checkpoint")));
+            }
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             if shape != target.size() {
                 return Err(checkpoint_error(file, format!("`{name}` has shape {shape:?}, the model expects {:?}", target.size())));
@@ -234,10 +238,9 @@ pub fn save_tensors(dir: &Path, named: &[(String, Tensor)], kind: Kind, max_shar
             last.push(entry);
         }
     }
-    // Never leave a stale single file or index beside the new layout.
-    for stale in [SINGLE_FILE, INDEX_FILE] {
-        let _ = std::fs::remove_file(dir.join(stale));
-    }
+    // Everything is written into a folder beside the old files first: a failure (a full disk)
+    // leaves the checkpoint that was there whole, and only renames remain once all is written.
+    let staging = tempfile::Builder::new().prefix(".dllm-rl-saving-").tempdir_in(dir).map_err(io_error(dir))?;
     let total: usize = named.iter().map(|(_, t)| size_of(t)).sum();
     let parameters: i64 = named.iter().map(|(_, t)| t.numel() as i64).sum();
     let count = shards.len();
@@ -248,7 +251,7 @@ pub fn save_tensors(dir: &Path, named: &[(String, Tensor)], kind: Kind, max_shar
             .iter()
             .map(|(n, t)| Ok((n.clone(), HostTensor::new(t, kind)?)))
             .collect::<Result<Vec<_>>>()?;
-        write_file(&dir.join(&file), &host)?;
+        write_file(&staging.path().join(&file), &host)?;
         for (name, _) in shard.iter() {
             weight_map.insert(name.clone(), file.clone());
         }
@@ -258,9 +261,30 @@ pub fn save_tensors(dir: &Path, named: &[(String, Tensor)], kind: Kind, max_shar
             "metadata": {"total_parameters": parameters, "total_size": total},
             "weight_map": weight_map,
         });
-        write_json(&dir.join(INDEX_FILE), &index)?;
+        write_json(&staging.path().join(INDEX_FILE), &index)?;
+    }
+    // No file of the old layout stays beside the new one: a loader that globs `*.safetensors`
+    // would read stale shards (15 GB of them for a 7B model).
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name == SINGLE_FILE || name == INDEX_FILE || is_shard_name(&name) {
+            std::fs::remove_file(entry.path()).map_err(io_error(&entry.path()))?;
+        }
+    }
+    for entry in std::fs::read_dir(staging.path()).map_err(io_error(staging.path()))?.flatten() {
+        let target = dir.join(entry.file_name());
+        std::fs::rename(entry.path(), &target).map_err(io_error(&target))?;
     }
     Ok(())
+}
+
+/// `model-00001-of-00004.safetensors`: a shard of the Hugging Face sharded layout.
+fn is_shard_name(name: &str) -> bool {
+    let Some(stem) = name.strip_prefix("model-").and_then(|n| n.strip_suffix(".safetensors")) else { return false };
+    let mut parts = stem.split("-of-");
+    matches!((parts.next(), parts.next(), parts.next()), (Some(i), Some(n), None)
+        if !i.is_empty() && !n.is_empty() && i.bytes().all(|b| b.is_ascii_digit()) && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Writes named tensors into one safetensors file (adapters, optimizer state).
@@ -370,5 +394,63 @@ mod tests {
         let mode = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode("optimizer.safetensors"), mode("config.json"));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "the probe file is removed");
+    }
+
+    fn weights(value: f64) -> Vec<(String, Tensor)> {
+        (0..4).map(|i| (format!("w{i}"), Tensor::full([64], value, (Kind::Float, Device::Cpu)))).collect()
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        names.sort();
+        names
+    }
+
+    fn load(dir: &Path) -> Result<Vec<f64>> {
+        let targets: HashMap<String, Tensor> = weights(0.0).into_iter().collect();
+        let listed = if dir.join(INDEX_FILE).exists() {
+            let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(INDEX_FILE)).unwrap()).unwrap();
+            let mut shards: Vec<String> =
+                index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap().to_owned()).collect();
+            shards.sort();
+            shards.dedup();
+            shards.into_iter().map(|f| dir.join(f)).collect()
+        } else {
+            vec![dir.join(SINGLE_FILE)]
+        };
+        load_named(&listed, &targets, &|_| false)?;
+        Ok((0..4).map(|i| targets[&format!("w{i}")].double_value(&[0])).collect())
+    }
+
+    #[test]
+    fn a_new_layout_replaces_the_old_one_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        save_tensors(dir.path(), &weights(1.0), Kind::Float, 300).unwrap();
+        assert_eq!(files(dir.path()).len(), 5, "four shards and the index: {:?}", files(dir.path()));
+        save_tensors(dir.path(), &weights(2.0), Kind::Float, 1 << 20).unwrap();
+        assert_eq!(files(dir.path()), [SINGLE_FILE], "no stale shard is left beside the single file");
+        assert_eq!(load(dir.path()).unwrap(), [2.0; 4]);
+    }
+
+    #[test]
+    fn a_failed_save_leaves_the_checkpoint_that_was_there() {
+        let dir = tempfile::tempdir().unwrap();
+        save_tensors(dir.path(), &weights(1.0), Kind::Float, 300).unwrap();
+        let before = files(dir.path());
+        assert!(save_tensors(dir.path(), &weights(2.0), Kind::ComplexFloat, 300).is_err());
+        assert_eq!(files(dir.path()), before, "nothing removed, nothing half-written left");
+        assert_eq!(load(dir.path()).unwrap(), [1.0; 4]);
+    }
+
+    #[test]
+    fn a_tensor_in_two_files_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = |v: f64| vec![("w0".to_string(), HostTensor::new(&Tensor::full([64], v, (Kind::Float, Device::Cpu)), Kind::Float).unwrap())];
+        write_file(&dir.path().join("a.safetensors"), &host(1.0)).unwrap();
+        write_file(&dir.path().join("b.safetensors"), &host(7.0)).unwrap();
+        let targets: HashMap<String, Tensor> = weights(0.0).into_iter().take(1).collect();
+        let files = [dir.path().join("a.safetensors"), dir.path().join("b.safetensors")];
+        let err = load_named(&files, &targets, &|_| false).unwrap_err().to_string();
+        assert!(err.contains("`w0` is also in an earlier file"), "{err}");
     }
 }
