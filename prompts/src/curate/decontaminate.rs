@@ -2,11 +2,15 @@
 //! GPT-3 / Llama recipe) with any evaluation problem is dropped, naming the problem and the
 //! number of shared n-grams. Prompts shorter than n words are compared whole.
 //!
-//! Boilerplate is not evidence: an n-gram found in more than `common` training prompts (the
-//! judge's "You can output the answer in any case (for example, the strings yEs, yes ..." of
-//! every Codeforces YES/NO problem) is ignored, else every such problem would match every other.
+//! Boilerplate is not evidence: an n-gram found in more than `common` evaluation texts, or in
+//! more than `common` training prompts (the judge's "You can output the answer in any case (for
+//! example, the strings yEs, yes ..." of every Codeforces YES/NO problem), is ignored, else every
+//! such problem would match every other. Frequency in the training set never excuses a verbatim
+//! copy, though: a training prompt holding every n-gram of an evaluation problem is dropped however
+//! many other training prompts hold them too (an evaluation problem copied into four training
+//! prompts is four times the contamination, not boilerplate).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use dllm_verifier::Task;
 
@@ -17,7 +21,8 @@ pub struct DecontaminateConfig {
     pub ngram: usize,
     /// Shared n-grams needed to call a task contaminated.
     pub min_overlap: usize,
-    /// n-grams found in more training prompts than this are boilerplate and ignored.
+    /// n-grams found in more evaluation texts (distinct wordings) or more training prompts than this
+    /// are boilerplate and ignored, except that a verbatim copy of an evaluation problem is always caught.
     pub common: usize,
 }
 
@@ -39,19 +44,36 @@ fn grams(text: &str, n: usize) -> Vec<u64> {
 pub fn decontaminate(tasks: Vec<Task>, against: &[(String, String)], cfg: DecontaminateConfig) -> Curated {
     const STEP: &str = "decontaminate";
     let n = cfg.ngram.max(1);
-    let mut index: HashMap<u64, usize> = HashMap::new();
+    // n-gram → the evaluation problems holding it (each once, in order).
+    let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
     for (i, (_, text)) in against.iter().enumerate() {
-        for g in grams(text, n) {
-            index.entry(g).or_insert(i);
-        }
+        let mut own = grams(text, n);
         // Short evaluation texts are also matched whole against short training prompts.
-        index.entry(stable_hash(format!("whole:{}", words(text).join(" ")).as_bytes())).or_insert(i);
+        own.push(stable_hash(format!("whole:{}", words(text).join(" ")).as_bytes()));
+        for g in own {
+            let holders = index.entry(g).or_default();
+            if holders.last() != Some(&i) {
+                holders.push(i);
+            }
+        }
     }
-    let task_grams: Vec<Vec<u64>> = tasks.iter().map(|t| grams(t.prompt.as_deref().unwrap_or_default(), n)).collect();
+    // Boilerplate of the evaluation set: an n-gram many evaluation texts share says nothing about
+    // which one a training prompt copies. Texts are counted once per wording, so a problem that
+    // several evaluation sets carry verbatim (HumanEval and its variants) is not boilerplate.
+    let wording: Vec<u64> = against.iter().map(|(_, t)| stable_hash(words(t).join(" ").as_bytes())).collect();
+    index.retain(|_, holders| holders.iter().map(|&e| wording[e]).collect::<HashSet<u64>>().len() <= cfg.common);
+    // How many (non-boilerplate) n-grams each evaluation problem has: a training prompt holding
+    // all of them is a verbatim copy.
+    let mut own_count = vec![0usize; against.len()];
+    for (i, (_, text)) in against.iter().enumerate() {
+        let unique: HashSet<u64> = grams(text, n).into_iter().collect();
+        own_count[i] = unique.iter().filter(|g| index.get(g).is_some_and(|h| h.contains(&i))).count();
+    }
+    let task_grams: Vec<HashSet<u64>> =
+        tasks.iter().map(|t| grams(t.prompt.as_deref().unwrap_or_default(), n).into_iter().collect()).collect();
     let mut frequency: HashMap<u64, usize> = HashMap::new();
     for g in &task_grams {
-        let unique: std::collections::HashSet<&u64> = g.iter().collect();
-        for &h in unique {
+        for &h in g {
             *frequency.entry(h).or_default() += 1;
         }
     }
@@ -59,14 +81,23 @@ pub fn decontaminate(tasks: Vec<Task>, against: &[(String, String)], cfg: Decont
         .iter()
         .zip(&task_grams)
         .map(|(task, task_grams)| {
-            let mut hits: HashMap<usize, usize> = HashMap::new();
-            for g in task_grams.iter().copied().filter(|g| frequency.get(g).copied().unwrap_or(0) <= cfg.common) {
-                if let Some(&e) = index.get(&g) {
-                    *hits.entry(e).or_default() += 1;
+            // Per evaluation problem: (shared n-grams rare in the training set, all shared n-grams).
+            let mut hits: HashMap<usize, (usize, usize)> = HashMap::new();
+            for g in task_grams {
+                let rare = frequency.get(g).copied().unwrap_or(0) <= cfg.common;
+                for &e in index.get(g).into_iter().flatten() {
+                    let h = hits.entry(e).or_default();
+                    h.0 += rare as usize;
+                    h.1 += 1;
                 }
             }
-            match hits.into_iter().max_by_key(|&(e, c)| (c, std::cmp::Reverse(e))) {
-                Some((e, count)) if count >= cfg.min_overlap => Decision::drop(
+            let evidence = |e: usize, (rare, all): (usize, usize)| {
+                let copy = own_count[e] > 0 && all >= own_count[e];
+                if rare >= cfg.min_overlap || (copy && all >= cfg.min_overlap) { all } else { 0 }
+            };
+            let best = hits.into_iter().map(|(e, h)| (e, evidence(e, h))).max_by_key(|&(e, c)| (c, std::cmp::Reverse(e)));
+            match best {
+                Some((e, count)) if count > 0 => Decision::drop(
                     task,
                     STEP,
                     format!("contaminated: shares {count} {n}-gram(s) with evaluation problem {}", against[e].0),
@@ -103,5 +134,32 @@ mod tests {
         let tasks: Vec<Task> = (0..5).map(|i| task(&format!("t{i}"), "x", &format!("Problem number {i} is different. {boilerplate}"))).collect();
         let common = decontaminate(tasks, &against, DecontaminateConfig::default());
         assert_eq!(common.kept.len(), 5, "boilerplate shared by many training prompts is not contamination");
+    }
+
+    #[test]
+    fn an_evaluation_problem_copied_into_many_training_prompts_is_still_caught() {
+        // The reviewer's tr_copies.jsonl: one evaluation problem pasted into 3 and into 5 training
+        // prompts; frequency in the training set made the 5 copies look like boilerplate.
+        let eval_text = "You are given an array of n integers a_1 ... a_n. In one operation you may choose two adjacent \
+                         elements and replace both with their greatest common divisor. Find the minimum number of \
+                         operations needed to make every element equal to one, or print -1 if impossible.";
+        let against = vec![("lcb/1".to_string(), eval_text.to_string())];
+        for copies in [3, 5] {
+            let tasks: Vec<Task> =
+                (0..copies).map(|i| task(&format!("src{i}/x"), "train", &format!("Problem {i}. {eval_text}"))).collect();
+            let out = decontaminate(tasks, &against, DecontaminateConfig::default());
+            assert!(out.kept.is_empty(), "{copies} copies: {:?}", out.decisions);
+            assert!(out.decisions.iter().all(|d| d.reason.contains("lcb/1")));
+        }
+        // An n-gram shared by many evaluation texts is boilerplate even with one training prompt.
+        let boilerplate = "You can output the answer in any case, for example the strings yEs, yes, Yes and YES will be recognized as a positive answer.";
+        let against: Vec<(String, String)> =
+            (0..5).map(|i| (format!("cf/{i}"), format!("Evaluation problem {i} about cards. {boilerplate}"))).collect();
+        let tasks = vec![task("t0", "x", &format!("A training problem about graphs. {boilerplate}"))];
+        assert_eq!(decontaminate(tasks, &against, DecontaminateConfig::default()).kept.len(), 1);
+        // ... but one problem carried verbatim by several evaluation sets is not.
+        let against: Vec<(String, String)> = (0..5).map(|i| (format!("set{i}/7"), eval_text.to_string())).collect();
+        let tasks = vec![task("t0", "x", eval_text)];
+        assert!(decontaminate(tasks, &against, DecontaminateConfig::default()).kept.is_empty());
     }
 }
