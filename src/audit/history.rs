@@ -81,11 +81,13 @@ pub fn status_name(status: PromptStatus) -> &'static str {
     }
 }
 
-/// Every prompt's visits (current attempt only), by prompt id.
+/// Every prompt's visits (current attempt only), by prompt id; rollouts the sandbox could not
+/// judge are not counted (training left them out of its groups too).
 pub fn load_histories(store: &Opened, run: &RunInfo) -> anyhow::Result<Vec<PromptHistory>> {
     let mut stmt = store.conn.prepare(
         "SELECT prompt_id, step, COUNT(*), SUM(verdict = 'passed'), AVG(reward) FROM rollouts \
-         WHERE run_id = ?1 AND superseded = 0 GROUP BY prompt_id, step ORDER BY prompt_id, step",
+         WHERE run_id = ?1 AND superseded = 0 AND verdict != 'sandbox_error' \
+         GROUP BY prompt_id, step ORDER BY prompt_id, step",
     )?;
     let rows = stmt.query_map([run.id], |r| {
         Ok((r.get::<_, String>(0)?, Visit { step: r.get(1)?, samples: r.get(2)?, passed: r.get(3)?, reward_mean: r.get(4)? }))

@@ -29,10 +29,13 @@ struct StepStats {
     tokens_std: f64,
 }
 
+/// Rewards and pass rates over the judged rollouts: one the sandbox failed on twice has no
+/// reward and no verdict on the completion, and training left it out of its step's metrics.
 fn step_stats(store: &Opened, run: &RunInfo) -> anyhow::Result<Vec<StepStats>> {
     let mut stmt = store.conn.prepare(
         "SELECT step, COUNT(*), AVG(COALESCE(reward, 0)), AVG(COALESCE(reward, 0) * COALESCE(reward, 0)), AVG(verdict = 'passed'), \
-         AVG(tokens), AVG(tokens * tokens) FROM rollouts WHERE run_id = ?1 AND superseded = 0 GROUP BY step ORDER BY step",
+         AVG(tokens), AVG(tokens * tokens) FROM rollouts \
+         WHERE run_id = ?1 AND superseded = 0 AND verdict != 'sandbox_error' GROUP BY step ORDER BY step",
     )?;
     let rows = stmt.query_map([run.id], |r| {
         let (mean, square): (f64, f64) = (r.get(2)?, r.get(3)?);
@@ -331,6 +334,26 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rollouts_the_sandbox_could_not_judge_count_in_no_rate() {
+        let (dir, store, run) = crate::audit::fixture::opened();
+        let (before, histories) = (step_stats(&store, &run).unwrap(), crate::audit::history::load_histories(&store, &run).unwrap());
+        // Two more samples of prompt a at step 0, unjudged: no reward, verdict sandbox_error.
+        rusqlite::Connection::open(dir.path().join("store.sqlite"))
+            .unwrap()
+            .execute(
+                "INSERT INTO rollouts (run_id, step, attempt, superseded, prompt_id, sample, seed, completion, tokens, step_map, reward, verdict) \
+                 SELECT run_id, step, attempt, superseded, prompt_id, sample + 100, seed, completion, tokens, step_map, NULL, 'sandbox_error' \
+                 FROM rollouts WHERE run_id = ?1 AND step = 0 AND prompt_id = 'a' AND superseded = 0 LIMIT 2",
+                [run.id],
+            )
+            .unwrap();
+        let after = step_stats(&store, &run).unwrap();
+        assert_eq!((after[0].samples, after[0].reward_mean, after[0].pass_rate), (before[0].samples, before[0].reward_mean, before[0].pass_rate));
+        let visits = |h: &[crate::audit::history::PromptHistory]| h.iter().find(|p| p.prompt_id == "a").unwrap().visits[0].samples;
+        assert_eq!(visits(&crate::audit::history::load_histories(&store, &run).unwrap()), visits(&histories));
+    }
 
     #[test]
     fn the_report_is_self_contained_and_has_every_chart() {
