@@ -320,7 +320,9 @@ fn eval_generates_judges_and_writes_pass_rates() {
     let per_task = dir.path().join("rates.jsonl");
     let completions = dir.path().join("completions.jsonl");
     let json = dir.path().join("summary.json");
-    let store = dir.path().join("runs.sqlite");
+    // A store in a folder not made yet: made, and at the start (a store that cannot be
+    // written used to fail only after everything was generated and judged).
+    let store = dir.path().join("not-yet").join("runs.sqlite");
     let run = dllm_rl()
         .args(["-q", "eval", "--store"])
         .arg(&store)

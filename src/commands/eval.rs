@@ -84,6 +84,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         bail!("--samples must be at least 1");
     }
     let cfg = args.sampler.config()?;
+    // The run is written after generating and judging: a store that cannot be written must say
+    // so now, not after the work is done.
+    if let Some(path) = &args.store {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        RunStore::prepare(path)?;
+    }
     let (model, tokenizer) = load_policy(&args.model, args.lora.as_deref())?;
     let special = SpecialIds::from_config(&model.config, &tokenizer.stop_ids)?;
     let render = match &args.prompt_format {
@@ -242,8 +250,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         row(&format!("kind {name}"), g);
     }
     tracing::info!("{} completions generated and judged in {seconds:.1} s", judged.len());
+    // The summary first: it survives a store that fails.
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&summary)?).with_context(|| format!("writing {}", path.display()))?;
+    }
     if let Some(path) = &args.store {
-        let name = format!("eval-{}", std::process::id());
+        // Process ids repeat (each container starts again at 1): the start time goes first.
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let name = format!("eval-{started}-{}", std::process::id());
         let config = serde_json::json!({"model": summary.model, "tasks": summary.tasks_file, "samples": args.samples, "sampler": cfg});
         let store = RunStore::create(path, &name, "eval", &config)?;
         let prompts = tasks
@@ -283,9 +297,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         store.set_status("finished")?;
         store.flush()?;
         println!("run {name} recorded in {}", path.display());
-    }
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&summary)?).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

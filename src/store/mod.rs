@@ -185,6 +185,12 @@ pub struct RunStore {
 
 impl RunStore {
     /// Starts a run `name` (kind `train` / `sft`), recording its resolved config.
+    /// Creates (or migrates) the store at `path` without starting a run: a command that writes
+    /// its run only at the end finds out at the start that it could not.
+    pub fn prepare(path: &Path) -> Result<()> {
+        open_writable(path).map(drop)
+    }
+
     pub fn create(path: &Path, name: &str, kind: &str, config: &serde_json::Value) -> Result<Self> {
         let conn = open_writable(path)?;
         let sql = sql_error(path);
