@@ -1,6 +1,9 @@
 //! Decontamination: a training task whose prompt shares an n-gram of words (default 13, the
 //! GPT-3 / Llama recipe) with any evaluation problem is dropped, naming the problem and the
-//! number of shared n-grams. Prompts shorter than n words are compared whole.
+//! number of shared n-grams. A text shorter than n words (many MBPP statements are nine or ten)
+//! has no n-gram: it is looked for whole, as a run of words, inside the other side's texts (a short
+//! evaluation statement inside a training prompt that adds its tests, or a short training prompt
+//! inside a long evaluation text).
 //!
 //! Boilerplate is not evidence: an n-gram found in more than `common` evaluation texts, or in
 //! more than `common` training prompts (the judge's "You can output the answer in any case (for
@@ -40,6 +43,40 @@ fn grams(text: &str, n: usize) -> Vec<u64> {
     w.windows(n).map(|g| stable_hash(g.join(" ").as_bytes())).collect()
 }
 
+/// Short texts of fewer words than this are compared only for equality: a run of two or three
+/// words ("sort the list") is found in too many unrelated problems to be evidence of a copy.
+const MIN_CONTAINED: usize = 4;
+
+fn run_hash(words: &[String]) -> u64 {
+    stable_hash(format!("run:{}", words.join(" ")).as_bytes())
+}
+
+/// Short texts (`MIN_CONTAINED..n` words) of one side, looked for as runs of words in the other.
+struct ShortTexts {
+    /// (length in words, hash of the words) → the texts with those words.
+    texts: HashMap<u64, Vec<usize>>,
+    lengths: std::collections::BTreeSet<usize>,
+}
+
+impl ShortTexts {
+    fn new<'a>(texts: impl IntoIterator<Item = &'a [String]>, n: usize) -> Self {
+        let mut short = ShortTexts { texts: HashMap::new(), lengths: Default::default() };
+        for (i, w) in texts.into_iter().enumerate() {
+            if (MIN_CONTAINED..n).contains(&w.len()) {
+                short.texts.entry(run_hash(w)).or_default().push(i);
+                short.lengths.insert(w.len());
+            }
+        }
+        short
+    }
+
+    /// The first short text found as a run of words in `haystack`.
+    fn first_in(&self, haystack: &[String]) -> Option<usize> {
+        let runs = self.lengths.iter().flat_map(|&l| haystack.windows(l));
+        runs.filter_map(|r| self.texts.get(&run_hash(r))).flatten().copied().min()
+    }
+}
+
 /// `against`: (id, text) of the evaluation problems.
 pub fn decontaminate(tasks: Vec<Task>, against: &[(String, String)], cfg: DecontaminateConfig) -> Curated {
     const STEP: &str = "decontaminate";
@@ -77,10 +114,24 @@ pub fn decontaminate(tasks: Vec<Task>, against: &[(String, String)], cfg: Decont
             *frequency.entry(h).or_default() += 1;
         }
     }
+    let eval_words: Vec<Vec<String>> = against.iter().map(|(_, t)| words(t)).collect();
+    let task_words: Vec<Vec<String>> = tasks.iter().map(|t| words(t.prompt.as_deref().unwrap_or_default())).collect();
+    let short_evals = ShortTexts::new(eval_words.iter().map(Vec::as_slice), n);
+    let short_tasks = ShortTexts::new(task_words.iter().map(Vec::as_slice), n);
+    // Training prompt → the first evaluation text that contains it whole.
+    let mut contained_in: HashMap<usize, usize> = HashMap::new();
+    for (e, w) in eval_words.iter().enumerate() {
+        for &l in &short_tasks.lengths {
+            for t in w.windows(l).filter_map(|r| short_tasks.texts.get(&run_hash(r))).flatten() {
+                contained_in.entry(*t).or_insert(e);
+            }
+        }
+    }
     let decisions = tasks
         .iter()
         .zip(&task_grams)
-        .map(|(task, task_grams)| {
+        .enumerate()
+        .map(|(t, (task, task_grams))| {
             // Per evaluation problem: (shared n-grams rare in the training set, all shared n-grams).
             let mut hits: HashMap<usize, (usize, usize)> = HashMap::new();
             for g in task_grams {
@@ -103,7 +154,17 @@ pub fn decontaminate(tasks: Vec<Task>, against: &[(String, String)], cfg: Decont
                     format!("contaminated: shares {count} {n}-gram(s) with evaluation problem {}", against[e].0),
                     serde_json::json!({ "against": against[e].0, "shared_ngrams": count }),
                 ),
-                _ => Decision::keep(task, STEP, "no overlap", serde_json::Value::Null),
+                _ => {
+                    if let Some(e) = short_evals.first_in(&task_words[t]) {
+                        let reason = format!("contaminated: contains evaluation problem {} whole", against[e].0);
+                        Decision::drop(task, STEP, reason, serde_json::json!({ "against": against[e].0, "contains": true }))
+                    } else if let Some(&e) = contained_in.get(&t) {
+                        let reason = format!("contaminated: contained whole in evaluation problem {}", against[e].0);
+                        Decision::drop(task, STEP, reason, serde_json::json!({ "against": against[e].0, "contained": true }))
+                    } else {
+                        Decision::keep(task, STEP, "no overlap", serde_json::Value::Null)
+                    }
+                }
             }
         })
         .collect();
@@ -161,5 +222,30 @@ mod tests {
         let against: Vec<(String, String)> = (0..5).map(|i| (format!("set{i}/7"), eval_text.to_string())).collect();
         let tasks = vec![task("t0", "x", eval_text)];
         assert!(decontaminate(tasks, &against, DecontaminateConfig::default()).kept.is_empty());
+    }
+
+    #[test]
+    fn a_short_text_is_found_inside_a_longer_one() {
+        // The reviewer's ev_mbpp_raw.jsonl vs tr_short.jsonl: MBPP statements of ten words matched
+        // only an exactly equal training prompt, not one that adds the tests or a sentence.
+        let against = vec![
+            ("mbpp/17".to_string(), "Write a function to find the perimeter of a square.".to_string()),
+            ("mbpp/82".to_string(), "Write a function to find the volume of a sphere.".to_string()),
+            ("lcb/9".to_string(), "Given a tree with n nodes, count the pairs of nodes whose path length is even and \
+                                   print the count modulo a large prime."
+                .to_string()),
+        ];
+        let tasks = vec![
+            task("tr/1", "x", "Write a function to find the volume of a sphere.\nYour code should pass these tests:\n\nassert volume_sphere(10)==4188.790204786391\n"),
+            task("tr/2", "x", "Write a function to find the perimeter of a square. Return an integer."),
+            task("tr/3", "x", "Write a function that sorts a list of words by their length and returns it."),
+            task("tr/4", "x", "Count the pairs of nodes whose path length is even"),
+            task("tr/5", "x", "Find the perimeter"),
+        ];
+        let out = decontaminate(tasks, &against, DecontaminateConfig::default());
+        let kept: Vec<&str> = out.kept.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(kept, ["tr/3", "tr/5"], "{:?}", out.decisions);
+        assert!(out.decisions[0].reason.contains("contains evaluation problem mbpp/82"), "{}", out.decisions[0].reason);
+        assert!(out.decisions[3].reason.contains("contained whole in evaluation problem lcb/9"), "{}", out.decisions[3].reason);
     }
 }
