@@ -12,7 +12,8 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::data_type::{ByteArray, ByteArrayType, DoubleType, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
-use parquet::schema::parser::parse_message_type;
+use parquet::basic::{ConvertedType, Repetition, Type as PhysicalType};
+use parquet::schema::types::Type as ParquetType;
 
 use super::output::{Cell, Table};
 use super::{resolve, Opened, RunInfo};
@@ -170,17 +171,26 @@ impl Columns {
     }
 
     fn write_parquet(&self, file: std::fs::File, table: &str) -> anyhow::Result<()> {
-        let fields: Vec<String> = self
+        // Built, not parsed from text: metric names come from the run (`pass@1`, a source
+        // named `lcb(v5)` or `taco apps`), and the schema language would misread them.
+        let fields = self
             .names
             .iter()
             .zip(&self.types)
-            .map(|(name, t)| match t {
-                Type::Int => format!("OPTIONAL INT64 {name};"),
-                Type::Float => format!("OPTIONAL DOUBLE {name};"),
-                Type::Text | Type::Json => format!("OPTIONAL BYTE_ARRAY {name} (UTF8);"),
+            .map(|(name, t)| {
+                let (physical, converted) = match t {
+                    Type::Int => (PhysicalType::INT64, ConvertedType::NONE),
+                    Type::Float => (PhysicalType::DOUBLE, ConvertedType::NONE),
+                    Type::Text | Type::Json => (PhysicalType::BYTE_ARRAY, ConvertedType::UTF8),
+                };
+                let field = ParquetType::primitive_type_builder(name, physical)
+                    .with_repetition(Repetition::OPTIONAL)
+                    .with_converted_type(converted)
+                    .build()?;
+                Ok(Arc::new(field))
             })
-            .collect();
-        let schema = Arc::new(parse_message_type(&format!("message {table} {{ {} }}", fields.join(" ")))?);
+            .collect::<parquet::errors::Result<Vec<_>>>()?;
+        let schema = Arc::new(ParquetType::group_type_builder(table).with_fields(fields).build()?);
         let props = Arc::new(WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build());
         let mut writer = SerializedFileWriter::new(file, schema, props)?;
         let mut group = writer.next_row_group()?;
@@ -249,7 +259,11 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         ExportFormat::Parquet => {
             let path = args.out.as_ref().context("Parquet needs --out")?;
             let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-            columns.write_parquet(file, table_name).with_context(|| format!("writing {}", path.display()))?;
+            if let Err(e) = columns.write_parquet(file, table_name) {
+                // No empty or half-written file left under the name asked for.
+                let _ = std::fs::remove_file(path);
+                return Err(e.context(format!("writing {}", path.display())));
+            }
         }
     }
     out.flush()?;
@@ -289,5 +303,29 @@ mod tests {
         let spread = steps.spread_metrics();
         assert_eq!(spread.names, ["step", "attempt", "at", "loss", "reward_mean", "seconds.rollout", "seconds.update"]);
         assert_eq!(spread.cell(4, 3), Cell::Num(0.35));
+    }
+
+    #[test]
+    fn column_names_the_schema_language_would_misread_are_written() {
+        // Per-source metrics of an eval run: the source's name is part of the column's.
+        let names = ["step", "pass@1.taco apps", "pass@1.lcb(v5)", "a;b", "note"];
+        let columns = Columns {
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
+            types: vec![Type::Int, Type::Float, Type::Float, Type::Float, Type::Text],
+            values: vec![
+                Values::Int(vec![Some(0)]),
+                Values::Float(vec![Some(0.5)]),
+                Values::Float(vec![None]),
+                Values::Float(vec![Some(1.0)]),
+                Values::Text(vec![Some("x".into())]),
+            ],
+            rows: 1,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("steps.parquet");
+        columns.write_parquet(std::fs::File::create(&file).unwrap(), "steps").unwrap();
+        let reader = SerializedFileReader::new(std::fs::File::open(&file).unwrap()).unwrap();
+        let json = reader.get_row_iter(None).unwrap().next().unwrap().unwrap().to_json_value();
+        assert_eq!((json["pass@1.taco apps"].as_f64(), json["a;b"].as_f64(), json["note"].as_str()), (Some(0.5), Some(1.0), Some("x")));
     }
 }
