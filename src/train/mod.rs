@@ -281,7 +281,13 @@ impl Trainer {
             match &checkpoint {
                 Some((_, dir)) => model.load_lora(&dir.join("adapter"))?,
                 None => {
-                    let lora = LoraConfig { r: lora.r, lora_alpha: lora.lora_alpha, lora_dropout: lora.lora_dropout, target_modules: lora.target_modules.clone(), use_rslora: false };
+                    let lora = LoraConfig {
+                        r: lora.r,
+                        lora_alpha: lora.lora_alpha,
+                        lora_dropout: lora.lora_dropout,
+                        target_modules: dllm_policy::lora::ModuleSet::List(lora.target_modules.clone()),
+                        ..LoraConfig::default()
+                    };
                     model.attach_lora(lora, (cfg.run.seed >> 1) as i64)?;
                 }
             }

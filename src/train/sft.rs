@@ -129,7 +129,13 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serd
         match &checkpoint {
             Some((_, dir)) => model.load_lora(&dir.join("adapter"))?,
             None => model.attach_lora(
-                dllm_policy::LoraConfig { r: l.r, lora_alpha: l.lora_alpha, lora_dropout: l.lora_dropout, target_modules: l.target_modules.clone(), use_rslora: false },
+                dllm_policy::LoraConfig {
+                    r: l.r,
+                    lora_alpha: l.lora_alpha,
+                    lora_dropout: l.lora_dropout,
+                    target_modules: dllm_policy::lora::ModuleSet::List(l.target_modules.clone()),
+                    ..dllm_policy::LoraConfig::default()
+                },
                 (cfg.run.seed >> 1) as i64,
             )?,
         }
