@@ -38,21 +38,43 @@ fn regex(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
 pub fn constant_answer(code: &str, stdio: bool) -> Option<Signal> {
     static PRINT: OnceLock<Regex> = OnceLock::new();
     static RETURN: OnceLock<Regex> = OnceLock::new();
-    static LITERAL: OnceLock<Regex> = OnceLock::new();
-    let literal = regex(&LITERAL, r#"^\s*(-?\d+(\.\d+)?|"[^"\\]*"|'[^'\\]*'|True|False|None|\[[\d\s,.\-]*\])\s*$"#);
+    static COMMENT: OnceLock<Regex> = OnceLock::new();
+    // A comment saying "input" must not count as reading it.
+    let code = regex(&COMMENT, r"(?m)#.*$").replace_all(code, "");
+    let code = code.as_ref();
     if stdio {
         let prints: Vec<&str> = regex(&PRINT, r"\bprint\s*\(([^()]*)\)").captures_iter(code).filter_map(|c| c.get(1)).map(|m| m.as_str()).collect();
         let reads = code.contains("input") || code.contains("stdin");
-        if !prints.is_empty() && !reads && prints.iter().all(|p| literal.is_match(p)) {
+        if !prints.is_empty() && !reads && prints.iter().all(|p| is_literal(p)) {
             return Some(Signal { name: "prints_constant".into(), reason: format!("prints only literals ({}) and reads nothing", prints.join(", ")) });
         }
     } else {
-        let returns: Vec<&str> = regex(&RETURN, r"(?m)^\s*return\b(.*)$").captures_iter(code).filter_map(|c| c.get(1)).map(|m| m.as_str()).collect();
-        if !returns.is_empty() && returns.iter().all(|r| literal.is_match(r)) {
+        // What functions give back: `return` values and bodies of lambdas bound to names.
+        let returns: Vec<&str> = regex(&RETURN, r"(?m)^\s*(?:return\b|\w+\s*=\s*lambda\b[^:\n]*:)(.*)$")
+            .captures_iter(code)
+            .filter_map(|c| c.get(1))
+            .map(|m| m.as_str())
+            .collect();
+        if !returns.is_empty() && returns.iter().all(|r| is_literal(r)) {
             return Some(Signal { name: "returns_constant".into(), reason: format!("returns only literals ({})", returns.iter().map(|r| r.trim()).collect::<Vec<_>>().join(", ")) });
         }
     }
     None
+}
+
+/// Whether a Python expression is a literal built of constants only: numbers, strings, True,
+/// False, None, and lists, tuples, sets and dicts of them (no name, no call).
+fn is_literal(expr: &str) -> bool {
+    static STRING: OnceLock<Regex> = OnceLock::new();
+    let rest = regex(&STRING, r#""[^"\\\n]*"|'[^'\\\n]*'"#).replace_all(expr, "0");
+    let rest = rest.trim();
+    if rest.is_empty() || !rest.chars().all(|c| c.is_alphanumeric() || c.is_whitespace() || "[](){},.:-+_".contains(c)) {
+        return false;
+    }
+    // Every word a number (`12`, `1e5`, `0x1f`) or a constant; a name or a call is not constant.
+    rest.split(|c: char| !c.is_alphanumeric() && c != '_')
+        .filter(|w| !w.is_empty())
+        .all(|w| w.starts_with(|c: char| c.is_ascii_digit()) || ["True", "False", "None"].contains(&w))
 }
 
 /// Everything suspicious about a run, most suspicious (passing) first.
@@ -138,6 +160,15 @@ mod tests {
         assert!(constant_answer("print(sum(range(10)))", true).is_none());
         assert_eq!(constant_answer("def f(x):\n    if x:\n        return 1\n    return 0", false).unwrap().name, "returns_constant");
         assert!(constant_answer("def f(x):\n    if x:\n        return 1\n    return x + 1", false).is_none());
+        // Containers of constants and lambdas are constant too; a comment reads nothing.
+        assert_eq!(constant_answer("def f(x):\n    return {'a': 1, 'b': (2, 3)}", false).unwrap().name, "returns_constant");
+        assert_eq!(constant_answer("def f(x):\n    return (1, -2.5)", false).unwrap().name, "returns_constant");
+        assert_eq!(constant_answer("f = lambda x: 42", false).unwrap().name, "returns_constant");
+        assert!(constant_answer("f = lambda x: x * 2", false).is_none());
+        assert!(constant_answer("def f(x):\n    return {'a': x}", false).is_none());
+        assert!(constant_answer("def f(x):\n    return len(x)", false).is_none());
+        assert_eq!(constant_answer("# no input needed\nprint('NO')", true).unwrap().name, "prints_constant");
+        assert!(constant_answer("print(\"1 2\")\nx = input()", true).is_none());
     }
 
     #[test]
