@@ -200,6 +200,12 @@ fn model_init_writes_a_checkpoint_that_info_describes() {
     // bf16 on disk: two bytes per parameter, plus the small safetensors headers.
     let bytes = info["weight_bytes"].as_u64().unwrap();
     assert!((2 * 139_840..2 * 139_840 + 20_000).contains(&bytes), "{bytes}");
+
+    // A shard the index names but the folder lacks fails, naming it (it used to count as 0 bytes).
+    std::fs::remove_file(out.join("model-00002-of-00005.safetensors")).unwrap();
+    let info = dllm_rl().args(["model", "info"]).arg(&out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&info.stderr);
+    assert!(!info.status.success() && stderr.contains("model-00002-of-00005.safetensors"), "{stderr}");
 }
 
 #[test]

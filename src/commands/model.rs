@@ -1,8 +1,10 @@
 //! `dllm-rl model init | info`: random checkpoints of any shape, and what a checkpoint holds.
 
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use dllm_policy::checkpoint::weight_files;
 use dllm_policy::{DreamModel, Init, LoraConfig, ModelConfig, Placement, SaveOptions};
 
@@ -96,7 +98,7 @@ struct Info {
 fn info(args: ModelInfoArgs) -> anyhow::Result<ExitCode> {
     let cfg = ModelConfig::from_dir(&args.dir)?;
     let files = weight_files(&args.dir)?;
-    let weight_bytes = files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
+    let weight_bytes = weight_bytes(&files)?;
     let t = &cfg.tokens;
     let info = Info {
         model_type: cfg.model_type.clone(),
@@ -159,8 +161,81 @@ fn info(args: ModelInfoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The weight files' total size, each checked against its safetensors header: a shard the index
+/// names but the folder lacks, or a file cut short by a failed copy, is an error naming the file,
+/// not a smaller total printed as success.
+fn weight_bytes(files: &[PathBuf]) -> anyhow::Result<u64> {
+    let missing: Vec<String> = files.iter().filter(|f| !f.exists()).map(|f| format!("`{}`", f.display())).collect();
+    if !missing.is_empty() {
+        bail!("{} weight file(s) missing: {}", missing.len(), missing.join(", "));
+    }
+    files.iter().map(|f| checked_size(f).with_context(|| f.display().to_string())).sum()
+}
+
+/// The size of one safetensors file, which must be what its header describes. Only the header is
+/// read (a few KB), so this stays cheap on a 15 GB checkpoint.
+fn checked_size(path: &Path) -> anyhow::Result<u64> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix).map_err(|_| anyhow::anyhow!("{len} bytes: too short for a safetensors header"))?;
+    let header_len = u64::from_le_bytes(prefix);
+    // Checked before allocating: a corrupt length must not ask for terabytes.
+    if header_len > len - 8 {
+        bail!("the header claims {header_len} bytes, the file holds {len}");
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)?;
+    let metadata: safetensors::tensor::Metadata =
+        serde_json::from_slice(&header).map_err(|e| anyhow::anyhow!("not a safetensors header: {e}"))?;
+    let expected = 8 + header_len + metadata.data_len() as u64;
+    if len != expected {
+        bail!("{len} bytes, but its header describes {expected} (truncated or overwritten?)");
+    }
+    Ok(len)
+}
+
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
+    /// A safetensors file of one f32 tensor with `n` values.
+    fn write_weights(path: &std::path::Path, n: usize) {
+        let data = vec![0u8; 4 * n];
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n], &data).unwrap();
+        safetensors::serialize_to_file([("w", view)], None, path).unwrap();
+    }
+
+    #[test]
+    fn weight_bytes_names_missing_and_truncated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = dir.path().join("model-00001-of-00002.safetensors");
+        let two = dir.path().join("model-00002-of-00002.safetensors");
+        write_weights(&one, 100);
+        write_weights(&two, 50);
+        let files: Vec<PathBuf> = vec![one.clone(), two.clone()];
+        let total = std::fs::metadata(&one).unwrap().len() + std::fs::metadata(&two).unwrap().len();
+        assert_eq!(super::weight_bytes(&files).unwrap(), total);
+
+        let bytes = std::fs::read(&two).unwrap();
+        std::fs::write(&two, &bytes[..bytes.len() - 10]).unwrap();
+        let err = format!("{:#}", super::weight_bytes(&files).unwrap_err());
+        assert!(err.starts_with(&two.display().to_string()) && err.contains("truncated"), "{err}");
+        std::fs::write(&two, &bytes[..4]).unwrap();
+        let err = format!("{:#}", super::weight_bytes(&files).unwrap_err());
+        assert!(err.contains("too short for a safetensors header"), "{err}");
+        // A header length past the end of the file (`bad_hdrlen`): refused before it is allocated.
+        let mut lying = bytes.clone();
+        lying[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        std::fs::write(&two, &lying).unwrap();
+        let err = format!("{:#}", super::weight_bytes(&files).unwrap_err());
+        assert!(err.contains("the header claims 1099511627776 bytes"), "{err}");
+
+        std::fs::remove_file(&two).unwrap();
+        let err = format!("{:#}", super::weight_bytes(&files).unwrap_err());
+        assert_eq!(err, format!("1 weight file(s) missing: `{}`", two.display()));
+    }
+
     #[test]
     fn parameter_counts_use_a_unit_that_shows_them() {
         let got: Vec<String> = [7_615_616_512, 494_032_768, 139_840, 512].into_iter().map(super::count).collect();
