@@ -68,9 +68,66 @@ impl Curated {
 }
 
 /// The words of a text, lowercased, punctuation dropped: what duplicate and contamination
-/// checks compare.
+/// checks compare. Runs of operator characters (`+`, `**`, `==`, `<=`, `//` ...) are words too:
+/// `return x + y` and `return x - y` are different problems, not one problem twice. Compatibility
+/// forms are folded first (fullwidth `ｉｎｔ` is `int`, the ligature `ﬁ` is `fi`) and format
+/// characters dropped (a soft hyphen or zero-width space inside a word), so that a copy dressed
+/// up in Unicode is still a copy. This folding covers the forms seen in scraped problem sets, not
+/// all of NFKC: the workspace has no Unicode normalisation crate of its own.
 pub fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+    const OPERATORS: &str = "+-*/%=<>!&|^~@";
+    let mut out: Vec<String> = Vec::new();
+    // Whether the word being built is an operator run (`Some(true)`), a word (`Some(false)`), or
+    // there is none.
+    let mut open: Option<bool> = None;
+    for c in text.chars().flat_map(fold_compatibility) {
+        let class = if c.is_alphanumeric() {
+            Some(false)
+        } else if OPERATORS.contains(c) {
+            Some(true)
+        } else if is_format(c) {
+            continue;
+        } else {
+            None
+        };
+        if let Some(kind) = class {
+            if open != Some(kind) {
+                out.push(String::new());
+            }
+            out.last_mut().expect("invariant: a word is open").extend(c.to_lowercase());
+        }
+        open = class;
+    }
+    // A lone `!` ends a sentence far more often than it negates; `!=` stays.
+    out.retain(|w| w.chars().any(|c| c != '!'));
+    out
+}
+
+/// Format characters (Unicode category Cf) that scraped text carries invisibly inside words.
+fn is_format(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}')
+}
+
+/// NFKC's folding for the compatibility characters of problem statements: fullwidth ASCII, the
+/// ideographic space, and the Latin ligatures.
+fn fold_compatibility(c: char) -> impl Iterator<Item = char> {
+    let folded: &'static str = match c {
+        '\u{FB00}' => "ff",
+        '\u{FB01}' => "fi",
+        '\u{FB02}' => "fl",
+        '\u{FB03}' => "ffi",
+        '\u{FB04}' => "ffl",
+        '\u{FB05}' | '\u{FB06}' => "st",
+        _ => "",
+    };
+    let single = match c {
+        '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0),
+        '\u{3000}' => Some(' '),
+        _ if folded.is_empty() => Some(c),
+        _ => None,
+    };
+    single.into_iter().chain(folded.chars())
 }
 
 /// A stable 64-bit hash (FNV-1a, then SplitMix64's finaliser so that every bit is mixed): the
@@ -100,4 +157,23 @@ pub(crate) fn task(id: &str, source: &str, prompt: &str) -> Task {
         "tests": [{"stdin": "", "stdout": "1\n"}]
     }))
     .expect("a test task")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::words;
+
+    #[test]
+    fn words_keep_operators_and_see_through_unicode_dressing() {
+        // The reviewer's dd_in.jsonl: prompts differing only in an operator were exact duplicates.
+        assert_eq!(words("return x + y"), ["return", "x", "+", "y"]);
+        assert_ne!(words("return x + y"), words("return x - y"));
+        assert_ne!(words("return x * y"), words("return x ** y"));
+        assert_eq!(words("if a<=b: f(a, b)"), ["if", "a", "<=", "b", "f", "a", "b"]);
+        assert_eq!(words("Hello! a != b"), ["hello", "a", "!=", "b"]);
+        let plain = words("Given an array of integers, find the target.");
+        assert_eq!(words("Given an array of ｉｎｔｅｇｅｒｓ, ﬁnd the ｔａｒｇｅｔ."), plain);
+        assert_eq!(words("Given an array of in\u{00AD}te\u{00AD}gers, find the target."), plain);
+        assert_eq!(words("Given\u{200B} an\u{200B} array of integers, find the\u{FEFF} target."), plain);
+    }
 }
