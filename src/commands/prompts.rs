@@ -2,8 +2,7 @@
 //! keeps and a manifest with one decision per task.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -31,16 +30,16 @@ pub fn run(command: PromptsCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// One JSON value per line; gzip-compressed when the name ends in `.gz`, as every reader expects.
 fn write_jsonl<T: serde::Serialize>(path: &Path, items: impl IntoIterator<Item = T>) -> anyhow::Result<usize> {
-    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut w = BufWriter::new(file);
+    let mut w = curate::TextWriter::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut n = 0;
     for item in items {
-        serde_json::to_writer(&mut w, &item)?;
-        w.write_all(b"\n")?;
+        serde_json::to_writer(&mut w, &item).with_context(|| format!("writing {}", path.display()))?;
+        w.write_all(b"\n").with_context(|| format!("writing {}", path.display()))?;
         n += 1;
     }
-    w.flush()?;
+    w.finish().with_context(|| format!("writing {}", path.display()))?;
     Ok(n)
 }
 
@@ -148,9 +147,10 @@ fn show_paths(paths: &[PathBuf]) -> String {
     paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
-/// `valid.jsonl` → `valid.manifest.jsonl`.
+/// `valid.jsonl` (or `valid.jsonl.gz`) → `valid.manifest.jsonl`.
 fn manifest_path(out: &Path) -> PathBuf {
-    let stem = out.file_stem().map_or_else(|| "out".into(), |s| s.to_string_lossy().into_owned());
+    let plain = out.to_string_lossy().strip_suffix(".gz").map_or_else(|| out.to_path_buf(), PathBuf::from);
+    let stem = plain.file_stem().map_or_else(|| "out".into(), |s| s.to_string_lossy().into_owned());
     out.with_file_name(format!("{stem}.manifest.jsonl"))
 }
 
@@ -404,5 +404,21 @@ mod tests {
         for good in ["train", "valid-1", "test_A"] {
             assert!(check_part_name(good).is_ok(), "{good:?}");
         }
+    }
+
+    #[test]
+    fn a_gz_output_is_gzip_compressed_and_reads_back() {
+        // `--out x.jsonl.gz` wrote plain text under a .gz name, which every reader then refused.
+        let dir = tempfile::tempdir().unwrap();
+        let gz = dir.path().join("kept.jsonl.gz");
+        let rows = [serde_json::json!({"id": "a"}), serde_json::json!({"id": "b"})];
+        assert_eq!(write_jsonl(&gz, &rows).unwrap(), 2);
+        assert!(std::fs::read(&gz).unwrap().starts_with(&[0x1f, 0x8b]));
+        let back: Vec<(usize, Value)> = read_jsonl(&gz).unwrap();
+        assert_eq!(back.into_iter().map(|(_, v)| v).collect::<Vec<_>>(), rows);
+        assert_eq!(manifest_path(&gz), dir.path().join("kept.manifest.jsonl"));
+        let plain = dir.path().join("kept.jsonl");
+        write_jsonl(&plain, &rows).unwrap();
+        assert!(std::fs::read_to_string(&plain).unwrap().starts_with("{\"id\":\"a\"}\n"));
     }
 }

@@ -67,6 +67,50 @@ impl Curated {
     }
 }
 
+/// A file being written, gzip-compressed when its name ends in `.gz` (what [`crate::open_text`]
+/// reads back): a task file named `x.jsonl.gz` that holds plain text fails the next step.
+pub enum TextWriter {
+    Plain(std::io::BufWriter<std::fs::File>),
+    Gzip(flate2::write::GzEncoder<std::io::BufWriter<std::fs::File>>),
+}
+
+impl TextWriter {
+    pub fn create(path: &std::path::Path) -> std::io::Result<Self> {
+        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        Ok(if name.ends_with(".gz") {
+            TextWriter::Gzip(flate2::write::GzEncoder::new(file, flate2::Compression::default()))
+        } else {
+            TextWriter::Plain(file)
+        })
+    }
+
+    /// Writes the gzip trailer and flushes; dropping the writer instead would lose their errors.
+    pub fn finish(self) -> std::io::Result<()> {
+        use std::io::Write;
+        match self {
+            TextWriter::Plain(mut w) => w.flush(),
+            TextWriter::Gzip(w) => w.finish()?.flush(),
+        }
+    }
+}
+
+impl std::io::Write for TextWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            TextWriter::Plain(w) => w.write(buf),
+            TextWriter::Gzip(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            TextWriter::Plain(w) => w.flush(),
+            TextWriter::Gzip(w) => w.flush(),
+        }
+    }
+}
+
 /// The words of a text, lowercased, punctuation dropped: what duplicate and contamination
 /// checks compare. Runs of operator characters (`+`, `**`, `==`, `<=`, `//` ...) are words too:
 /// `return x + y` and `return x - y` are different problems, not one problem twice. Compatibility
