@@ -47,8 +47,14 @@ fn grams(text: &str, n: usize) -> Vec<u64> {
 /// words ("sort the list") is found in too many unrelated problems to be evidence of a copy.
 const MIN_CONTAINED: usize = 4;
 
-fn run_hash(words: &[String]) -> u64 {
-    stable_hash(format!("run:{}", words.join(" ")).as_bytes())
+/// A run of words, from the hashes of its words: every window of every short length is hashed,
+/// so no window's words are joined into a string.
+fn run_hash(words: &[u64]) -> u64 {
+    words.iter().fold(words.len() as u64, |h, &w| stable_hash(&(h ^ w).to_le_bytes()))
+}
+
+fn word_hashes(text: &str) -> Vec<u64> {
+    words(text).iter().map(|w| stable_hash(w.as_bytes())).collect()
 }
 
 /// Short texts (`MIN_CONTAINED..n` words) of one side, looked for as runs of words in the other.
@@ -59,7 +65,7 @@ struct ShortTexts {
 }
 
 impl ShortTexts {
-    fn new<'a>(texts: impl IntoIterator<Item = &'a [String]>, n: usize) -> Self {
+    fn new<'a>(texts: impl IntoIterator<Item = &'a [u64]>, n: usize) -> Self {
         let mut short = ShortTexts { texts: HashMap::new(), lengths: Default::default() };
         for (i, w) in texts.into_iter().enumerate() {
             if (MIN_CONTAINED..n).contains(&w.len()) {
@@ -71,7 +77,7 @@ impl ShortTexts {
     }
 
     /// The first short text found as a run of words in `haystack`.
-    fn first_in(&self, haystack: &[String]) -> Option<usize> {
+    fn first_in(&self, haystack: &[u64]) -> Option<usize> {
         let runs = self.lengths.iter().flat_map(|&l| haystack.windows(l));
         runs.filter_map(|r| self.texts.get(&run_hash(r))).flatten().copied().min()
     }
@@ -114,8 +120,8 @@ pub fn decontaminate(tasks: Vec<Task>, against: &[(String, String)], cfg: Decont
             *frequency.entry(h).or_default() += 1;
         }
     }
-    let eval_words: Vec<Vec<String>> = against.iter().map(|(_, t)| words(t)).collect();
-    let task_words: Vec<Vec<String>> = tasks.iter().map(|t| words(t.prompt.as_deref().unwrap_or_default())).collect();
+    let eval_words: Vec<Vec<u64>> = against.iter().map(|(_, t)| word_hashes(t)).collect();
+    let task_words: Vec<Vec<u64>> = tasks.iter().map(|t| word_hashes(t.prompt.as_deref().unwrap_or_default())).collect();
     let short_evals = ShortTexts::new(eval_words.iter().map(Vec::as_slice), n);
     let short_tasks = ShortTexts::new(task_words.iter().map(Vec::as_slice), n);
     // Training prompt → the first evaluation text that contains it whole.
