@@ -733,3 +733,18 @@ fn a_tiny_checkpoint_is_described_in_its_own_unit_and_readable_like_its_config()
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(text.contains(", 139.8 K parameters)") && text.contains("1 file(s), 562.1 KB;"), "{text}");
 }
+
+#[test]
+fn prompts_out_named_gz_is_gzip_compressed_and_the_next_step_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("t.jsonl");
+    let row = |id: &str, prompt: &str| format!("{{\"id\":\"{id}\",\"prompt\":\"{prompt}\",\"kind\":\"stdio\",\"tests\":[{{\"stdin\":\"\",\"stdout\":\"1\\n\"}}]}}\n");
+    std::fs::write(&tasks, row("a", "Print the sum of two integers read from one line.") + &row("b", "Reverse a string and print it.")).unwrap();
+    let gz = dir.path().join("kept.jsonl.gz");
+    let run = dllm_rl().args(["-q", "prompts", "dedupe", "--out"]).arg(&gz).arg(&tasks).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(std::fs::read(&gz).unwrap().starts_with(&[0x1f, 0x8b]), "plain text under a .gz name");
+    assert!(dir.path().join("kept.manifest.jsonl").exists());
+    let stats = dllm_rl().args(["prompts", "stats"]).arg(&gz).output().unwrap();
+    assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+}
