@@ -86,7 +86,8 @@ pub struct DecontaminateArgs {
     /// Shared n-grams that make a task contaminated.
     #[arg(long, default_value_t = 1)]
     pub min_overlap: usize,
-    /// n-grams found in more training prompts than this are boilerplate and ignored.
+    /// n-grams found in more evaluation texts (distinct wordings) or more training prompts than
+    /// this are boilerplate and ignored; a verbatim copy of an evaluation problem is always caught.
     #[arg(long, default_value_t = 3)]
     pub common: usize,
     #[command(flatten)]
