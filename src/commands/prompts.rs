@@ -259,7 +259,16 @@ fn decontaminate(args: DecontaminateArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn read_rates(path: &Path) -> anyhow::Result<HashMap<String, curate::difficulty::PassRate>> {
-    Ok(read_jsonl::<curate::difficulty::PassRate>(path)?.into_iter().map(|(_, r)| (r.task_id.clone(), r)).collect())
+    let mut rates = HashMap::new();
+    let mut lines: HashMap<String, usize> = HashMap::new();
+    for (line, rate) in read_jsonl::<curate::difficulty::PassRate>(path)? {
+        // Two rates for one task (two eval runs concatenated): which one counts is not ours to guess.
+        if let Some(first) = lines.insert(rate.task_id.clone(), line) {
+            bail!("{}:{line}: task {:?} already has a pass rate at line {first}", path.display(), rate.task_id);
+        }
+        rates.insert(rate.task_id.clone(), rate);
+    }
+    Ok(rates)
 }
 
 fn difficulty(args: DifficultyArgs) -> anyhow::Result<ExitCode> {
@@ -391,6 +400,18 @@ fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_with_two_pass_rates_is_an_error_naming_both_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rates.jsonl");
+        let line = |id: &str, solved: usize| format!("{{\"task_id\": \"{id}\", \"samples\": 4, \"passed\": {solved}}}\n");
+        std::fs::write(&path, line("a", 1) + &line("b", 2)).unwrap();
+        assert_eq!(read_rates(&path).unwrap().len(), 2);
+        std::fs::write(&path, line("a", 1) + &line("b", 2) + &line("a", 3)).unwrap();
+        let err = read_rates(&path).unwrap_err().to_string();
+        assert!(err.contains("rates.jsonl:3") && err.contains("line 1"), "{err}");
+    }
 
     #[test]
     fn part_names_are_plain_unique_file_stems() {

@@ -44,7 +44,16 @@ pub fn validate(tasks: Vec<Task>, verifier: &Verifier, cfg: ValidateConfig, on_d
             _ => {}
         }
     }
-    let verdicts = verifier.verify_batch(&ready, &completions, &|_| on_done());
+    let mut verdicts = verifier.verify_batch(&ready, &completions, &|_| on_done());
+    // A sandbox failure says nothing about the reference (an overloaded machine, a fork that
+    // failed): judged once more before the task is dropped for it.
+    let spoiled: Vec<usize> = (0..verdicts.len()).filter(|&i| verdicts[i].sandbox_error).collect();
+    if !spoiled.is_empty() {
+        let again: Vec<Completion> = spoiled.iter().map(|&i| completions[i].clone()).collect();
+        for (i, v) in spoiled.into_iter().zip(verifier.verify_batch(&ready, &again, &|_| {})) {
+            verdicts[i] = v;
+        }
+    }
     let decisions = tasks
         .iter()
         .enumerate()
@@ -67,11 +76,60 @@ pub fn validate(tasks: Vec<Task>, verifier: &Verifier, cfg: ValidateConfig, on_d
             match slot[i].map(|s| &verdicts[s]) {
                 None if cfg.keep_unverified => Decision::keep(task, STEP, "unverified: no reference solution", numbers),
                 None => fail("no reference solution to validate".into()),
-                Some(v) if v.sandbox_error => fail("sandbox error while validating: retry".into()),
+                Some(v) if v.sandbox_error => fail("sandbox error while validating, twice: retry".into()),
                 Some(v) if v.all_passed => Decision::keep(task, STEP, format!("reference passes all {} tests", v.tests.len()), numbers),
                 Some(v) => fail(format!("reference fails: {}", v.summary())),
             }
         })
         .collect();
     Curated::from_decisions(tasks, decisions)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use dllm_verifier::sandbox::{End, Job, Outcome};
+    use dllm_verifier::{Sandbox, SandboxError};
+
+    use super::*;
+
+    /// Fails its first `failures` runs, then answers as the harness does for `f(1) == 2`.
+    struct Flaky {
+        failures: usize,
+        runs: AtomicUsize,
+    }
+
+    impl Sandbox for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+
+        fn run(&self, _: &Job) -> Result<Outcome, SandboxError> {
+            if self.runs.fetch_add(1, Ordering::SeqCst) < self.failures {
+                return Err(SandboxError::Protocol("fork failed".into()));
+            }
+            let results = vec![serde_json::json!({"site": 0, "n": 0, "value": 2})];
+            Ok(Outcome { stdout: Vec::new(), stderr: Vec::new(), results, malformed: false, end: End::Exited, seconds: 0.0 })
+        }
+    }
+
+    fn validated(failures: usize) -> Curated {
+        let verifier = Verifier::with_sandbox(Arc::new(Flaky { failures, runs: AtomicUsize::new(0) }), 1).unwrap();
+        let task: Task = serde_json::from_value(serde_json::json!({
+            "id": "t", "kind": "assert", "entry_points": ["f"], "test_code": "assert f(1) == 2\n",
+            "reference": "def f(x):\n    return 2 * x\n"
+        }))
+        .unwrap();
+        validate(vec![task], &verifier, ValidateConfig::default(), &|| {})
+    }
+
+    #[test]
+    fn a_sandbox_failure_is_judged_again_before_the_task_is_dropped() {
+        assert_eq!(validated(1).kept.len(), 1, "one failure, then the reference passes: kept");
+        let twice = validated(2);
+        assert!(twice.kept.is_empty());
+        assert!(twice.decisions[0].reason.contains("sandbox error while validating, twice"), "{:?}", twice.decisions[0]);
+    }
 }
