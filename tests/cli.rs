@@ -603,6 +603,14 @@ fn prompts_split_writes_only_inside_its_folder() {
     let run = dllm_rl().args(["prompts", "split", "--part", "mbpp=0.5,rest=0.5", "--out"]).arg(dir.path()).arg(&tasks).output().unwrap();
     assert_eq!(run.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&run.stderr).contains("is also an input"), "{}", String::from_utf8_lossy(&run.stderr));
+    // A second split into the same folder with other part names would leave the first's parts
+    // beside the new ones, overlapping them; the same names replace them.
+    let split = |parts: &str| dllm_rl().args(["-q", "prompts", "split", "--part", parts, "--out"]).arg(&out).arg(&tasks).output().unwrap();
+    assert!(split("train=0.8,test=0.2").status.success());
+    assert!(split("train=0.5,test=0.5").status.success());
+    let run = split("train=0.8,valid=0.2");
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("earlier split with other parts (test.jsonl)"), "{}", String::from_utf8_lossy(&run.stderr));
 }
 
 #[test]

@@ -361,6 +361,7 @@ fn split(args: SplitArgs) -> anyhow::Result<ExitCode> {
     if tasks.is_empty() {
         bail!("split: no tasks in {}; nothing written", show_paths(&args.inputs));
     }
+    refuse_parts_of_an_earlier_split(&args.out, &parts)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let (out, decisions): (BTreeMap<String, Vec<Task>>, Vec<Decision>) = curate::split::split(tasks, &parts, args.seed);
     for (name, tasks) in &out {
@@ -370,6 +371,29 @@ fn split(args: SplitArgs) -> anyhow::Result<ExitCode> {
     }
     write_jsonl(&args.out.join("split.manifest.jsonl"), &decisions)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A folder that holds an earlier split with other part names: its parts would stay beside
+/// the new ones and overlap them (an old `test.jsonl` sharing tasks with a new `valid.jsonl`).
+fn refuse_parts_of_an_earlier_split(out: &Path, parts: &[(String, f64)]) -> anyhow::Result<()> {
+    if !out.join("split.manifest.jsonl").exists() {
+        return Ok(());
+    }
+    let mut stale: Vec<String> = std::fs::read_dir(out)
+        .with_context(|| format!("cannot read {}", out.display()))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".jsonl")).map(str::to_owned))
+        .filter(|stem| stem != "split.manifest" && !parts.iter().any(|(name, _)| name == stem))
+        .collect();
+    stale.sort();
+    if !stale.is_empty() {
+        bail!(
+            "{} holds an earlier split with other parts ({}); remove them or choose another --out",
+            out.display(),
+            stale.iter().map(|s| format!("{s}.jsonl")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
