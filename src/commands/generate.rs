@@ -1,6 +1,6 @@
 //! `dllm-rl generate`: completions from a diffusion model, with their decode order.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -20,9 +20,8 @@ struct Prompt {
 
 /// Reads `{"prompt": ...}` / `{"messages": [...]}` lines; errors name the file, line and field.
 fn read_prompts(path: &Path, chat: bool) -> anyhow::Result<Vec<Prompt>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    // A UTF-8 byte-order mark (editors on Windows write one) is not JSON.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let mut text = String::new();
+    dllm_prompts::open_text(path)?.read_to_string(&mut text).with_context(|| format!("reading {}", path.display()))?;
     let mut prompts = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

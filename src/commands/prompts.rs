@@ -2,7 +2,7 @@
 //! keeps and a manifest with one decision per task.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -225,10 +225,10 @@ fn read_against(args: &DecontaminateArgs) -> anyhow::Result<Vec<(String, String)
             out.extend(imported.tasks.into_iter().map(|t| (t.id, t.prompt.unwrap_or_default())));
             continue;
         }
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let mut text = String::new();
+        dllm_prompts::open_text(path)?.read_to_string(&mut text).with_context(|| format!("cannot read {}", path.display()))?;
         let rows: Vec<(usize, Value)> = if text.trim_start().starts_with('[') {
-            let all: Vec<Value> = serde_json::from_str(text).with_context(|| format!("{}: not JSON", path.display()))?;
+            let all: Vec<Value> = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
             all.into_iter().enumerate().map(|(i, v)| (i + 1, v)).collect()
         } else {
             read_jsonl::<Value>(path)?

@@ -42,12 +42,10 @@ pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<V
     let mut items = Vec::new();
     for (i, line) in dllm_prompts::open_text(path)?.lines().enumerate() {
         let line = line.with_context(|| format!("{}:{}: cannot read", path.display(), i + 1))?;
-        // Editors on Windows start UTF-8 files with a byte-order mark, which JSON does not allow.
-        let line = if i == 0 { line.strip_prefix('\u{feff}').unwrap_or(&line) } else { &line };
         if line.trim().is_empty() {
             continue;
         }
-        let item = serde_json::from_str(line).with_context(|| format!("{}:{}", path.display(), i + 1))?;
+        let item = serde_json::from_str(&line).with_context(|| format!("{}:{}", path.display(), i + 1))?;
         items.push((i + 1, item));
     }
     Ok(items)

@@ -26,18 +26,23 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>, ImportError> {
 /// Opens a text file, decompressed when its name ends in `.gz` (any case), so that every command
 /// reading JSONL reads what `prompts import` reads. A `.gz` file that does not start with gzip's
 /// magic bytes is [`ImportError::NotGzip`]: the decoder itself only says "invalid gzip header"
-/// or, for a short file, "unexpected end of file".
+/// or, for a short file, "unexpected end of file". A leading UTF-8 byte-order mark (written by
+/// editors on Windows, not allowed in JSON) is skipped.
 pub fn open_text(path: &Path) -> Result<Box<dyn BufRead>, ImportError> {
     let read_err = |source| ImportError::Read { path: path.into(), source };
     let mut file = BufReader::new(std::fs::File::open(path).map_err(read_err)?);
     let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
-    if !name.ends_with(".gz") {
-        return Ok(Box::new(file));
-    }
-    if !file.fill_buf().map_err(read_err)?.starts_with(&[0x1f, 0x8b]) {
+    let mut text: Box<dyn BufRead> = if !name.ends_with(".gz") {
+        Box::new(file)
+    } else if file.fill_buf().map_err(read_err)?.starts_with(&[0x1f, 0x8b]) {
+        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file)))
+    } else {
         return Err(ImportError::NotGzip { path: path.into() });
+    };
+    if text.fill_buf().map_err(read_err)?.starts_with("\u{feff}".as_bytes()) {
+        text.consume(3);
     }
-    Ok(Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file))))
+    Ok(text)
 }
 
 /// JSONL (one value per non-blank line) or one JSON array; a leading UTF-8 byte-order mark
