@@ -5,6 +5,8 @@
 
 use std::net::TcpListener;
 
+mod common;
+
 use dllm_verifier::{Backend, Completion, Verifier};
 
 const HONEST: &str = "def f(x):\n    return 7 * x * x + 13 * x + 987643\n";
@@ -17,40 +19,6 @@ fn task() -> dllm_verifier::Task {
         tests.join(",")
     );
     serde_json::from_str(&json).unwrap()
-}
-
-fn status_field(pid: &str, field: &str) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix(field)).and_then(|l| l.split_whitespace().next())?.parse().ok()
-}
-
-/// Whether `pid` descends from this test process (the sandbox's fork-servers are subreapers, so
-/// an escaped grandchild is reparented to them, not to init).
-fn is_ours(pid: &str) -> bool {
-    let me = std::process::id();
-    let mut pid = pid.parse::<u32>().unwrap_or(0);
-    while pid > 1 {
-        pid = status_field(&pid.to_string(), "PPid:").unwrap_or(0);
-        if pid == me {
-            return true;
-        }
-    }
-    false
-}
-
-/// The processes of this test's sandboxes now running with a uid in the native sandbox's range
-/// (other dllm-rl processes' sandboxes on the machine are not counted).
-fn sandbox_processes() -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let pid = entry.file_name().to_string_lossy().into_owned();
-        if let Some(uid) = status_field(&pid, "Uid:") {
-            if dllm_verifier::native::SANDBOX_UIDS.contains(&uid) && is_ours(&pid) {
-                found.push(format!("{} uid {uid}", entry.path().display()));
-            }
-        }
-    }
-    found
 }
 
 #[test]
@@ -110,7 +78,7 @@ fn native_host_is_unharmed() {
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        let left = sandbox_processes();
+        let left = common::our_sandbox_processes();
         assert!(left.is_empty(), "processes outlived their runs: {left:?}");
     }
     assert!(judge(HONEST).all_passed, "the verifier no longer works");

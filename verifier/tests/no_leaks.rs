@@ -2,6 +2,8 @@
 //! slower) the verifier holds the same file descriptors as after warm-up, no sandbox process is
 //! left, no scratch folder remains, memory has not grown, and every verdict is the same.
 
+mod common;
+
 use dllm_verifier::{Backend, Completion, Task, Verifier};
 
 fn open_fds() -> usize {
@@ -22,19 +24,6 @@ fn wasm_scratch_dirs() -> usize {
     std::fs::read_dir(std::env::temp_dir())
         .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("dllm-wasm-")).count())
         .unwrap_or(0)
-}
-
-fn sandbox_uid_processes() -> usize {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
-            let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next());
-            uid.and_then(|u| u.parse::<u32>().ok()).is_some_and(|u| dllm_verifier::native::SANDBOX_UIDS.contains(&u))
-        })
-        .count()
 }
 
 fn many_runs(backend: Backend, runs: usize) {
@@ -62,7 +51,7 @@ fn many_runs(backend: Backend, runs: usize) {
     assert!(grown < 64 * 1024, "{backend:?}: resident memory grew by {grown} KiB over {runs} runs");
     // SAFETY: geteuid has no preconditions.
     if backend == Backend::Native && unsafe { libc::geteuid() } == 0 {
-        assert_eq!(sandbox_uid_processes(), 0, "sandbox processes outlived their runs");
+        assert_eq!(common::our_sandbox_processes(), Vec::<String>::new(), "sandbox processes outlived their runs");
     }
 }
 

@@ -3,6 +3,8 @@
 //! in a timeout (it hung the verifier for good), writing to the result channel does not stretch
 //! a test past its own limit, and a guest's writes are bounded.
 
+mod common;
+
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -36,36 +38,6 @@ fn judge(backend: Backend, task: &str, code: &str, patience: Duration) -> (TaskV
     }
 }
 
-fn status_field(pid: &str, field: &str) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix(field)).and_then(|l| l.split_whitespace().next())?.parse().ok()
-}
-
-/// Processes (zombies included) with a sandbox uid that descend from this test process.
-fn our_sandbox_processes() -> Vec<String> {
-    let me = std::process::id();
-    let ours = |pid: &str| {
-        let mut pid = pid.parse::<u32>().unwrap_or(0);
-        while pid > 1 {
-            pid = status_field(&pid.to_string(), "PPid:").unwrap_or(0);
-            if pid == me {
-                return true;
-            }
-        }
-        false
-    };
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let pid = entry.file_name().to_string_lossy().into_owned();
-        let Some(uid) = status_field(&pid, "Uid:") else { continue };
-        if dllm_verifier::native::SANDBOX_UIDS.contains(&uid) && ours(&pid) {
-            let state = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            found.push(format!("{pid} uid {uid}: {}", state.trim()));
-        }
-    }
-    found
-}
-
 const STDIO_TASK: &str =
     r#"{"id":"echo","kind":"stdio","tests":[{"stdin":"1\n","stdout":"2\n"}],"limits":{"time_s":1.0}}"#;
 
@@ -79,7 +51,7 @@ fn native_run_that_closes_its_pipes_and_sleeps_times_out() {
     assert!(!v.sandbox_error && took < Duration::from_secs(10), "{v:?} after {took:?}");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        let left = our_sandbox_processes();
+        let left = common::our_sandbox_processes();
         assert!(left.is_empty(), "processes outlived their runs: {left:?}");
     }
     let (v, _) = judge(Backend::Native, STDIO_TASK, "print(int(input()) + 1)", Duration::from_secs(30));
