@@ -121,13 +121,16 @@ fn reward_of(cfg: &RewardConfig, text: &str, tokens: usize, verdict: &TaskVerdic
     }
 }
 
+/// Judges (task index, completion) pairs, one verdict each.
+type BatchJudge<'a> = dyn Fn(&[(usize, String)]) -> Vec<TaskVerdict> + 'a;
+
 /// Judges once more the samples whose verdict the sandbox spoiled (a crashed or overloaded
 /// sandbox is usually transient); `judge` gets their (task, completion) pairs and returns one
 /// verdict each. Those still spoiled keep no reward. Returns how many were judged again.
 fn rejudge_sandbox_failures(
     samples: &mut [Sample],
     cfg: &RewardConfig,
-    judge: &dyn Fn(&[(usize, String)]) -> Vec<TaskVerdict>,
+    judge: &BatchJudge,
 ) -> usize {
     let failed: Vec<usize> = (0..samples.len()).filter(|&i| samples[i].reward.is_none()).collect();
     if failed.is_empty() {

@@ -19,6 +19,7 @@ pub mod stats;
 pub mod validate;
 
 use dllm_verifier::{Task, TestSpec};
+use unicode_normalization::UnicodeNormalization;
 use serde::{Deserialize, Serialize};
 
 /// One task's fate at one curation step.
@@ -113,24 +114,23 @@ impl std::io::Write for TextWriter {
 
 /// The words of a text, lowercased, punctuation dropped: what duplicate and contamination
 /// checks compare. Runs of operator characters (`+`, `**`, `==`, `<=`, `//` ...) are words too:
-/// `return x + y` and `return x - y` are different problems, not one problem twice. Compatibility
-/// forms are folded first (fullwidth `ｉｎｔ` is `int`, the ligature `ﬁ` is `fi`) and format
-/// characters dropped (a soft hyphen or zero-width space inside a word), so that a copy dressed
-/// up in Unicode is still a copy. This folding covers the forms seen in scraped problem sets, not
-/// all of NFKC: the workspace has no Unicode normalisation crate of its own.
+/// `return x + y` and `return x - y` are different problems, not one problem twice. The text is
+/// put in NFKC first (fullwidth `ｉｎｔ` is `int`, the ligature `ﬁ` is `fi`, `x²` is `x2`) and
+/// format characters are dropped (a soft hyphen or zero-width space inside a word), so that a
+/// copy dressed up in Unicode is still a copy.
 pub fn words(text: &str) -> Vec<String> {
     const OPERATORS: &str = "+-*/%=<>!&|^~@";
     let mut out: Vec<String> = Vec::new();
     // Whether the word being built is an operator run (`Some(true)`), a word (`Some(false)`), or
     // there is none.
     let mut open: Option<bool> = None;
-    for c in text.chars().flat_map(fold_compatibility) {
+    // Format characters go before NFKC: inside a word they would stop it composing (`e`, soft
+    // hyphen, combining acute is not `é`).
+    for c in text.chars().filter(|&c| !is_format(c)).nfkc() {
         let class = if c.is_alphanumeric() {
             Some(false)
         } else if OPERATORS.contains(c) {
             Some(true)
-        } else if is_format(c) {
-            continue;
         } else {
             None
         };
@@ -151,27 +151,6 @@ pub fn words(text: &str) -> Vec<String> {
 fn is_format(c: char) -> bool {
     matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
         | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}')
-}
-
-/// NFKC's folding for the compatibility characters of problem statements: fullwidth ASCII, the
-/// ideographic space, and the Latin ligatures.
-fn fold_compatibility(c: char) -> impl Iterator<Item = char> {
-    let folded: &'static str = match c {
-        '\u{FB00}' => "ff",
-        '\u{FB01}' => "fi",
-        '\u{FB02}' => "fl",
-        '\u{FB03}' => "ffi",
-        '\u{FB04}' => "ffl",
-        '\u{FB05}' | '\u{FB06}' => "st",
-        _ => "",
-    };
-    let single = match c {
-        '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0),
-        '\u{3000}' => Some(' '),
-        _ if folded.is_empty() => Some(c),
-        _ => None,
-    };
-    single.into_iter().chain(folded.chars())
 }
 
 /// A stable 64-bit hash (FNV-1a, then SplitMix64's finaliser so that every bit is mixed): the
@@ -219,5 +198,11 @@ mod tests {
         assert_eq!(words("Given an array of ｉｎｔｅｇｅｒｓ, ﬁnd the ｔａｒｇｅｔ."), plain);
         assert_eq!(words("Given an array of in\u{00AD}te\u{00AD}gers, find the target."), plain);
         assert_eq!(words("Given\u{200B} an\u{200B} array of integers, find the\u{FEFF} target."), plain);
+        // Forms beyond fullwidth and ligatures, which a hand-made folding table missed: maths
+        // alphanumerics, decomposed accents (with a soft hyphen between letter and accent),
+        // superscripts, circled digits.
+        assert_eq!(words("Given an array of 𝐢𝐧𝐭𝐞𝐠𝐞𝐫𝐬, find the 𝑡𝑎𝑟𝑔𝑒𝑡."), plain);
+        assert_eq!(words("caf\u{00E9} menu"), words("cafe\u{00AD}\u{0301} menu"));
+        assert_eq!(words("x² + ①"), ["x2", "+", "1"]);
     }
 }

@@ -25,7 +25,7 @@ pub(super) fn prune(dir: &Path, prefix: &str, keep: usize) {
         .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(prefix) && n.ends_with(".cwasm")))
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    files.sort_by(|a, b| b.0.cmp(&a.0));
+    files.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
     for (_, path) in files.into_iter().skip(keep) {
         match std::fs::remove_file(&path) {
             Ok(()) => tracing::info!("removed the old module cache {}", path.display()),
