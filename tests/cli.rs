@@ -453,6 +453,36 @@ fn curation_commands_catch_what_was_planted() {
 }
 
 #[test]
+fn release_windows_cut_livecodebench_by_contest_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let row = |id: &str, date: &str| {
+        serde_json::json!({"question_content": "Print 1.", "platform": "atcoder", "question_id": id, "contest_date": date,
+            "public_test_cases": "[{\"input\": \"\", \"output\": \"1\", \"testtype\": \"stdin\"}]"})
+        .to_string()
+            + "\n"
+    };
+    let rows = row("old", "2024-07-31T00:00:00") + &row("first", "2024-08-01T00:00:00") + &row("new", "2025-03-02T00:00:00");
+    let rows = write(dir.path(), "lcb.jsonl", &rows);
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let run = |args: &[&str]| {
+        let out = dllm_rl().arg("-q").args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, said) = run(&["prompts", "import", "--format", "livecodebench", "--out", &p("tasks.jsonl"), rows.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{said}");
+    let (_, said) = run(&["prompts", "stats", &p("tasks.jsonl")]);
+    assert!(said.contains("released:        2024-07-31 to 2025-03-02, 3 dated, 0 undated"), "{said}");
+    let (code, said) = run(&["prompts", "window", "--start-date", "2024-08-01", "--end-date", "2025-01-31", "--out", &p("eval.jsonl"), &p("tasks.jsonl")]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("3 in, 1 kept, 2 dropped (after the window 1, before the window 1)"), "{said}");
+    let kept: Vec<String> = read_lines(&dir.path().join("eval.jsonl")).iter().map(|t| t["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(kept, ["livecodebench/atcoder/first"]);
+    let (code, said) = run(&["prompts", "window", "--start-date", "2025-02-01", "--end-date", "2025-01-31", "--out", &p("x.jsonl"), &p("tasks.jsonl")]);
+    assert_eq!(code, Some(2));
+    assert!(said.contains("--start-date 2025-02-01 is after --end-date 2025-01-31"), "{said}");
+}
+
+#[test]
 fn prompts_import_skips_repeated_ids() {
     let dir = tempfile::tempdir().unwrap();
     let src = repo("tests/data/shared/sandboxfusion/code_eval_mbpp.jsonl");
@@ -716,6 +746,8 @@ fn bad_arguments_are_refused_with_a_reason() {
     let io = ["--out", "/no/such/out.jsonl", "/no/such/in.jsonl"];
     refused(&[&["prompts", "dedupe", "--shingle", "0"][..], &io].concat(), "'--shingle <SHINGLE>': must be at least 1");
     refused(&[&["prompts", "difficulty", "--rates", "r", "--min", "-0.5"][..], &io].concat(), "-0.5 is not in [0, 1]");
+    refused(&[&["prompts", "window", "--start-date", "2024-13-01"][..], &io].concat(), "\"2024-13-01\" has no month 13");
+    refused(&[&["prompts", "window"][..], &io].concat(), "<--start-date <YYYY-MM-DD>|--end-date <YYYY-MM-DD>>");
     refused(&["quickstart", "--out", "/no/such/qs", "--sft-steps", "-1"], "'--sft-steps <SFT_STEPS>': must be at least 1");
     refused(&["doctor", "--iters", "0"], "'--iters <ITERS>': must be at least 1");
     for command in ["split", "stats", "difficulty"] {

@@ -88,6 +88,7 @@ fn kodcode_trials() -> Vec<(Task, String, bool)> {
                     prompt: None,
                     reference: None,
                     prelude: String::new(),
+                    released: None,
                     spec: TestSpec::Pytest { entry_points: vec![], test_code: trial["test_code"].as_str().unwrap().into() },
                     limits: Default::default(),
                 };

@@ -151,14 +151,34 @@ fn livecodebench_raw_rows_with_pickled_private_tests() {
             "question_title": "Sort", "question_content": "Sort the numbers.", "platform": "leetcode", "question_id": "9001",
             "starter_code": "class Solution:\n    def sortIt(self, nums: List[int]) -> List[int]:\n        ",
             "public_test_cases": "[{\"input\": \"[2, 1]\\n\", \"output\": \"[1, 2]\", \"testtype\": \"functional\"}]",
-            "private_test_cases": encoded, "metadata": "{\"func_name\": \"sortIt\"}"
+            "private_test_cases": encoded, "metadata": "{\"func_name\": \"sortIt\"}",
+            "contest_date": "2023-08-21T00:00:00"
         }),
     );
     assert_eq!((task.id.as_str(), task.kind()), ("livecodebench/leetcode/9001", "call"));
+    assert_eq!(task.released.as_ref().map(|d| d.as_str()), Some("2023-08-21"), "contest_date kept for release windows");
     assert_eq!(dllm_prompts::curate::test_count(&task), 2, "public and private tests");
     let good = "class Solution:\n    def sortIt(self, nums: List[int]) -> List[int]:\n        return sorted(nums)\n";
     let bad = "class Solution:\n    def sortIt(self, nums):\n        return nums\n";
     assert_eq!(judge(&task, &[good, bad]), [true, false]);
+}
+
+#[test]
+fn livecodebench_contest_dates_are_read_in_each_form_and_bad_ones_named() {
+    let row = |date: serde_json::Value| {
+        json!({"question_content": "Print 1.", "platform": "atcoder", "question_id": "abc1_a", "contest_date": date,
+               "public_test_cases": "[{\"input\": \"\", \"output\": \"1\", \"testtype\": \"stdin\"}]"})
+    };
+    for (form, day) in [("2024-03-02", "2024-03-02"), ("2024-03-02 00:00:00 +00:00", "2024-03-02")] {
+        let task = import_one(Format::Livecodebench, row(json!(form)));
+        assert_eq!(task.released.as_ref().map(|d| d.as_str()), Some(day), "{form}");
+    }
+    assert_eq!(import_one(Format::Livecodebench, row(json!(null))).released, None);
+    let text = format!("{}\n", row(json!("2024-02-30T00:00:00")));
+    let imported = import_text(Format::Livecodebench, Path::new("lcb.jsonl"), &text).unwrap();
+    assert!(imported.tasks.is_empty());
+    let message = format!("{:?}", imported.errors);
+    assert!(message.contains("contest_date") && message.contains("2024-02-30"), "{message}");
 }
 
 #[test]

@@ -18,6 +18,12 @@ pub enum PromptsCommand {
     Decontaminate(DecontaminateArgs),
     /// Keep tasks whose pass rate (from `dllm-rl eval --per-task`) lies in a range.
     Difficulty(DifficultyArgs),
+    /// Keep tasks released within a date window (LiveCodeBench's contamination-free splits).
+    ///
+    /// Dates are days, YYYY-MM-DD, as LiveCodeBench's --start_date/--end_date; both ends are
+    /// included. A task's date is its `released` field, which `prompts import --format
+    /// livecodebench` fills from `contest_date`.
+    Window(WindowArgs),
     /// Sample to target proportions by source or kind (seeded).
     Mix(MixArgs),
     /// Split into parts by hashing task ids (seeded, stable).
@@ -109,6 +115,22 @@ pub struct DifficultyArgs {
     /// Keep tasks with no pass rate (flagged).
     #[arg(long)]
     pub keep_unrated: bool,
+    #[command(flatten)]
+    pub io: CurateIo,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("bounds").required(true).multiple(true).args(["start_date", "end_date"]))]
+pub struct WindowArgs {
+    /// First release day kept (e.g. the day after a model's training cut-off).
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub start_date: Option<dllm_verifier::ReleaseDate>,
+    /// Last release day kept.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub end_date: Option<dllm_verifier::ReleaseDate>,
+    /// Keep tasks with no release date (flagged) instead of dropping them.
+    #[arg(long)]
+    pub keep_undated: bool,
     #[command(flatten)]
     pub io: CurateIo,
 }

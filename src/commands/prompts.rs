@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::verify::read_jsonl;
 use crate::cli::{
     CurateIo, DecontaminateArgs, DedupeArgs, DifficultyArgs, ImportArgs, MixArgs, MixKeyArg, PromptsCommand, SplitArgs, StatsArgs,
-    ValidateArgs,
+    ValidateArgs, WindowArgs,
 };
 
 pub fn run(command: PromptsCommand) -> anyhow::Result<ExitCode> {
@@ -24,6 +24,7 @@ pub fn run(command: PromptsCommand) -> anyhow::Result<ExitCode> {
         PromptsCommand::Dedupe(args) => dedupe(args),
         PromptsCommand::Decontaminate(args) => decontaminate(args),
         PromptsCommand::Difficulty(args) => difficulty(args),
+        PromptsCommand::Window(args) => window(args),
         PromptsCommand::Mix(args) => mix(args),
         PromptsCommand::Split(args) => split(args),
         PromptsCommand::Stats(args) => stats(args),
@@ -283,6 +284,19 @@ fn difficulty(args: DifficultyArgs) -> anyhow::Result<ExitCode> {
     finish("difficulty", &args.io, before, &curate::difficulty::difficulty(tasks, &rates, cfg))
 }
 
+fn window(args: WindowArgs) -> anyhow::Result<ExitCode> {
+    refuse_curate_io_clash(&args.io)?;
+    if let (Some(start), Some(end)) = (&args.start_date, &args.end_date) {
+        if start > end {
+            bail!("--start-date {start} is after --end-date {end}");
+        }
+    }
+    let tasks = read_tasks(&args.io.inputs)?;
+    let before = tasks.len();
+    let cfg = curate::window::WindowConfig { start: args.start_date, end: args.end_date, keep_undated: args.keep_undated };
+    finish("window", &args.io, before, &curate::window::window(tasks, &cfg))
+}
+
 /// `name=0.5` pairs; errors name the bad item. A name given twice is an error (the two would
 /// otherwise be merged or one silently lost).
 fn parse_pairs(items: &[String], flag: &str) -> anyhow::Result<Vec<(String, f64)>> {
@@ -414,6 +428,9 @@ fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(hist) = &s.pass_rate {
         line("pass rate:", cells(&mut hist.iter().map(|(k, v)| (k, v))));
+    }
+    if let Some(r) = &s.released {
+        println!("{:<16} {} to {}, {} dated, {} undated", "released:", r.first, r.last, r.dated, r.undated);
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&s)?).with_context(|| format!("writing {}", path.display()))?;

@@ -31,7 +31,7 @@ pub use judge::{Judge, PreparedTask};
 pub use native::{NativeConfig, NativeSandbox};
 pub use pool::{Backend, Completion, Verifier, VerifierError};
 pub use sandbox::{Sandbox, SandboxError};
-pub use task::{CallTest, Limits, StdioTest, Task, TestSpec, TextComparator, ValueComparator};
+pub use task::{CallTest, Limits, ReleaseDate, StdioTest, Task, TestSpec, TextComparator, ValueComparator};
 pub use verdict::{TaskVerdict, TestResult, TestVerdict};
 pub use wasm::{WasmConfig, WasmSandbox};
 

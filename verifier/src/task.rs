@@ -37,6 +37,10 @@ pub struct Task {
     /// `from typing import *`). Trusted, visible to the candidate.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prelude: String,
+    /// When the problem was first published (LiveCodeBench's `contest_date`), for release-window
+    /// decontamination: train on what came out before a model's cut-off, evaluate on what after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<ReleaseDate>,
     #[serde(flatten)]
     pub spec: TestSpec,
     #[serde(default)]
@@ -197,6 +201,78 @@ impl Default for Limits {
     }
 }
 
+/// A calendar date, `YYYY-MM-DD`. Ordered as dates (the ISO form sorts as its text does).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ReleaseDate(String);
+
+impl JsonSchema for ReleaseDate {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ReleaseDate".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A calendar date, YYYY-MM-DD.",
+            "type": "string",
+            "format": "date",
+            "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+        })
+    }
+}
+
+impl ReleaseDate {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ReleaseDate {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl std::str::FromStr for ReleaseDate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not a date of the form YYYY-MM-DD");
+        let parts: Vec<&str> = text.split('-').collect();
+        let [y, m, d] = parts[..] else { return Err(bad()) };
+        if y.len() != 4 || m.len() != 2 || d.len() != 2 || !text.bytes().all(|b| b == b'-' || b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let (year, month, day): (u32, u32, u32) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        let days = match month {
+            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+            4 | 6 | 9 | 11 => 30,
+            2 if leap => 29,
+            2 => 28,
+            _ => return Err(format!("{text:?} has no month {month}")),
+        };
+        if !(1..=days).contains(&day) {
+            return Err(format!("{text:?}: month {month} has no day {day}"));
+        }
+        Ok(ReleaseDate(text.to_owned()))
+    }
+}
+
+impl From<ReleaseDate> for String {
+    fn from(date: ReleaseDate) -> String {
+        date.0
+    }
+}
+
+impl std::fmt::Display for ReleaseDate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The JSON Schema of a task (`verifier/schema/task.schema.json` is this, pretty-printed).
 pub fn task_schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(Task)).expect("a schema serializes")
@@ -255,6 +331,20 @@ mod tests {
         for kind in ["stdio", "call", "assert", "pytest"] {
             assert!(published.contains(&format!("\"{kind}\"")), "schema lacks kind {kind}");
         }
+    }
+
+    #[test]
+    fn release_dates_are_checked_calendar_dates() {
+        let task: Task = serde_json::from_str(r#"{"id":"a","kind":"stdio","tests":[],"released":"2024-02-29"}"#).unwrap();
+        assert_eq!(task.released.as_ref().map(ReleaseDate::as_str), Some("2024-02-29"));
+        assert!(serde_json::to_string(&task).unwrap().contains(r#""released":"2024-02-29""#));
+        for bad in ["2023-02-29", "2024-13-01", "2024-1-01", "2024-01-01T00:00:00", "yesterday", "2024-04-31"] {
+            let line = format!(r#"{{"id":"a","kind":"stdio","tests":[],"released":"{bad}"}}"#);
+            let err = serde_json::from_str::<Task>(&line).unwrap_err().to_string();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+        let (a, b): (ReleaseDate, ReleaseDate) = ("2023-12-31".parse().unwrap(), "2024-01-01".parse().unwrap());
+        assert!(a < b);
     }
 
     #[test]

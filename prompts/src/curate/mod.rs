@@ -6,6 +6,7 @@
 //! - [`dedupe`]: exact and near-duplicate prompts (MinHash-LSH over word shingles, Jaccard checked).
 //! - [`decontaminate`]: n-gram overlap with evaluation sets.
 //! - [`difficulty`]: pass rates of a model (from `dllm-rl eval`) within a range.
+//! - [`window`]: release dates within a window (LiveCodeBench's contamination-free splits).
 //! - [`mix`]: seeded sampling to target proportions by source or kind.
 //! - [`split`]: seeded, stable splits by hashing task ids.
 //! - [`stats`]: counts by source, kind, number of tests, prompt length, pass rate.
@@ -17,10 +18,11 @@ pub mod mix;
 pub mod split;
 pub mod stats;
 pub mod validate;
+pub mod window;
 
 use dllm_verifier::{Task, TestSpec};
-use unicode_normalization::UnicodeNormalization;
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 
 /// One task's fate at one curation step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

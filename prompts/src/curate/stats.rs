@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use dllm_verifier::Task;
+use dllm_verifier::{ReleaseDate, Task};
 use serde::Serialize;
 
 use super::difficulty::PassRate;
@@ -40,6 +40,17 @@ pub struct Stats {
     /// given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pass_rate: Option<Vec<(String, usize)>>,
+    /// The span of release dates, when any task has one (what `prompts window` cuts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub released: Option<ReleaseSpan>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseSpan {
+    pub first: ReleaseDate,
+    pub last: ReleaseDate,
+    pub dated: usize,
+    pub undated: usize,
 }
 
 const TEST_BUCKETS: [&str; 6] = ["0", "1", "2-4", "5-9", "10-19", "20+"];
@@ -95,6 +106,13 @@ pub fn stats(tasks: &[Task], rates: Option<&HashMap<String, PassRate>>) -> Stats
         ordered(hist, &RATE_BUCKETS)
     });
     let by_test_count = ordered(by_test_count, &TEST_BUCKETS);
+    let dates: Vec<&ReleaseDate> = tasks.iter().filter_map(|t| t.released.as_ref()).collect();
+    let released = match (dates.iter().min(), dates.iter().max()) {
+        (Some(&first), Some(&last)) => {
+            Some(ReleaseSpan { first: first.clone(), last: last.clone(), dated: dates.len(), undated: tasks.len() - dates.len() })
+        }
+        _ => None,
+    };
     Stats {
         tasks: tasks.len(),
         with_reference: tasks.iter().filter(|t| t.reference.is_some()).count(),
@@ -104,6 +122,7 @@ pub fn stats(tasks: &[Task], rates: Option<&HashMap<String, PassRate>>) -> Stats
         tests: summary(tasks.iter().map(test_count).collect()),
         prompt_chars: summary(tasks.iter().map(|t| t.prompt.as_deref().map_or(0, |p| p.chars().count())).collect()),
         pass_rate,
+        released,
     }
 }
 
@@ -122,5 +141,11 @@ mod tests {
         assert_eq!(s.by_test_count, vec![("1".to_string(), 3)]);
         assert_eq!(s.prompt_chars.as_ref().map(|p| (p.min, p.median, p.max)), Some((1, 3, 6)));
         assert_eq!(s.pass_rate.unwrap(), vec![("1".to_string(), 1), ("unrated".to_string(), 2)]);
+        assert!(s.released.is_none(), "no task is dated");
+        let mut dated = tasks;
+        dated[0].released = Some("2024-05-01".parse().unwrap());
+        dated[2].released = Some("2023-11-30".parse().unwrap());
+        let span = stats(&dated, None).released.unwrap();
+        assert_eq!((span.first.as_str(), span.last.as_str(), span.dated, span.undated), ("2023-11-30", "2024-05-01", 2, 1));
     }
 }

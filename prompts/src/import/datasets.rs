@@ -3,7 +3,7 @@
 //! and the verl layout (guru-RL and other verl parquet sets). Field notes:
 //! `../shared/research/verifier.md` §2.
 
-use dllm_verifier::task::{CallTest, Limits, StdioTest, TestSpec, TextComparator, ValueComparator};
+use dllm_verifier::task::{CallTest, Limits, ReleaseDate, StdioTest, TestSpec, TextComparator, ValueComparator};
 use dllm_verifier::Task;
 use serde_json::Value;
 
@@ -27,6 +27,7 @@ pub fn humaneval(v: &Value) -> RowResult {
         reference: Some(format!("{prompt}{}", string(v, "canonical_solution")?)),
         prompt: Some(prompt),
         prelude: String::new(),
+        released: None,
         spec: TestSpec::Assert {
             entry_points: vec![entry.clone()],
             class_names: vec![],
@@ -65,6 +66,7 @@ pub fn mbpp_original(v: &Value) -> RowResult {
         prompt: Some(format!("{text}\nYour code should pass these tests:\n\n{}\n", tests.join("\n"))),
         reference: Some(string(v, "code")?),
         prelude: String::new(),
+        released: None,
         spec: TestSpec::Assert {
             entry_points: vec![entry],
             class_names: vec![],
@@ -136,7 +138,7 @@ pub fn apps_taco(row: usize, v: &Value) -> RowResult {
     if !starter.trim().is_empty() {
         prompt = format!("{prompt}\n\nStarter code:\n```python\n{starter}\n```");
     }
-    Ok(Task { id: format!("{source}/{id}"), source: Some(source), prompt: Some(prompt), reference, prelude, spec, limits: Limits::default() })
+    Ok(Task { id: format!("{source}/{id}"), source: Some(source), prompt: Some(prompt), reference, prelude, released: None, spec, limits: Limits::default() })
 }
 
 /// CodeContests (deepmind/code_contests): `name`, `description`, `public_tests`,
@@ -169,6 +171,7 @@ pub fn codecontests(row: usize, v: &Value) -> RowResult {
         prompt: Some(string(v, "description")?),
         reference,
         prelude: String::new(),
+        released: None,
         spec: TestSpec::Stdio { tests: stdio_tests(&inputs, &outputs, "public_tests")?, comparator: TextComparator::Lines },
         limits,
     })
@@ -238,9 +241,25 @@ pub fn livecodebench_hf(row: usize, v: &Value) -> RowResult {
         prompt: Some(prompt),
         reference: None,
         prelude,
+        released: release_date(v, "contest_date")?,
         spec,
         limits: Limits::default(),
     })
+}
+
+/// A date field as the datasets write it: `2023-08-21T00:00:00` (LiveCodeBench's JSON rows),
+/// `2023-08-21 00:00:00 +00:00` (a Parquet timestamp), or `2023-08-21`; the day is kept.
+fn release_date(v: &Value, name: &str) -> Result<Option<ReleaseDate>, (String, String)> {
+    let text = match v.get(name) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(text)) => text,
+        Some(_) => return Err(err(name, "not a date string")),
+    };
+    let day = match text.char_indices().nth(10) {
+        Some((i, 'T' | ' ')) => &text[..i],
+        _ => text.as_str(),
+    };
+    day.parse().map(Some).map_err(|e| err(name, e))
 }
 
 /// DeepCoder-Preview (rllm): `problem`, `tests` whose shape depends on the source: a
@@ -276,6 +295,7 @@ pub fn deepcoder(row: usize, v: &Value) -> RowResult {
         prompt: Some(string(v, "problem")?),
         reference: None,
         prelude,
+        released: None,
         spec,
         limits: Limits::default(),
     })
@@ -314,5 +334,5 @@ pub fn verl(row: usize, v: &Value) -> RowResult {
     };
     let source = v.get("data_source").and_then(Value::as_str).unwrap_or("verl").to_owned();
     let id = v.pointer("/extra_info/index").map_or_else(|| row.to_string(), text_of);
-    Ok(Task { id: format!("{source}/{id}"), source: Some(source), prompt: Some(statement), reference: None, prelude, spec, limits: Limits::default() })
+    Ok(Task { id: format!("{source}/{id}"), source: Some(source), prompt: Some(statement), reference: None, prelude, released: None, spec, limits: Limits::default() })
 }

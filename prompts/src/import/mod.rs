@@ -237,6 +237,7 @@ fn mbpp(v: &Value) -> RowResult {
         prompt: Some(prompt),
         reference: Some(string(v, "canonical_solution")?),
         prelude: String::new(),
+        released: None,
         spec: TestSpec::Assert { entry_points: vec![entry], class_names: vec![], test_setup: setup, test_code: tests.join("\n") },
         limits: Limits::default(),
     })
@@ -273,6 +274,7 @@ fn common_oj(row: usize, v: &Value) -> RowResult {
         prompt: Some(string(v, "content")?),
         reference: v.get("canonical_solution").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned),
         prelude: String::new(),
+        released: None,
         spec: TestSpec::Stdio { tests: stdio_tests(&inputs, &outputs, "test")?, comparator: TextComparator::Lines },
         limits: Limits::default(),
     })
@@ -290,6 +292,7 @@ fn leetcode(row: usize, v: &Value) -> RowResult {
         prompt: Some(string(v, "problem")?),
         reference: Some(string(v, "solutions")?),
         prelude: LEETCODE_PRELUDE.into(),
+        released: None,
         spec: TestSpec::Assert {
             entry_points: vec![],
             class_names: vec!["Solution".into()],
@@ -310,6 +313,7 @@ fn rllm_stdio(row: usize, v: &Value) -> RowResult {
         prompt: Some(string(v, "problem")?),
         reference: None,
         prelude: String::new(),
+        released: None,
         spec: TestSpec::Stdio { tests: stdio_tests(&inputs, &outputs, "tests")?, comparator: TextComparator::Lines },
         limits: Limits::default(),
     })
@@ -340,6 +344,7 @@ fn kodcode(row: usize, v: &Value) -> RowResult {
         prompt: Some(prompt),
         reference: Some(reference),
         prelude: String::new(),
+        released: None,
         spec: TestSpec::Pytest { entry_points, test_code: string(v, "test_code")? },
         limits: Limits::default(),
     })
@@ -391,6 +396,7 @@ fn livecodebench(row: usize, v: &Value) -> RowResult {
         prompt: Some(string(v, "content")?),
         reference: v.get("canonical_solution").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned),
         prelude,
+        released: None,
         spec,
         limits: Limits::default(),
     })
@@ -409,6 +415,7 @@ fn cruxeval(row: usize, v: &Value) -> RowResult {
         prompt: Some(prompt),
         reference: Some(format!("{code}\nprint(repr(f({input})))\n")),
         prelude: String::new(),
+        released: None,
         spec: TestSpec::Stdio {
             tests: vec![StdioTest { stdin: String::new(), stdout: format!("{output}\n") }],
             comparator: TextComparator::Lines,
