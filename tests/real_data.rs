@@ -203,3 +203,28 @@ fn livecodebench_pickled_tests_judge_real_solutions_and_refuse_the_exit_referenc
         assert!(verdict.tests.len() >= 2);
     }
 }
+
+/// The hard-coding signal on real solutions: the reference solutions and KodCode's model trials
+/// compute their answers, so none may be flagged (a false signal buries real ones in the audit).
+#[test]
+fn real_solutions_are_not_taken_for_hard_coded_tests() {
+    let mut flagged = Vec::new();
+    let mut checked = 0;
+    for (_, tasks) in reference_tasks() {
+        for task in tasks {
+            let code = task.reference.clone().unwrap();
+            checked += 1;
+            if let Some(s) = dllm_rewards::test_data_in_code(&code, &task.spec) {
+                flagged.push(format!("{}: {}", task.id, s.reason));
+            }
+        }
+    }
+    for (task, code, _) in kodcode_trials() {
+        checked += 1;
+        if let Some(s) = dllm_rewards::test_data_in_code(&code, &task.spec) {
+            flagged.push(format!("{}: {}", task.id, s.reason));
+        }
+    }
+    assert!(checked > 500, "{checked}");
+    assert!(flagged.is_empty(), "{} of {checked} flagged:\n{}", flagged.len(), flagged.join("\n"));
+}

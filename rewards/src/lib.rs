@@ -12,5 +12,5 @@ pub mod hacks;
 pub mod reward;
 
 pub use advantage::{group_advantages, informative_substitution, judged_group_advantages, AdvantageEstimator, SolveStats, Substitution};
-pub use hacks::{backend_disagreement, code_signals, HackSignal};
+pub use hacks::{backend_disagreement, code_signals, test_data_in_code, HackSignal};
 pub use reward::{Judged, OverlongPenalty, Reward, RewardConfig, Unrewardable};

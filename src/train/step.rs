@@ -19,7 +19,8 @@ use dllm_policy::estimator::token_weights;
 use dllm_policy::grpo::{k3, ppo_terms, weighted_loss, ClipRange};
 use dllm_policy::{coupled_masks, mask_seed, BackwardOptions, DreamModel, MaskSeeds, Pass, ScoredBatch};
 use dllm_rewards::{
-    backend_disagreement, code_signals, informative_substitution, judged_group_advantages, HackSignal, Judged, RewardConfig, SolveStats,
+    backend_disagreement, code_signals, informative_substitution, judged_group_advantages, test_data_in_code, HackSignal, Judged, RewardConfig,
+    SolveStats,
 };
 use dllm_rollout::{generate, rollout_seed, Batching, Request, Rollout};
 use dllm_verifier::{Completion, TaskVerdict, TestSpec};
@@ -514,8 +515,14 @@ impl Trainer {
                     reward: s.reward,
                     reward_components: s.components.clone(),
                     verdict: if s.reward.is_none() { "sandbox_error".into() } else { s.verdict.summary().into() },
-                    hack_signals: serde_json::to_value(code_signals(&code, stdio).into_iter().chain(s.signals.iter().cloned()).collect::<Vec<_>>())
-                        .unwrap_or_default(),
+                    hack_signals: serde_json::to_value(
+                        code_signals(&code, stdio)
+                            .into_iter()
+                            .chain(test_data_in_code(&code, &self.tasks[s.task].spec))
+                            .chain(s.signals.iter().cloned())
+                            .collect::<Vec<_>>(),
+                    )
+                    .unwrap_or_default(),
                     tests: TestRecord::from_verdict(&s.verdict),
                 }
             })
