@@ -35,8 +35,8 @@ impl Default for DecontaminateConfig {
     }
 }
 
-fn grams(text: &str, n: usize) -> Vec<u64> {
-    let w = words(text);
+/// The n-grams of a text's words, hashed; a text shorter than n words is one "whole" gram.
+fn grams(w: &[String], n: usize) -> Vec<u64> {
     if w.len() < n {
         return vec![stable_hash(format!("whole:{}", w.join(" ")).as_bytes())];
     }
@@ -53,8 +53,8 @@ fn run_hash(words: &[u64]) -> u64 {
     words.iter().fold(words.len() as u64, |h, &w| stable_hash(&(h ^ w).to_le_bytes()))
 }
 
-fn word_hashes(text: &str) -> Vec<u64> {
-    words(text).iter().map(|w| stable_hash(w.as_bytes())).collect()
+fn word_hashes(words: &[String]) -> Vec<u64> {
+    words.iter().map(|w| stable_hash(w.as_bytes())).collect()
 }
 
 /// Short texts (`MIN_CONTAINED..n` words) of one side, looked for as runs of words in the other.
@@ -76,10 +76,10 @@ impl ShortTexts {
         short
     }
 
-    /// The first short text found as a run of words in `haystack`.
-    fn first_in(&self, haystack: &[u64]) -> Option<usize> {
-        let runs = self.lengths.iter().flat_map(|&l| haystack.windows(l));
-        runs.filter_map(|r| self.texts.get(&run_hash(r))).flatten().copied().min()
+    /// The short texts found as runs of words in `haystack`, shortest runs first.
+    fn found_in<'h>(&'h self, haystack: &'h [u64]) -> impl Iterator<Item = usize> + 'h {
+        let runs = self.lengths.iter().flat_map(move |&l| haystack.windows(l));
+        runs.filter_map(|r| self.texts.get(&run_hash(r))).flatten().copied()
     }
 }
 
@@ -87,13 +87,16 @@ impl ShortTexts {
 pub fn decontaminate(tasks: Vec<Task>, against: &[(String, String)], cfg: DecontaminateConfig) -> Curated {
     const STEP: &str = "decontaminate";
     let n = cfg.ngram.max(1);
+    // Each text's words once: NFKC and the word split are the costly part.
+    let eval_text_words: Vec<Vec<String>> = against.iter().map(|(_, t)| words(t)).collect();
+    let task_text_words: Vec<Vec<String>> = tasks.iter().map(|t| words(t.prompt.as_deref().unwrap_or_default())).collect();
+    let eval_grams: Vec<Vec<u64>> = eval_text_words.iter().map(|w| grams(w, n)).collect();
     // n-gram → the evaluation problems holding it (each once, in order).
     let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
-    for (i, (_, text)) in against.iter().enumerate() {
-        let mut own = grams(text, n);
+    for (i, (w, own)) in eval_text_words.iter().zip(&eval_grams).enumerate() {
         // Short evaluation texts are also matched whole against short training prompts.
-        own.push(stable_hash(format!("whole:{}", words(text).join(" ")).as_bytes()));
-        for g in own {
+        let whole = stable_hash(format!("whole:{}", w.join(" ")).as_bytes());
+        for &g in own.iter().chain([&whole]) {
             let holders = index.entry(g).or_default();
             if holders.last() != Some(&i) {
                 holders.push(i);
@@ -103,34 +106,31 @@ pub fn decontaminate(tasks: Vec<Task>, against: &[(String, String)], cfg: Decont
     // Boilerplate of the evaluation set: an n-gram many evaluation texts share says nothing about
     // which one a training prompt copies. Texts are counted once per wording, so a problem that
     // several evaluation sets carry verbatim (HumanEval and its variants) is not boilerplate.
-    let wording: Vec<u64> = against.iter().map(|(_, t)| stable_hash(words(t).join(" ").as_bytes())).collect();
+    let wording: Vec<u64> = eval_text_words.iter().map(|w| stable_hash(w.join(" ").as_bytes())).collect();
     index.retain(|_, holders| holders.iter().map(|&e| wording[e]).collect::<HashSet<u64>>().len() <= cfg.common);
     // How many (non-boilerplate) n-grams each evaluation problem has: a training prompt holding
     // all of them is a verbatim copy.
-    let mut own_count = vec![0usize; against.len()];
-    for (i, (_, text)) in against.iter().enumerate() {
-        let unique: HashSet<u64> = grams(text, n).into_iter().collect();
-        own_count[i] = unique.iter().filter(|g| index.get(g).is_some_and(|h| h.contains(&i))).count();
-    }
-    let task_grams: Vec<HashSet<u64>> =
-        tasks.iter().map(|t| grams(t.prompt.as_deref().unwrap_or_default(), n).into_iter().collect()).collect();
+    let own_count: Vec<usize> = eval_grams
+        .iter()
+        .enumerate()
+        .map(|(i, own)| own.iter().collect::<HashSet<_>>().into_iter().filter(|g| index.get(g).is_some_and(|h| h.contains(&i))).count())
+        .collect();
+    let task_grams: Vec<HashSet<u64>> = task_text_words.iter().map(|w| grams(w, n).into_iter().collect()).collect();
     let mut frequency: HashMap<u64, usize> = HashMap::new();
     for g in &task_grams {
         for &h in g {
             *frequency.entry(h).or_default() += 1;
         }
     }
-    let eval_words: Vec<Vec<u64>> = against.iter().map(|(_, t)| word_hashes(t)).collect();
-    let task_words: Vec<Vec<u64>> = tasks.iter().map(|t| word_hashes(t.prompt.as_deref().unwrap_or_default())).collect();
+    let eval_words: Vec<Vec<u64>> = eval_text_words.iter().map(|w| word_hashes(w)).collect();
+    let task_words: Vec<Vec<u64>> = task_text_words.iter().map(|w| word_hashes(w)).collect();
     let short_evals = ShortTexts::new(eval_words.iter().map(Vec::as_slice), n);
     let short_tasks = ShortTexts::new(task_words.iter().map(Vec::as_slice), n);
     // Training prompt → the first evaluation text that contains it whole.
     let mut contained_in: HashMap<usize, usize> = HashMap::new();
     for (e, w) in eval_words.iter().enumerate() {
-        for &l in &short_tasks.lengths {
-            for t in w.windows(l).filter_map(|r| short_tasks.texts.get(&run_hash(r))).flatten() {
-                contained_in.entry(*t).or_insert(e);
-            }
+        for t in short_tasks.found_in(w) {
+            contained_in.entry(t).or_insert(e);
         }
     }
     let decisions = tasks
@@ -161,7 +161,7 @@ pub fn decontaminate(tasks: Vec<Task>, against: &[(String, String)], cfg: Decont
                     serde_json::json!({ "against": against[e].0, "shared_ngrams": count }),
                 ),
                 _ => {
-                    if let Some(e) = short_evals.first_in(&task_words[t]) {
+                    if let Some(e) = short_evals.found_in(&task_words[t]).min() {
                         let reason = format!("contaminated: contains evaluation problem {} whole", against[e].0);
                         Decision::drop(task, STEP, reason, serde_json::json!({ "against": against[e].0, "contains": true }))
                     } else if let Some(&e) = contained_in.get(&t) {
