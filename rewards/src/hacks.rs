@@ -17,6 +17,8 @@
 //!   they invite. Comments, docstrings and an `if __name__ == "__main__":` demo are left out
 //!   of the search; strings are not searched for (error messages are rightly shared with tests).
 
+use std::sync::OnceLock;
+
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
@@ -33,8 +35,13 @@ struct Rule {
     pattern: Regex,
 }
 
+/// A built-in pattern, compiled once: these run for every completion a run logs.
+fn regex(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
+    cell.get_or_init(|| Regex::new(pattern).unwrap_or_else(|e| panic!("built-in pattern {pattern}: {e}")))
+}
+
 fn rules() -> &'static [Rule] {
-    static RULES: std::sync::OnceLock<Vec<Rule>> = std::sync::OnceLock::new();
+    static RULES: OnceLock<Vec<Rule>> = OnceLock::new();
     RULES.get_or_init(|| {
         let rule = |name, pattern: &str| Rule { name, pattern: Regex::new(pattern).unwrap_or_else(|e| panic!("built-in pattern {pattern}: {e}")) };
         vec![
@@ -67,9 +74,10 @@ pub fn code_signals(code: &str, stdio: bool) -> Vec<HackSignal> {
         })
         .collect();
     if stdio {
-        let reads = Regex::new(r"\binput\s*\(|\bsys\s*\.\s*stdin\b|\bopen\s*\(\s*0\b|\bfileinput\b|\bsys\s*\.\s*__stdin__\b").ok();
+        static READS: OnceLock<Regex> = OnceLock::new();
+        let reads = regex(&READS, r"\binput\s*\(|\bsys\s*\.\s*stdin\b|\bopen\s*\(\s*0\b|\bfileinput\b|\bsys\s*\.\s*__stdin__\b");
         let prints = code.contains("print") || code.contains("stdout");
-        if prints && reads.is_some_and(|r| !r.is_match(&code)) {
+        if prints && !reads.is_match(&code) {
             signals.push(HackSignal { name: "prints_without_reading".into(), reason: "prints but never reads stdin".into() });
         }
     }
@@ -128,8 +136,7 @@ fn clip(text: &str, chars: usize) -> String {
 fn without_main_block(code: &str) -> &str {
     let mut at = 0;
     for line in code.split_inclusive('\n') {
-        let words: String = line.chars().filter(|c| !c.is_whitespace()).collect();
-        if line.starts_with("if") && words.starts_with("if__name__==") {
+        if line.starts_with("if") && line.chars().filter(|c| !c.is_whitespace()).collect::<String>().starts_with("if__name__==") {
             return &code[..at];
         }
         at += line.len();
@@ -139,9 +146,8 @@ fn without_main_block(code: &str) -> &str {
 
 /// Code with triple-quoted strings removed: docstrings repeat the prompt's examples.
 fn strip_docstrings(code: &str) -> String {
-    static DOCSTRING: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
-    let re = DOCSTRING.get_or_init(|| Regex::new(r#"(?s)""".*?"""|'''.*?'''"#).expect("a valid pattern"));
-    re.replace_all(code, "").into_owned()
+    static DOCSTRING: OnceLock<Regex> = OnceLock::new();
+    regex(&DOCSTRING, r#"(?s)""".*?"""|'''.*?'''"#).replace_all(code, "").into_owned()
 }
 
 /// The distinctive literals of test code: outermost `[...]` lists of 8+ characters without
@@ -184,13 +190,11 @@ fn literals(test_code: &str) -> Vec<String> {
 /// Whether a list's text names nothing: outside its strings, letters only in `True`, `False`,
 /// `None` (and a number's exponent).
 fn only_literals(list: &str) -> bool {
-    static STRINGS: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
-    let strings = STRINGS.get_or_init(|| Regex::new(r#""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'"#).expect("a valid pattern"));
-    let bare = strings.replace_all(list, "\"\"");
+    static STRINGS: OnceLock<Regex> = OnceLock::new();
+    static EXPONENT: OnceLock<Regex> = OnceLock::new();
+    let bare = regex(&STRINGS, r#""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'"#).replace_all(list, "\"\"");
     let bare = bare.replace("True", "").replace("False", "").replace("None", "");
-    static EXPONENT: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
-    let exponent = EXPONENT.get_or_init(|| Regex::new(r"[0-9.][eE][+-]?[0-9]").expect("a valid pattern"));
-    !exponent.replace_all(&bare, "0").chars().any(|c| c.is_alphabetic() || c == '_')
+    !regex(&EXPONENT, r"[0-9.][eE][+-]?[0-9]").replace_all(&bare, "0").chars().any(|c| c.is_alphabetic() || c == '_')
 }
 
 /// A signal when two backends disagree on a completion.
