@@ -257,6 +257,16 @@ impl RunStore {
         self.send(Message::Status(status))
     }
 
+    /// Passes `outcome` on; an error first marks the run `failed`, best effort: the error being
+    /// returned matters more than a store that cannot say so.
+    pub fn failed_on_error<T, E>(&self, outcome: std::result::Result<T, E>) -> std::result::Result<T, E> {
+        if outcome.is_err() {
+            let _ = self.set_status("failed");
+            let _ = self.flush();
+        }
+        outcome
+    }
+
     /// Waits until everything sent so far is committed.
     pub fn flush(&self) -> Result<()> {
         let (tx, rx) = mpsc::channel();
@@ -421,6 +431,19 @@ mod tests {
         assert_eq!(rows, vec![(0, 0, 0), (1, 0, 0), (2, 0, 1), (2, 1, 0), (3, 0, 1)]);
         let status: String = reader.query_row("SELECT status FROM runs", [], |r| r.get(0)).unwrap();
         assert_eq!(status, "finished");
+    }
+
+    #[test]
+    fn an_error_marks_the_run_failed_and_is_passed_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite");
+        let store = RunStore::create(&path, "r1", "sft", &serde_json::json!({})).unwrap();
+        let status = || -> String { open_read_only(&path).unwrap().query_row("SELECT status FROM runs", [], |r| r.get(0)).unwrap() };
+        assert_eq!(store.failed_on_error(Ok::<u8, &str>(3)), Ok(3));
+        store.flush().unwrap();
+        assert_eq!(status(), "running");
+        assert_eq!(store.failed_on_error(Err::<u8, &str>("step 4 failed")), Err("step 4 failed"));
+        assert_eq!(status(), "failed");
     }
 
     #[test]

@@ -407,12 +407,7 @@ impl Trainer {
     /// On an error the run's status becomes `failed`.
     pub fn run(&mut self, stop: &AtomicBool, on_step: &mut dyn FnMut(i64, &serde_json::Value)) -> anyhow::Result<()> {
         let outcome = self.run_steps(stop, on_step);
-        if outcome.is_err() {
-            // Best effort: the error being returned matters more than a store that cannot say so.
-            let _ = self.store.set_status("failed");
-            let _ = self.store.flush();
-        }
-        outcome
+        self.store.failed_on_error(outcome)
     }
 
     fn run_steps(&mut self, stop: &AtomicBool, on_step: &mut dyn FnMut(i64, &serde_json::Value)) -> anyhow::Result<()> {

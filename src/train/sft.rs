@@ -254,11 +254,7 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serd
         }
         Ok(last)
     })();
-    if outcome.is_err() {
-        let _ = store.set_status("failed");
-        let _ = store.flush();
-    }
-    let last = outcome?;
+    let last = store.failed_on_error(outcome)?;
     store.set_status("finished")?;
     store.flush()?;
     let last = last.or_else(|| latest_checkpoint(&run_dir).map(|(_, d)| d)).context("no checkpoint written")?;
