@@ -45,7 +45,7 @@ pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<V
         if line.trim().is_empty() {
             continue;
         }
-        let item = serde_json::from_str(&line).with_context(|| format!("{}:{}", path.display(), i + 1))?;
+        let item = dllm_verifier::exact_json::from_str(&line).with_context(|| format!("{}:{}", path.display(), i + 1))?;
         items.push((i + 1, item));
     }
     Ok(items)

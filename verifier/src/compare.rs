@@ -1,7 +1,8 @@
 //! Comparators, run in the trusted parent on what the sandbox produced.
 //!
 //! Returned values arrive as the harness's type-tagged JSON (`{"$tuple": [...]}`,
-//! `{"$dict": [[k, v], ...]}`, `{"$int": "123..."}`, ...); expected values are plain JSON.
+//! `{"$dict": [[k, v], ...]}`, `{"$int": "123..."}`, ...); expected values are plain JSON, with
+//! integers beyond 64 bits as `{"$int": "..."}` (see `exact_json`).
 //! Nothing here can be influenced by candidate code beyond the data it produced: there is no
 //! `__eq__` to override.
 
@@ -83,9 +84,10 @@ fn unordered_eq(actual: &[Value], expected: &[Value], tol: Option<(f64, f64)>) -
 }
 
 /// A number in tagged JSON: exact integers are kept apart from floats so that big integers
-/// compare exactly.
+/// compare exactly, as Python compares them (`10**30 == 1e30` is exact there, and false).
 enum Number {
     Int(i128),
+    /// Decimal digits (an optional `-`, no leading zeros) of an integer beyond `i128`.
     BigInt(String),
     Float(f64),
 }
@@ -100,7 +102,7 @@ fn number(v: &Value) -> Option<Number> {
             Number::Float(n.as_f64()?)
         }),
         Value::Object(o) if o.len() == 1 => match (o.get("$int"), o.get("$float")) {
-            (Some(Value::String(s)), _) => Some(s.parse::<i128>().map_or_else(|_| Number::BigInt(s.clone()), Number::Int)),
+            (Some(Value::String(s)), _) => big_integer(s),
             (_, Some(Value::String(s))) => Some(Number::Float(match s.as_str() {
                 "inf" => f64::INFINITY,
                 "-inf" => f64::NEG_INFINITY,
@@ -112,50 +114,101 @@ fn number(v: &Value) -> Option<Number> {
     }
 }
 
-fn numbers_eq(a: Number, e: Number, tol: Option<(f64, f64)>) -> bool {
-    match (a, e) {
-        (Number::Int(a), Number::Int(e)) => a == e,
-        (Number::BigInt(a), Number::BigInt(e)) => a == e,
-        (Number::BigInt(_), _) | (_, Number::BigInt(_)) => false,
-        (a, e) => {
-            let f = |n: Number| match n {
-                Number::Int(i) => i as f64,
-                Number::Float(f) => f,
-                Number::BigInt(_) => f64::NAN,
-            };
-            let (a, e) = (f(a), f(e));
-            if a == e {
-                return true;
-            }
-            match tol {
-                Some((abs, rel)) if a.is_finite() && e.is_finite() => {
-                    let diff = (a - e).abs();
-                    diff <= abs || diff <= rel * e.abs()
-                }
-                _ => false,
-            }
+fn big_integer(text: &str) -> Option<Number> {
+    let (sign, digits) = text.strip_prefix('-').map_or(("", text), |d| ("-", d));
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = digits.trim_start_matches('0');
+    if digits.is_empty() {
+        return Some(Number::Int(0));
+    }
+    let text = format!("{sign}{digits}");
+    Some(text.parse::<i128>().map_or(Number::BigInt(text), Number::Int))
+}
+
+/// The exact decimal digits of an integer, or of a float that holds an integer.
+fn exact_digits(n: &Number) -> Option<String> {
+    match n {
+        Number::Int(i) => Some(i.to_string()),
+        Number::BigInt(s) => Some(s.clone()),
+        // Rust prints a float's exact value: 1e30 is 1000000000000000019884624838656.
+        Number::Float(f) if f.is_finite() && f.fract() == 0.0 => {
+            let digits = format!("{f:.0}");
+            Some(if digits == "-0" { "0".into() } else { digits })
         }
+        Number::Float(_) => None,
     }
 }
 
+fn approximately(n: &Number) -> f64 {
+    match n {
+        Number::Int(i) => *i as f64,
+        Number::BigInt(s) => s.parse().unwrap_or(f64::NAN),
+        Number::Float(f) => *f,
+    }
+}
+
+fn numbers_eq(a: Number, e: Number, tol: Option<(f64, f64)>) -> bool {
+    match (&a, &e) {
+        (Number::Int(x), Number::Int(y)) => return x == y,
+        (Number::Float(x), Number::Float(y)) if x == y => return true,
+        (Number::Float(_), Number::Float(_)) => {}
+        _ => {
+            if let (Some(x), Some(y)) = (exact_digits(&a), exact_digits(&e)) {
+                if x == y {
+                    return true;
+                }
+            }
+            // Integers on both sides are equal only exactly; a float only within the declared
+            // tolerance.
+            if !matches!(a, Number::Float(_)) && !matches!(e, Number::Float(_)) {
+                return false;
+            }
+        }
+    }
+    let (a, e) = (approximately(&a), approximately(&e));
+    match tol {
+        Some((abs, rel)) if a.is_finite() && e.is_finite() => {
+            let diff = (a - e).abs();
+            diff <= abs || diff <= rel * e.abs()
+        }
+        _ => false,
+    }
+}
+
+/// The pairs of a returned dict: a plain `$dict`, or one of the dict types Python compares
+/// equal to a dict (`Counter`, `OrderedDict`, `defaultdict`).
+fn dict_pairs(actual: &Value) -> Option<&Vec<Value>> {
+    let o = actual.as_object()?;
+    let Some(Value::Array(pairs)) = o.get("$dict") else { return None };
+    let dict_type = match o.get("type") {
+        None => true,
+        Some(Value::String(t)) => matches!(t.as_str(), "Counter" | "OrderedDict" | "defaultdict"),
+        Some(_) => false,
+    };
+    let known = o.keys().all(|k| matches!(k.as_str(), "$dict" | "type" | "factory"));
+    (dict_type && known).then_some(pairs)
+}
+
 fn eq(actual: &Value, expected: &Value, tol: Option<(f64, f64)>) -> bool {
+    if let Some(e) = number(expected) {
+        return match number(actual) {
+            Some(a) => numbers_eq(a, e, tol),
+            None => false,
+        };
+    }
     match expected {
         Value::Null => actual.is_null(),
         Value::Bool(e) => actual.as_bool() == Some(*e),
         Value::String(e) => actual.as_str() == Some(e.as_str()),
-        Value::Number(_) => match (number(actual), number(expected)) {
-            (Some(a), Some(e)) => numbers_eq(a, e, tol),
-            _ => false,
-        },
+        Value::Number(_) => false,
         Value::Array(e) => match sequence(actual) {
             Some(a) => a.len() == e.len() && a.iter().zip(e).all(|(a, e)| eq(a, e, tol)),
             None => false,
         },
         Value::Object(e) => {
-            let Some(Value::Array(pairs)) = actual.as_object().filter(|o| o.len() == 1).and_then(|o| o.get("$dict"))
-            else {
-                return false;
-            };
+            let Some(pairs) = dict_pairs(actual) else { return false };
             // Each expected key exactly once: a forged `$dict` repeating one known pair must not
             // stand for a dict whose other keys it cannot guess.
             let mut seen = std::collections::HashSet::with_capacity(pairs.len());
@@ -230,6 +283,34 @@ mod tests {
         assert!(value_matches(&json!({"$int": "9007199254740993"}), &json!(9007199254740993i64), exact));
         assert!(!value_matches(&json!({"$int": "9007199254740993"}), &json!(9007199254740992i64), exact));
         assert!(!value_matches(&json!({"$float": "nan"}), &json!(1.0), exact));
+    }
+
+    #[test]
+    fn integers_compare_exactly_at_any_size() {
+        let exact = ValueComparator::Exact;
+        let big = json!({"$int": "717897987691852588770249"}); // 3**50
+        assert!(value_matches(&big, &big, exact));
+        assert!(!value_matches(&json!({"$int": "717897987691852588782594"}), &big, exact), "3**50 + 12345");
+        assert!(!value_matches(&json!(7.178979876918526e23), &big, exact), "the nearest float is another number");
+        assert!(value_matches(&json!(1e30), &json!({"$int": "1000000000000000019884624838656"}), exact), "a float equal to the integer");
+        assert!(!value_matches(&json!({"$int": "9007199254740993"}), &json!(9007199254740992.0), exact), "2**53 + 1 is not 2**53");
+        assert!(!value_matches(&json!(9007199254740992.0), &json!(9007199254740993i64), exact));
+        assert!(value_matches(&json!({"$int": "-00"}), &json!(0), exact));
+        assert!(!value_matches(&json!({"$int": "12x"}), &json!(12), exact));
+        let close = ValueComparator::Close { abs: 0.0, rel: 1e-9 };
+        assert!(value_matches(&json!(7.178979876918526e23), &big, close), "floats within a declared tolerance");
+        assert!(!value_matches(&json!({"$int": "717897987691852588782594"}), &big, close), "integers stay exact");
+    }
+
+    #[test]
+    fn dict_types_python_compares_equal_to_a_dict() {
+        let exact = ValueComparator::Exact;
+        let e = json!({"a": 2, "b": 1});
+        for t in ["Counter", "OrderedDict", "defaultdict"] {
+            assert!(value_matches(&json!({"$dict": [["a", 2], ["b", 1]], "type": t}), &e, exact), "{t}");
+        }
+        assert!(!value_matches(&json!({"$dict": [["a", 2], ["b", 1]], "type": "Other"}), &e, exact));
+        assert!(!value_matches(&json!({"$dict": [["a", 2], ["b", 1]], "secret": 1}), &e, exact));
     }
 
     #[test]

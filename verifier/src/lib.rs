@@ -6,8 +6,11 @@
 //!   Schema in `schema/task.schema.json`.
 //! - [`Sandbox`]: where code runs: [`NativeSandbox`] (CPython in a forked, rlimited,
 //!   namespaced child of a warm fork-server) or [`WasmSandbox`] (CPython for WASI in wasmtime).
-//!   A sandbox only *produces values*: stdout, returned values, recorded calls.
-//! - [`Judge`]: compares those values with the expected ones, which never enter the sandbox.
+//!   A sandbox only *produces values*: stdout, returned values, the answers to the calls the
+//!   trusted side makes into candidate code ([`sandbox::Conversation`]).
+//! - [`Judge`]: compares those values with the expected ones, which never enter the sandbox;
+//!   assertion tests run in a trusted process that calls the candidate across the boundary
+//!   (see [`harness`]).
 //! - [`Verifier`]: a bounded worker pool with `verify_batch` for the trainer and the CLI.
 //! - [`TaskVerdict`] / [`TestVerdict`]: passed, wrong_answer, runtime_error, timeout,
 //!   memory_limit, output_limit, sandbox_error (retryable, never the policy's fault), not_run
@@ -16,6 +19,7 @@
 //! This crate does not link libtorch, so it builds and tests on its own.
 
 pub mod compare;
+pub mod exact_json;
 pub mod extract;
 pub mod harness;
 pub mod judge;

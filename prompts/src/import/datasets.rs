@@ -188,7 +188,7 @@ fn lcb_cases(cases: &[Value], func_name: Option<&str>, name: &str) -> Result<(Te
         return Ok((TestSpec::Stdio { tests: stdio_tests(&inputs, &outputs, name)?, comparator: TextComparator::Lines }, String::new()));
     }
     let func = func_name.ok_or_else(|| err("metadata", "functional tests need `func_name`"))?;
-    let parse = |s: &str| serde_json::from_str::<Value>(s).map_err(|e| err(name, format!("`{s}` is not JSON: {e}")));
+    let parse = |s: &str| dllm_verifier::exact_json::from_str::<Value>(s).map_err(|e| err(name, format!("`{s}` is not JSON: {e}")));
     let tests = cases
         .iter()
         .map(|c| {
@@ -203,10 +203,10 @@ fn lcb_cases(cases: &[Value], func_name: Option<&str>, name: &str) -> Result<(Te
 /// A JSON list given as JSON, as a string of JSON, or as base64(zlib(pickle(JSON string))).
 fn json_list_field(v: &Value, name: &str) -> Result<Vec<Value>, (String, String)> {
     let value = match field(v, name)? {
-        Value::String(s) => match serde_json::from_str::<Value>(s) {
+        Value::String(s) => match dllm_verifier::exact_json::from_str::<Value>(s) {
             Ok(parsed) => parsed,
             Err(_) => match decode_any(s).map_err(|e| err(name, e))? {
-                Pickled::Str(json) => serde_json::from_str(&json).map_err(|e| err(name, format!("pickled text is not JSON: {e}")))?,
+                Pickled::Str(json) => dllm_verifier::exact_json::from_str(&json).map_err(|e| err(name, format!("pickled text is not JSON: {e}")))?,
                 Pickled::Dict(_) => return Err(err(name, "expected a pickled JSON string, found a dict")),
             },
         },
@@ -320,7 +320,7 @@ pub fn verl(row: usize, v: &Value) -> RowResult {
     };
     let truth = v.pointer("/reward_model/ground_truth").ok_or_else(|| err("reward_model.ground_truth", "missing"))?;
     let truth = match truth {
-        Value::String(s) => serde_json::from_str(s).map_err(|e| err("reward_model.ground_truth", format!("not JSON: {e}")))?,
+        Value::String(s) => dllm_verifier::exact_json::from_str(s).map_err(|e| err("reward_model.ground_truth", format!("not JSON: {e}")))?,
         other => other.clone(),
     };
     let (spec, prelude) = if let Some(code) = truth.get("functional").and_then(Value::as_str) {

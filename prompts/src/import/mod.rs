@@ -206,7 +206,7 @@ fn strings(v: &Value, name: &str) -> Result<Vec<String>, (String, String)> {
 /// A field that is either JSON or a string holding JSON (SandboxFusion stores both ways).
 fn json_or_string(v: &Value, name: &str) -> Result<Value, (String, String)> {
     match field(v, name)? {
-        Value::String(s) => serde_json::from_str(s).map_err(|e| (name.to_owned(), format!("not JSON: {e}"))),
+        Value::String(s) => dllm_verifier::exact_json::from_str(s).map_err(|e| (name.to_owned(), format!("not JSON: {e}"))),
         other => Ok(other.clone()),
     }
 }
@@ -352,7 +352,7 @@ fn kodcode(row: usize, v: &Value) -> RowResult {
 
 /// LiveCodeBench's `input_output`: JSON text, or base64(zlib(pickle({"input_output": JSON}))).
 fn lcb_input_output(text: &str) -> Result<Value, (String, String)> {
-    let json = match serde_json::from_str::<Value>(text) {
+    let json = match dllm_verifier::exact_json::from_str::<Value>(text) {
         Ok(Value::String(inner)) => inner,
         Ok(v) => return Ok(v),
         Err(_) => {
@@ -360,7 +360,7 @@ fn lcb_input_output(text: &str) -> Result<Value, (String, String)> {
             dict.get("input_output").cloned().flatten().ok_or_else(|| ("test".to_owned(), "no `input_output` in the pickled dict".to_owned()))?
         }
     };
-    serde_json::from_str(&json).map_err(|e| ("test".to_owned(), format!("input_output is not JSON: {e}")))
+    dllm_verifier::exact_json::from_str(&json).map_err(|e| ("test".to_owned(), format!("input_output is not JSON: {e}")))
 }
 
 fn livecodebench(row: usize, v: &Value) -> RowResult {
@@ -377,7 +377,7 @@ fn livecodebench(row: usize, v: &Value) -> RowResult {
             if inputs.len() != outputs.len() || inputs.is_empty() {
                 return Err(("test".into(), format!("{} inputs, {} outputs", inputs.len(), outputs.len())));
             }
-            let parse = |s: &str| serde_json::from_str::<Value>(s).map_err(|e| ("test".to_owned(), format!("`{s}` is not JSON: {e}")));
+            let parse = |s: &str| dllm_verifier::exact_json::from_str::<Value>(s).map_err(|e| ("test".to_owned(), format!("`{s}` is not JSON: {e}")));
             let tests = inputs
                 .iter()
                 .zip(&outputs)

@@ -50,14 +50,14 @@ pub fn open_text(path: &Path) -> Result<Box<dyn BufRead>, ImportError> {
 pub fn text_rows(path: &Path, text: &str) -> Result<Vec<Row>, ImportError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim_start().starts_with('[') {
-        let all: Vec<Value> = serde_json::from_str(text).map_err(|source| ImportError::Json { path: path.into(), source })?;
+        let all: Vec<Value> = dllm_verifier::exact_json::from_str(text).map_err(|source| ImportError::Json { path: path.into(), source })?;
         return Ok(all.into_iter().enumerate().map(|(i, v)| (i + 1, Ok(v))).collect());
     }
     Ok(text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| (i + 1, serde_json::from_str(l).map_err(|e| format!("not valid JSON: {e}"))))
+        .map(|(i, l)| (i + 1, dllm_verifier::exact_json::from_str(l).map_err(|e| format!("not valid JSON: {e}"))))
         .collect())
 }
 
