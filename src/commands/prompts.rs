@@ -66,6 +66,7 @@ fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     // Every other command refuses a repeated id, so the first task with an id is kept and later
     // ones skipped here (the same file given twice, or a dataset that repeats rows).
     let mut seen: HashMap<String, String> = HashMap::new();
+    let mut places = Vec::new();
     let mut repeats = 0usize;
     for input in &args.inputs {
         let imported = import_file(format, input)?;
@@ -88,8 +89,9 @@ fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
                 None => {
-                    seen.insert(task.id.clone(), here);
+                    seen.insert(task.id.clone(), here.clone());
                     tasks.push(task);
+                    places.push(here);
                 }
             }
         }
@@ -97,6 +99,26 @@ fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     if repeats > 5 {
         eprintln!("skipped: {} more repeated task ids", repeats - 5);
     }
+    // Tests that can fail no completion (a test file carrying its own solution) would reward
+    // anything: they are no tasks.
+    let trusted = dllm_verifier::harness::TrustedJudge::new(&dllm_verifier::native::default_python());
+    let reasons = dllm_prompts::unjudgeable(&tasks, &trusted).context("cannot analyse the tasks' tests")?;
+    let mut unjudgeable = 0usize;
+    let mut kept = Vec::with_capacity(tasks.len());
+    for ((task, here), reason) in tasks.into_iter().zip(&places).zip(reasons) {
+        match reason {
+            Some(why) => {
+                unjudgeable += 1;
+                if args.strict {
+                    bail!("{here}: task {:?}: {why}", task.id);
+                }
+                eprintln!("skipped: {here}: task {:?}: {why}", task.id);
+            }
+            None => kept.push(task),
+        }
+    }
+    let tasks = kept;
+    bad += unjudgeable;
     if tasks.is_empty() {
         // An empty task file looks like success to the next step; say why instead, and leave
         // whatever --out held alone.

@@ -308,6 +308,7 @@ impl Trainer {
             "solve_partial": solves.solve_partial, "solve_mean": solves.solve_mean,
             "groups_substituted": substitution.replaced,
             "sandbox_rejudged": rejudged, "sandbox_unjudged": unjudged,
+            "sandbox_charged": samples.iter().filter(|s| s.verdict.sandbox_failure_charged).count(),
             "response_tokens_mean": samples.iter().map(|s| s.tokens as f64).sum::<f64>() / samples.len().max(1) as f64,
             "rollout_forwards": gen.forwards,
             "generated_tokens_per_second": (samples.len() as f64 * sampler.max_new_tokens as f64) / rollout_seconds.max(1e-9),

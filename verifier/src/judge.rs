@@ -5,7 +5,8 @@
 //! - the exit status never means "passed"; every test needs exactly one well-formed result,
 //!   and a missing, repeated or malformed one is a failure;
 //! - the sandbox sees inputs, never expected values: stdout and returned values are compared
-//!   here, and assertion tests are replayed here on the recorded values (see `harness`);
+//!   here, and assertion tests run in the trusted process, which calls the candidate across
+//!   the boundary (see `harness`);
 //! - values cross as plain data, so a candidate object cannot answer `==` for itself.
 
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::compare::{text_matches, value_matches};
 use crate::extract::extract_code;
-use crate::harness::{ChildTests, TrustedError, TrustedJudge};
+use crate::harness::{SessionEnd, TestRun, TestShape, TrustedError, TrustedJudge};
 use crate::sandbox::{End, Job, Outcome, RunLimits, Sandbox, SandboxError};
 use crate::task::{Task, TestSpec};
 use crate::verdict::{TaskVerdict, TestResult, TestVerdict};
@@ -25,39 +26,42 @@ const EXCERPT_BYTES: usize = 2048;
 /// Start-up allowance on top of the per-test limit (loading the candidate's module).
 const STARTUP: Duration = Duration::from_millis(1000);
 
-/// Least time a replay gets, whatever the task's limits: on a busy host the trusted process
-/// may start late.
-const REPLAY_DEADLINE_FLOOR: Duration = Duration::from_secs(5);
+/// Least time the tests' own work (in the trusted process) gets, whatever the task's limits: on
+/// a busy host the trusted process may start late.
+const TESTS_DEADLINE_FLOOR: Duration = Duration::from_secs(5);
 
-/// A task made ready for judging: assertion code rewritten once, not per completion.
+/// A task made ready for judging: its assertion tests analysed once, not per completion.
 #[derive(Debug, Clone)]
 pub struct PreparedTask {
     pub task: Task,
-    child_tests: Option<ChildTests>,
-    /// Why the task's own tests cannot be run (they do not parse, say); every completion of
-    /// such a task gets the `task_error` verdict.
+    shape: Option<TestShape>,
+    /// Why the task's own tests cannot judge anything (they do not parse, never reach the
+    /// candidate, ...); every completion of such a task gets the `task_error` verdict.
     pub invalid: Option<String>,
 }
 
 impl PreparedTask {
     /// Fails only when the trusted judge itself fails; broken tests make an `invalid` task.
     pub fn new(task: Task, trusted: &TrustedJudge) -> Result<Self, TrustedError> {
-        let (child_tests, invalid) = match task.spec.assertion_tests() {
-            Some(tests) => match trusted.child_tests(&tests) {
-                Ok(c) => (Some(c), None),
+        let (shape, invalid) = match task.spec.assertion_tests() {
+            Some(tests) => match trusted.analyze(&tests, &task.prelude) {
+                Ok(shape) => {
+                    let invalid = shape.invalid.clone();
+                    (Some(shape), invalid)
+                }
                 Err(TrustedError::Tests(message)) => (None, Some(message)),
                 Err(e) => return Err(e),
             },
             None => (None, None),
         };
-        Ok(PreparedTask { task, child_tests, invalid })
+        Ok(PreparedTask { task, shape, invalid })
     }
 
     /// Number of tests a verdict will have.
     pub fn test_count(&self) -> usize {
-        match (&self.task.spec, &self.child_tests) {
-            (TestSpec::Pytest { .. }, Some(c)) => c.functions,
-            (_, Some(c)) => c.asserts,
+        match (&self.task.spec, &self.shape) {
+            (TestSpec::Pytest { .. }, Some(s)) => s.functions,
+            (_, Some(s)) => s.asserts,
             (_, None) => self.task.declared_tests().unwrap_or(0),
         }
     }
@@ -74,6 +78,9 @@ pub struct Judge<'a> {
     pub fail_fast: bool,
 }
 
+/// The message of a task whose tests never called the candidate.
+pub const NEVER_CALLED: &str = "the tests never called the candidate";
+
 impl Judge<'_> {
     /// Judges one completion (model text; the code is extracted from it).
     pub fn judge(&self, prepared: &PreparedTask, completion: &str) -> TaskVerdict {
@@ -86,17 +93,24 @@ impl Judge<'_> {
             verdict.task_error = Some(message.clone());
             return verdict;
         }
-        let code = if task.prelude.is_empty() {
-            extracted.code
-        } else {
-            format!("{}\n{}", task.prelude, extracted.code)
+        let with_prelude = || {
+            if task.prelude.is_empty() {
+                extracted.code.clone()
+            } else {
+                format!("{}\n{}", task.prelude, extracted.code)
+            }
         };
-        let (tests, seconds) = match &task.spec {
-            TestSpec::Stdio { .. } => self.stdio(task, &code),
-            TestSpec::Call { .. } => self.call(task, &code),
-            TestSpec::Assert { .. } | TestSpec::Pytest { .. } => self.assert(prepared, &code),
+        let (tests, seconds, task_error) = match &task.spec {
+            TestSpec::Stdio { .. } => without_task_error(self.stdio(task, &with_prelude())),
+            TestSpec::Call { .. } => without_task_error(self.call(task, &with_prelude())),
+            TestSpec::Assert { .. } | TestSpec::Pytest { .. } => self.assert(prepared, &extracted.code),
         };
-        TaskVerdict::from_tests(&task.id, Some(extracted.source), tests, seconds)
+        let mut verdict = TaskVerdict::from_tests(&task.id, Some(extracted.source), tests, seconds);
+        verdict.task_error = task_error;
+        if verdict.task_error.is_some() {
+            verdict.all_passed = false;
+        }
+        verdict
     }
 
     fn limits(&self, task: &Task, wall: Duration, idle: Option<Duration>) -> RunLimits {
@@ -110,7 +124,8 @@ impl Judge<'_> {
     }
 
     fn per_test(&self, task: &Task) -> Duration {
-        Duration::from_secs_f64(task.limits.time_s * self.sandbox.time_scale())
+        // Limits are checked when a task is prepared; a bad one that got here anyway is no panic.
+        Duration::try_from_secs_f64(task.limits.time_s * self.sandbox.time_scale()).unwrap_or(Duration::from_secs(3600))
     }
 
     fn stdio(&self, task: &Task, code: &str) -> (Vec<TestResult>, f64) {
@@ -229,18 +244,18 @@ impl Judge<'_> {
         (results, total)
     }
 
-    fn assert(&self, prepared: &PreparedTask, code: &str) -> (Vec<TestResult>, f64) {
+    /// An assertion or pytest task: one serve run of the candidate, its tests run by the
+    /// trusted judge. Returns the tests, the seconds, and a task error when the tests never
+    /// called the candidate (no completion could fail them).
+    fn assert(&self, prepared: &PreparedTask, code: &str) -> (Vec<TestResult>, f64, Option<String>) {
         let task = &prepared.task;
         let tests = task.spec.assertion_tests().expect("assert or pytest task");
-        let child = prepared.child_tests.as_ref().expect("prepared assertion task");
         let count = prepared.test_count();
         let n = count.max(1) as u32;
         let per_test = self.per_test(task);
-        let test_child =
-            if tests.test_setup.is_empty() { child.child.clone() } else { format!("{}\n{}", tests.test_setup, child.child) };
         let wall = per_test * n + STARTUP;
         let job = Job {
-            spec: json!({"mode": "assert", "code": code, "test_child": test_child, "runner": tests.runner}),
+            spec: json!({"mode": "serve", "prelude": task.prelude, "code": code, "setup": tests.test_setup}),
             stdin: Vec::new(),
             limits: self.limits(task, wall, Some(per_test + STARTUP)),
         };
@@ -249,43 +264,58 @@ impl Judge<'_> {
                 .map(|_| outcome.map_or_else(|| result_without_run(verdict.clone()), |o| result(verdict.clone(), o)))
                 .collect()
         };
-        let outcome = match self.sandbox.run(&job) {
+        let trusted_failure = |e: &TrustedError| TestVerdict::SandboxError { message: e.to_string() };
+        // The tests' own work gets as long as the candidate's: test code looping over a huge
+        // returned value must not stall training.
+        let session = match self.trusted.session(&tests, &task.prelude, wall.max(TESTS_DEADLINE_FLOOR)) {
+            Ok(s) => s,
+            Err(e) => return (all(trusted_failure(&e), None), 0.0, None),
+        };
+        let (outcome, session) = self.sandbox.converse(&job, Box::new(session));
+        let Ok(session) = (session as Box<dyn std::any::Any>).downcast::<crate::harness::Session>() else {
+            unreachable!("the sandbox returns the session it was given")
+        };
+        let end = outcome.as_ref().ok().and_then(ended_badly).map_or("exited", |v| v.name());
+        let finished = self.trusted.finish(*session, end);
+        let outcome = match outcome {
             Ok(o) => o,
-            Err(e) => return (all(TestVerdict::SandboxError { message: e.to_string() }, None), 0.0),
+            Err(e) => return (all(TestVerdict::SandboxError { message: e.to_string() }, None), 0.0, None),
         };
-        if let Some(load) = outcome.results.iter().find_map(|l| l.get("load")) {
-            return (all(raised(load).unwrap_or_else(no_result), Some(&outcome)), outcome.seconds);
-        }
-        let records: Vec<Value> = outcome.results.iter().filter(|l| l.get("site").is_some()).cloned().collect();
-        let mut seen = std::collections::HashSet::new();
-        let duplicated = records.iter().any(|r| !seen.insert((r.get("site").cloned(), r.get("n").cloned())));
-        // Only the rewrite's sites exist; a record for another was forged.
-        let unknown = records.iter().any(|r| r.get("site").and_then(Value::as_u64).is_none_or(|s| s as usize >= child.sites));
-        if outcome.malformed || duplicated || unknown {
-            return (all(malformed(), Some(&outcome)), outcome.seconds);
-        }
-        // The replay runs the test code once more, minus the candidate's work: it gets the run's
-        // own time limit (test code looping over a huge returned value must not stall training).
-        let replay = match self.trusted.replay(&tests, &records, wall.max(REPLAY_DEADLINE_FLOOR)) {
-            Ok(r) => r,
-            Err(TrustedError::Timeout(_)) => return (all(TestVerdict::Timeout, Some(&outcome)), outcome.seconds),
-            Err(e) => return (all(TestVerdict::SandboxError { message: e.to_string() }, Some(&outcome)), outcome.seconds),
+        let seconds = outcome.seconds;
+        let run = match finished {
+            SessionEnd::Tests(run) => run,
+            SessionEnd::LoadFailed(load) => {
+                let verdict = ended_badly(&outcome).or_else(|| load.as_ref().and_then(raised)).unwrap_or_else(no_result);
+                return (all(verdict, Some(&outcome)), seconds, None);
+            }
+            SessionEnd::Failed(TrustedError::Timeout(_)) => return (all(TestVerdict::Timeout, Some(&outcome)), seconds, None),
+            SessionEnd::Failed(e) => return (all(trusted_failure(&e), Some(&outcome)), seconds, None),
         };
-        let cut_short = ended_badly(&outcome).unwrap_or_else(no_result);
+        if run.broken.is_some() {
+            return (all(malformed(), Some(&outcome)), seconds, None);
+        }
+        if run.calls == 0 {
+            return (all(TestVerdict::NotRun, Some(&outcome)), seconds, Some(NEVER_CALLED.into()));
+        }
+        (self.test_verdicts(prepared, &run, &outcome, count), seconds, None)
+    }
+
+    fn test_verdicts(&self, prepared: &PreparedTask, run: &TestRun, outcome: &Outcome, count: usize) -> Vec<TestResult> {
+        let cut_short = ended_badly(outcome).unwrap_or_else(no_result);
         let classify = |ok: bool, error: Option<&str>| match (ok, error) {
             (true, _) => TestVerdict::Passed,
             (false, Some("AssertionError")) | (false, None) => TestVerdict::WrongAnswer,
-            (false, Some(e)) if e.starts_with("NotRecorded") => cut_short.clone(),
+            (false, Some("SandboxGone")) => cut_short.clone(),
             (false, Some("MemoryError")) => TestVerdict::MemoryLimit,
             (false, Some(e)) => TestVerdict::RuntimeError { exception: e.to_owned() },
         };
         let mut by_index: Vec<Option<TestVerdict>> = vec![None; count];
-        if tests.runner == "test_functions" {
-            for (slot, f) in by_index.iter_mut().zip(&replay.functions) {
+        if matches!(prepared.task.spec, TestSpec::Pytest { .. }) {
+            for (slot, f) in by_index.iter_mut().zip(&run.functions) {
                 *slot = Some(classify(f.ok, f.error.as_deref()));
             }
         } else {
-            for a in &replay.asserts {
+            for a in &run.asserts {
                 let Some(slot) = by_index.get_mut(a.index) else { continue };
                 let verdict = classify(a.ok, a.error.as_deref());
                 // A statement run several times (in a loop) passes only if every run passed.
@@ -294,17 +324,19 @@ impl Judge<'_> {
                 }
             }
         }
-        // Assertions never reached: the candidate's replayed exception stopped the test (say a
-        // ValueError from `result = f(x)`), or the run was cut short.
-        let child_raised = outcome.results.iter().find_map(|l| l.get("tests_raised")).and_then(raised);
-        let unreached = match (&replay.raised, outcome.end == End::Exited, child_raised) {
-            (_, true, Some(v)) => v,
-            (Some(e), true, None) if e != "_NotRecorded" => TestVerdict::RuntimeError { exception: e.clone() },
-            _ => cut_short,
+        // Assertions never reached: an exception stopped the tests (say a ValueError from
+        // `result = f(x)`), or the run was cut short.
+        let unreached = match run.raised.as_deref() {
+            Some("SandboxGone") | None => cut_short,
+            Some("MemoryError") => TestVerdict::MemoryLimit,
+            Some(e) => TestVerdict::RuntimeError { exception: e.to_owned() },
         };
-        let results = by_index.into_iter().map(|v| result(v.unwrap_or_else(|| unreached.clone()), &outcome)).collect();
-        (results, outcome.seconds)
+        by_index.into_iter().map(|v| result(v.unwrap_or_else(|| unreached.clone()), outcome)).collect()
     }
+}
+
+fn without_task_error((tests, seconds): (Vec<TestResult>, f64)) -> (Vec<TestResult>, f64, Option<String>) {
+    (tests, seconds, None)
 }
 
 /// The verdict implied by how the run ended, when it did not simply exit.

@@ -30,6 +30,8 @@ pub enum VerifierError {
     Sandbox(SandboxError),
     #[error("task {task}")]
     Task { task: String, source: TrustedError },
+    #[error("task {task}")]
+    Limits { task: String, source: crate::task::LimitError },
     #[error("cannot build the worker pool")]
     Pool(#[from] rayon::ThreadPoolBuildError),
 }
@@ -93,9 +95,10 @@ impl Verifier {
         self.sandbox.name()
     }
 
-    /// Rewrites what needs rewriting once per task (assertion tests).
+    /// Checks a task's limits and analyses its assertion tests, once per task.
     pub fn prepare(&self, task: Task) -> Result<PreparedTask, VerifierError> {
         let id = task.id.clone();
+        task.limits.check().map_err(|source| VerifierError::Limits { task: id.clone(), source })?;
         PreparedTask::new(task, &self.trusted).map_err(|source| VerifierError::Task { task: id, source })
     }
 
@@ -105,6 +108,12 @@ impl Verifier {
 
     /// Judges every completion; the verdicts come back in the completions' order.
     /// `on_done` is called after each one (for progress bars), from worker threads.
+    ///
+    /// A verdict the sandbox spoiled is judged again at once, on a fresh sandbox (a sandbox
+    /// that fails is replaced). If it fails again while the sandbox judges a known program
+    /// fine, the candidate caused it, and answers for it ([`TaskVerdict::charge_sandbox_failure`]):
+    /// crashing the sandbox never beats failing honestly. Otherwise it stays a retryable
+    /// `sandbox_error`.
     pub fn verify_batch(
         &self,
         tasks: &[PreparedTask],
@@ -117,12 +126,29 @@ impl Verifier {
                 .par_iter()
                 .with_max_len(1)
                 .map(|c| {
-                    let verdict = judge.judge(&tasks[c.task], &c.text);
+                    let mut verdict = judge.judge(&tasks[c.task], &c.text);
+                    if verdict.sandbox_error {
+                        verdict = judge.judge(&tasks[c.task], &c.text);
+                        if verdict.sandbox_error && self.sandbox_works(&judge) {
+                            verdict.charge_sandbox_failure();
+                        }
+                    }
                     on_done(&verdict);
                     verdict
                 })
                 .collect()
         })
+    }
+
+    /// Whether the sandbox judges a known, honest program right (after a completion broke it
+    /// twice: the sandbox, not the completion, may be what is broken).
+    fn sandbox_works(&self, judge: &Judge<'_>) -> bool {
+        let canary: Task = serde_json::from_value(serde_json::json!({
+            "id": "canary", "kind": "stdio", "tests": [{"stdin": "20\n", "stdout": "21\n"}],
+        }))
+        .expect("a valid task");
+        let Ok(prepared) = PreparedTask::new(canary, &self.trusted) else { return false };
+        judge.judge(&prepared, "print(int(input()) + 1)\n").all_passed
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -71,36 +70,43 @@ impl Outcome {
     }
 }
 
-/// What restarts a run's idle timer ([`RunLimits::idle`]): the harness's record of the test the
-/// run is working on, once its line is complete. In a call run that is the line of the next
-/// test (`{"test": i, ...}`, counting from the job's `start_at`); in an assert run, a call-site
-/// record (`{"site": ...}`). Whatever else the candidate writes to the result channel (newlines
-/// from a thread of its own, stray objects) keeps no test running past its limit. A forged line
-/// of the next test buys that test's limit once, and costs the test: its real line then makes
-/// two, which the judge rejects.
+/// What restarts a run's idle timer ([`RunLimits::idle`]) in a batch run: the harness's record
+/// of the test the run is working on, once its line is complete, the line of the next test
+/// (`{"test": i, ...}`, counting from the job's `start_at`) in a call run. Whatever else the
+/// candidate writes to the result channel (newlines from a thread of its own, stray objects)
+/// keeps no test running past its limit. A forged line of the next test buys that test's limit
+/// once, and costs the test: its real line then makes two, which the judge rejects. (In a serve
+/// run, each request restarts it.)
 pub(crate) struct Progress {
     /// The call test whose line is awaited; `None` in other runs.
     next_test: Option<u64>,
     /// The channel's last line so far, not yet ended by a newline.
     partial: Vec<u8>,
+    serve: bool,
 }
 
-/// The fields of a result line that say which test it records.
+/// The field of a result line that says which test it records.
 #[derive(Deserialize)]
 struct Record {
     test: Option<u64>,
-    site: Option<IgnoredAny>,
 }
 
 impl Progress {
     pub(crate) fn new(job: &Job) -> Self {
         let call = job.spec.get("mode").and_then(Value::as_str) == Some("call");
+        if job.spec.get("mode").and_then(Value::as_str) == Some("serve") {
+            // A serve run's progress is each request it gets (the sandboxes restart the timer).
+            return Progress { next_test: None, partial: Vec::new(), serve: true };
+        }
         let start_at = job.spec.get("start_at").and_then(Value::as_u64).unwrap_or(0);
-        Progress { next_test: call.then_some(start_at), partial: Vec::new() }
+        Progress { next_test: call.then_some(start_at), partial: Vec::new(), serve: false }
     }
 
     /// Takes the next bytes of the result channel and says whether they completed an awaited line.
     pub(crate) fn advanced(&mut self, mut bytes: &[u8]) -> bool {
+        if self.serve {
+            return false;
+        }
         let mut advanced = false;
         while let Some(end) = bytes.iter().position(|b| *b == b'\n') {
             let line = if self.partial.is_empty() {
@@ -125,8 +131,7 @@ fn awaited(next_test: &mut Option<u64>, line: &[u8]) -> bool {
             *next += 1;
             true
         }
-        Some(_) => false,
-        None => record.site.is_some(),
+        _ => false,
     }
 }
 
@@ -143,6 +148,15 @@ pub enum SandboxError {
     Wasm(#[from] crate::wasm::WasmError),
 }
 
+/// The trusted side of an interactive run (a `serve` job): it answers each of the sandbox's
+/// messages with the next request, until it has asked everything. The time it takes to answer
+/// is its own, never the run's: deadlines count only while the sandbox works.
+pub trait Conversation: std::any::Any + Send {
+    /// Takes the sandbox's latest message (one JSON line, without its newline) and returns the
+    /// next request (one JSON line), or `None` to end the run.
+    fn answer(&mut self, message: &[u8]) -> Option<Vec<u8>>;
+}
+
 /// A place to run untrusted code.
 pub trait Sandbox: Send + Sync {
     /// `native` or `wasm`.
@@ -151,7 +165,16 @@ pub trait Sandbox: Send + Sync {
     fn time_scale(&self) -> f64 {
         1.0
     }
+    /// Runs a batch job (`stdio`, `call`): the job in, the results out.
     fn run(&self, job: &Job) -> Result<Outcome, SandboxError>;
+    /// Runs an interactive job (`serve`), each message of the sandbox answered by
+    /// `conversation`; [`RunLimits::idle`] is the limit on each answer's work. The conversation
+    /// comes back with the outcome, whatever happened.
+    fn converse(
+        &self,
+        job: &Job,
+        conversation: Box<dyn Conversation>,
+    ) -> (Result<Outcome, SandboxError>, Box<dyn Conversation>);
 }
 
 #[cfg(test)]
@@ -175,9 +198,8 @@ mod tests {
     }
 
     #[test]
-    fn an_assert_runs_progress_is_a_call_site_record() {
-        let mut p = Progress::new(&job(serde_json::json!({"mode": "assert"})));
-        assert!(!p.advanced(b"\n{\"test\":0}\n{}\n"));
-        assert!(p.advanced(b"{\"site\":0,\"n\":0,\"value\":1}\n"));
+    fn nothing_a_serve_run_writes_restarts_its_timer() {
+        let mut p = Progress::new(&job(serde_json::json!({"mode": "serve"})));
+        assert!(!p.advanced(b"\n{\"test\":0}\n{\"seq\":1,\"value\":1}\n"));
     }
 }

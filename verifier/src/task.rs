@@ -10,9 +10,9 @@
 //!
 //! Kinds: `stdio` (a program reads stdin; stdout is compared), `call` (a function, or a method
 //! of `class_name`, called with JSON arguments; the return value is compared), `assert`
-//! (HumanEval/MBPP/LeetCode assertion code calling the candidate; rewritten so that the sandbox
-//! only produces values and the assertions run in the trusted parent), `pytest` (a KodCode
-//! test file importing from `solution`, judged the same way).
+//! (HumanEval/MBPP/LeetCode assertion code calling the candidate; the tests run in a trusted
+//! process and only the candidate's calls run in the sandbox), `pytest` (a KodCode test file
+//! importing from `solution`, judged the same way).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -80,7 +80,7 @@ pub enum TestSpec {
         test_code: String,
     },
     /// A pytest file (KodCode style) that imports the candidate from module `solution`; its
-    /// `test*` functions and `Test*` classes are run and their assertions replayed like
+    /// `test*` functions and `Test*` classes are run, on the trusted side, like
     /// `assert` tests. Supported: plain asserts, `pytest.raises`; not fixtures.
     Pytest {
         /// Names the tests use from `solution` (needed for `from solution import *`; names
@@ -193,6 +193,35 @@ pub struct Limits {
     pub memory_mb: u64,
     /// Bytes of stdout (and of stderr) kept; more is an `output_limit` verdict.
     pub output_bytes: u64,
+}
+
+/// A limit a task may not have.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("limits.{field} = {value}: {rule}")]
+pub struct LimitError {
+    pub field: &'static str,
+    pub value: String,
+    pub rule: &'static str,
+}
+
+/// The longest per-test time a task may ask for.
+pub const MAX_TIME_S: f64 = 3600.0;
+
+impl Limits {
+    /// Checks that every limit is one a sandbox can apply (a negative or NaN time, a memory
+    /// limit of 0: JSON allows them, no run could).
+    pub fn check(&self) -> Result<(), LimitError> {
+        if !(self.time_s.is_finite() && self.time_s > 0.0 && self.time_s <= MAX_TIME_S) {
+            return Err(LimitError { field: "time_s", value: self.time_s.to_string(), rule: "must be seconds in (0, 3600]" });
+        }
+        if !(16..=1 << 20).contains(&self.memory_mb) {
+            return Err(LimitError { field: "memory_mb", value: self.memory_mb.to_string(), rule: "must be MiB in [16, 1048576]" });
+        }
+        if !(1..=1 << 30).contains(&self.output_bytes) {
+            return Err(LimitError { field: "output_bytes", value: self.output_bytes.to_string(), rule: "must be bytes in [1, 2^30]" });
+        }
+        Ok(())
+    }
 }
 
 impl Default for Limits {
@@ -331,6 +360,25 @@ mod tests {
         for kind in ["stdio", "call", "assert", "pytest"] {
             assert!(published.contains(&format!("\"{kind}\"")), "schema lacks kind {kind}");
         }
+    }
+
+    #[test]
+    fn limits_no_sandbox_could_apply_are_named() {
+        assert_eq!(Limits::default().check(), Ok(()));
+        for (limits, field) in [
+            (r#"{"time_s": -1}"#, "time_s"),
+            (r#"{"time_s": 0}"#, "time_s"),
+            (r#"{"time_s": 1e300}"#, "time_s"),
+            (r#"{"memory_mb": 0}"#, "memory_mb"),
+            (r#"{"output_bytes": 0}"#, "output_bytes"),
+        ] {
+            let limits: Limits = serde_json::from_str(limits).unwrap();
+            let err = limits.check().unwrap_err();
+            assert_eq!(err.field, field);
+            assert!(err.to_string().starts_with(&format!("limits.{field} = ")), "{err}");
+        }
+        let nan = Limits { time_s: f64::NAN, ..Limits::default() };
+        assert_eq!(nan.check().unwrap_err().field, "time_s");
     }
 
     #[test]

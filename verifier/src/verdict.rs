@@ -15,8 +15,9 @@ pub enum TestVerdict {
     Timeout,
     MemoryLimit,
     OutputLimit,
-    /// The sandbox itself failed (could not start, protocol broken): retryable, and never to be
-    /// counted against the policy.
+    /// The sandbox itself failed (could not start, protocol broken): retryable, and not counted
+    /// against the policy unless it happens again on a fresh sandbox that judges other code
+    /// fine (see [`TaskVerdict::sandbox_failure_charged`]).
     SandboxError { message: String },
     /// Not run: an earlier test failed and the verifier stops at the first failure
     /// (`fail_fast`, SandboxFusion's default). Counts as not passed.
@@ -69,6 +70,11 @@ pub struct TaskVerdict {
     pub seconds: f64,
     /// The run failed for reasons of the sandbox, not of the candidate: retry it.
     pub sandbox_error: bool,
+    /// Judging this completion broke the sandbox twice, on fresh sandboxes that judge other
+    /// code fine: the failure is the candidate's (a `runtime_error`), never a way to dodge a
+    /// reward by crashing the sandbox.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox_failure_charged: bool,
     /// The task's own tests cannot run (e.g. they do not parse): no completion can pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_error: Option<String>,
@@ -86,8 +92,25 @@ impl TaskVerdict {
             tests,
             seconds,
             sandbox_error,
+            sandbox_failure_charged: false,
             task_error: None,
         }
+    }
+
+    /// Makes the candidate answer for a sandbox failure it caused (see
+    /// `sandbox_failure_charged`): each spoiled test becomes a `runtime_error`.
+    pub fn charge_sandbox_failure(&mut self) {
+        for t in &mut self.tests {
+            if let TestVerdict::SandboxError { message } = &t.verdict {
+                let message: String = message.chars().take(200).collect();
+                t.verdict = TestVerdict::RuntimeError { exception: format!("sandbox_failure: {message}") };
+            }
+        }
+        self.sandbox_error = false;
+        self.sandbox_failure_charged = true;
+        self.all_passed = false;
+        let passed = self.tests.iter().filter(|t| t.verdict.passed()).count();
+        self.pass_fraction = if self.tests.is_empty() { 0.0 } else { passed as f64 / self.tests.len() as f64 };
     }
 
     /// The task-level verdict name: `passed`, `no_code`, or the first failing test's verdict.

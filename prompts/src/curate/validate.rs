@@ -44,16 +44,9 @@ pub fn validate(tasks: Vec<Task>, verifier: &Verifier, cfg: ValidateConfig, on_d
             _ => {}
         }
     }
-    let mut verdicts = verifier.verify_batch(&ready, &completions, &|_| on_done());
-    // A sandbox failure says nothing about the reference (an overloaded machine, a fork that
-    // failed): judged once more before the task is dropped for it.
-    let spoiled: Vec<usize> = (0..verdicts.len()).filter(|&i| verdicts[i].sandbox_error).collect();
-    if !spoiled.is_empty() {
-        let again: Vec<Completion> = spoiled.iter().map(|&i| completions[i].clone()).collect();
-        for (i, v) in spoiled.into_iter().zip(verifier.verify_batch(&ready, &again, &|_| {})) {
-            verdicts[i] = v;
-        }
-    }
+    // A sandbox failure is judged once more by the verifier itself, on a fresh sandbox; one that
+    // repeats while the sandbox judges other code fine is the reference's own failure.
+    let verdicts = verifier.verify_batch(&ready, &completions, &|_| on_done());
     let decisions = tasks
         .iter()
         .enumerate()
@@ -78,6 +71,10 @@ pub fn validate(tasks: Vec<Task>, verifier: &Verifier, cfg: ValidateConfig, on_d
                 None => fail("no reference solution to validate".into()),
                 Some(v) if v.sandbox_error => fail("sandbox error while validating, twice: retry".into()),
                 Some(v) if v.all_passed => Decision::keep(task, STEP, format!("reference passes all {} tests", v.tests.len()), numbers),
+                Some(v) if v.task_error.is_some() => {
+                    fail(format!("tests cannot judge: {}", v.task_error.as_deref().unwrap_or_default()))
+                }
+                Some(v) if v.sandbox_failure_charged => fail(format!("reference breaks the sandbox: {}", first_failure(v))),
                 Some(v) => fail(format!("reference fails: {}", v.summary())),
             }
         })
@@ -85,20 +82,32 @@ pub fn validate(tasks: Vec<Task>, verifier: &Verifier, cfg: ValidateConfig, on_d
     Curated::from_decisions(tasks, decisions)
 }
 
+fn first_failure(v: &dllm_verifier::TaskVerdict) -> String {
+    v.tests.iter().find(|t| !t.verdict.passed()).map_or_else(String::new, |t| format!("{:?}", t.verdict))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    use dllm_verifier::sandbox::{End, Job, Outcome};
+    use dllm_verifier::sandbox::{Conversation, End, Job, Outcome};
     use dllm_verifier::{Sandbox, SandboxError};
 
     use super::*;
 
-    /// Fails its first `failures` runs, then answers as the harness does for `f(1) == 2`.
+    /// Fails its first `failures` runs, then answers as a sandbox does: `f` returns 2 when the
+    /// tests call it, and a stdio program (the verifier's check that the sandbox works) prints
+    /// what `print(int(input()) + 1)` prints for 20.
     struct Flaky {
         failures: usize,
         runs: AtomicUsize,
+    }
+
+    impl Flaky {
+        fn failed(&self) -> bool {
+            self.runs.fetch_add(1, Ordering::SeqCst) < self.failures
+        }
     }
 
     impl Sandbox for Flaky {
@@ -107,11 +116,25 @@ mod tests {
         }
 
         fn run(&self, _: &Job) -> Result<Outcome, SandboxError> {
-            if self.runs.fetch_add(1, Ordering::SeqCst) < self.failures {
+            if self.failed() {
                 return Err(SandboxError::Protocol("fork failed".into()));
             }
-            let results = vec![serde_json::json!({"site": 0, "n": 0, "value": 2})];
-            Ok(Outcome { stdout: Vec::new(), stderr: Vec::new(), results, malformed: false, end: End::Exited, seconds: 0.0 })
+            let results = vec![serde_json::json!({"done": true})];
+            Ok(Outcome { stdout: b"21\n".to_vec(), stderr: Vec::new(), results, malformed: false, end: End::Exited, seconds: 0.0 })
+        }
+
+        fn converse(&self, _: &Job, mut c: Box<dyn Conversation>) -> (Result<Outcome, SandboxError>, Box<dyn Conversation>) {
+            if self.failed() {
+                return (Err(SandboxError::Protocol("fork failed".into())), c);
+            }
+            let loaded = br#"{"loaded":true,"names":[["f",{"$handle":0}]],"handles":[[0,{"kind":"callable","name":"f"}]]}"#;
+            let mut request = c.answer(loaded);
+            while let Some(r) = request {
+                let seq: serde_json::Value = serde_json::from_slice(&r).unwrap();
+                request = c.answer(format!(r#"{{"seq":{},"value":2}}"#, seq["seq"]).as_bytes());
+            }
+            let outcome = Outcome { stdout: Vec::new(), stderr: Vec::new(), results: Vec::new(), malformed: false, end: End::Exited, seconds: 0.0 };
+            (Ok(outcome), c)
         }
     }
 
@@ -128,8 +151,13 @@ mod tests {
     #[test]
     fn a_sandbox_failure_is_judged_again_before_the_task_is_dropped() {
         assert_eq!(validated(1).kept.len(), 1, "one failure, then the reference passes: kept");
+        // Twice, while the sandbox judges a known program fine: the reference's own failure.
         let twice = validated(2);
         assert!(twice.kept.is_empty());
-        assert!(twice.decisions[0].reason.contains("sandbox error while validating, twice"), "{:?}", twice.decisions[0]);
+        assert!(twice.decisions[0].reason.contains("reference breaks the sandbox"), "{:?}", twice.decisions[0]);
+        // Three times: the known program failed too, so the sandbox is what is broken.
+        let broken = validated(3);
+        assert!(broken.kept.is_empty());
+        assert!(broken.decisions[0].reason.contains("sandbox error while validating, twice"), "{:?}", broken.decisions[0]);
     }
 }

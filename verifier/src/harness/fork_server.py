@@ -1,4 +1,4 @@
-# The native fork-server, appended to child.py.
+# The native fork-server, appended to values.py and child.py.
 
 # ---------------------------------------------------------------------------------------------
 # Native fork-server. The parent (Rust) starts a server per worker slot (and a second one, with
@@ -6,18 +6,26 @@
 # and talks to it over a SOCK_SEQPACKET socket. Per job it sends
 #   {"uid", "gid", "as_bytes", "cpu_secs", "fsize_bytes", "nofile", "nproc"}
 # with five descriptors attached: job_r, stdin_r, stdout_w, stderr_w, result_w. The server
-# forks; the child reads the job from job_r and runs it as uid/gid (when the server is root),
-# under rlimits, in a fresh private directory. The server answers {"pid"}, then, after the
-# child ends, {"exit"/"signal"} once every process of the slot's uid has been killed. The server
-# keeps no time: the parent kills the child's group when the run's deadline passes, even if the
-# child closed its pipes long before, and that ends the waitpid here.
+# forks; the child reads the job as the first line of job_r (a serve job reads its requests
+# from the lines after it) and runs it as uid/gid (when the server is root), under rlimits, in
+# fresh scratch space: its own mount namespace with empty, size-capped tmpfs on /tmp, /var/tmp
+# and /dev/shm, gone with the run's last process, so nothing a run writes is seen by the next
+# or outlives it (without namespace rights, only a fresh working folder). The server answers
+# {"pid"}, then, after the child ends, {"exit"/"signal"} once every process of the slot's uid has
+# been killed. The server keeps no time: the parent kills the child's group when the run's
+# deadline passes, even if the child closed its pipes long before, and that ends the waitpid
+# here.
+
+# Per-run scratch: tmpfs options of each mount (a run that fills one gets ENOSPC, its own
+# failure; a thousand nested folders cost the server nothing).
+SCRATCH_OPTIONS = b"size=64m,nr_inodes=16384,mode=1777"
+SCRATCH_MOUNTS = (b"/tmp", b"/var/tmp", b"/dev/shm")
 
 
 
 def serve_forever(sock_fd, with_pytest):
     import fcntl  # noqa: F401 - the child moves its descriptors with it
     import resource
-    import shutil
     import signal
     import socket
     import tempfile
@@ -44,7 +52,8 @@ def serve_forever(sock_fd, with_pytest):
         interfaces = [name for _, name in socket.if_nameindex()]
     except OSError:
         interfaces = ["unknown"]
-    sock.send(json.dumps({"interfaces": interfaces, "root": sorted(os.listdir("/"))}).encode())
+    fresh = _probe_fresh_scratch(libc)
+    sock.send(json.dumps({"interfaces": interfaces, "root": sorted(os.listdir("/")), "fresh_scratch": fresh}).encode())
     while True:
         try:
             msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 8)
@@ -53,9 +62,11 @@ def serve_forever(sock_fd, with_pytest):
         if not msg:
             return
         spec = json.loads(msg)
-        workdir = tempfile.mkdtemp(prefix="run-", dir=spec.get("tmp") or None)
-        if spec.get("uid") is not None:
+        # Without fresh scratch the run works in a folder of ours, removed after it.
+        workdir = None if fresh else tempfile.mkdtemp(prefix="run-")
+        if workdir is not None and spec.get("uid") is not None:
             os.chown(workdir, spec["uid"], spec["gid"])
+        spec["fresh"] = fresh
         pid = os.fork()
         if pid == 0:
             _child(spec, fds, workdir, libc, resource, signal)
@@ -75,8 +86,64 @@ def serve_forever(sock_fd, with_pytest):
             except OSError:
                 pass
             _reap(block=False)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is not None:
+            _remove_tree(workdir)
         sock.send(json.dumps(reply).encode())
+
+
+def _remove_tree(root):
+    """Removes a run's folder whatever it made there (thousands of nested folders included:
+    shutil.rmtree recursed past Python's limit and took the server down). Never raises: what
+    cannot be removed stays."""
+    dirs, stack = [], [root]
+    while stack:
+        d = stack.pop()
+        dirs.append(d)
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                else:
+                    os.unlink(e.path)
+            except OSError:
+                pass
+    for d in reversed(dirs):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+
+
+def _fresh_scratch(libc, spec=None):
+    """Enters a new mount namespace with empty tmpfs on the scratch paths and returns the run's
+    working folder there, or None where the kernel refuses (no namespace rights)."""
+    if libc is None or libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
+        return None
+    flags = 2 | 4 | 8  # MS_NOSUID | MS_NODEV | MS_NOEXEC
+    for path in SCRATCH_MOUNTS:
+        if os.path.isdir(path) and libc.mount(b"tmpfs", path, b"tmpfs", flags, SCRATCH_OPTIONS) != 0 and path == b"/tmp":
+            return None
+    workdir = "/tmp/run"
+    os.mkdir(workdir, 0o700)
+    if spec is not None and spec.get("uid") is not None:
+        os.chown(workdir, spec["uid"], spec["gid"])
+    return workdir
+
+
+def _probe_fresh_scratch(libc):
+    """Whether a child can have fresh scratch here, tried once in a throw-away child."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os._exit(0 if _fresh_scratch(libc) else 1)
+        except BaseException:  # noqa: BLE001
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 def _libc():
@@ -136,8 +203,12 @@ def _child(spec, fds, workdir, libc, resource, signal):
         os.dup2(result_w, 3)
         os.dup2(job_r, 4)
         os.closerange(5, 1 << 16)
-        with open(4, "rb") as f:
-            job = json.loads(f.read())
+        requests = open(4, "rb")
+        job = json.loads(requests.readline())
+        if spec.get("fresh"):
+            workdir = _fresh_scratch(libc, spec)
+            if workdir is None:
+                raise RuntimeError("no fresh scratch space for the run")
         os.chdir(workdir)
         limits = [
             (resource.RLIMIT_CORE, 0),
@@ -160,7 +231,7 @@ def _child(spec, fds, workdir, libc, resource, signal):
         os.environ["HOME"] = os.environ["TMPDIR"] = workdir
         chan = Channel(open(3, "wb", buffering=0, closefd=True))
         del fds, spec
-        run_job(job, chan)
+        run_job(job, chan, lambda: requests.readline() or None)
     except BaseException:  # noqa: BLE001 - the child must never return into the server loop
         try:
             import traceback

@@ -24,6 +24,8 @@ pub(crate) struct ForkServer {
     pub(crate) isolated_network: bool,
     /// Children see only the minimal root (no host files beyond /usr and /etc, no /proc).
     pub(crate) hidden_filesystem: bool,
+    /// Each run starts with empty, size-capped /tmp, /var/tmp and /dev/shm of its own.
+    pub(crate) fresh_scratch: bool,
 }
 
 #[derive(Deserialize)]
@@ -31,6 +33,9 @@ struct Ready {
     interfaces: Vec<String>,
     /// What the server sees at `/`.
     root: Vec<String>,
+    /// Whether each run gets its own empty tmpfs scratch (see `fork_server.py`).
+    #[serde(default)]
+    fresh_scratch: bool,
 }
 
 /// What a minimal root holds (see `enter_minimal_root`).
@@ -103,10 +108,12 @@ impl ForkServer {
         }
         let process = cmd.spawn().map_err(spawn_error)?;
         drop(child);
-        let mut server = ForkServer { process, socket: parent, isolated_network: false, hidden_filesystem: false };
+        let mut server =
+            ForkServer { process, socket: parent, isolated_network: false, hidden_filesystem: false, fresh_scratch: false };
         let ready: Ready = serde_json::from_slice(&server.receive()?)
             .map_err(|e| SandboxError::Protocol(format!("fork-server greeting: {e}")))?;
         server.isolated_network = ready.interfaces.iter().all(|i| i == "lo");
+        server.fresh_scratch = ready.fresh_scratch;
         server.hidden_filesystem =
             ready.root.iter().all(|e| MINIMAL_ROOT.contains(&e.as_str()) || extra_tops.contains(e));
         Ok(server)

@@ -26,7 +26,7 @@ use fork_server::ForkServer;
 use serde::Deserialize;
 
 use crate::harness::SERVER_SOURCE;
-use crate::sandbox::{End, Job, Outcome, Progress, Sandbox, SandboxError};
+use crate::sandbox::{Conversation, End, Job, Outcome, Progress, Sandbox, SandboxError};
 
 /// Settings of the native sandbox.
 #[derive(Debug, Clone)]
@@ -136,7 +136,7 @@ impl UidBlock {
 struct Slot {
     index: usize,
     lean: Option<ForkServer>,
-    /// The server with pytest imported, for pytest-style tests only: importing it makes every
+    /// The server with pytest imported, for candidates that import it: importing it makes every
     /// fork and every child dearer (see `fork_server.py`).
     pytest: Option<ForkServer>,
 }
@@ -147,10 +147,9 @@ impl Slot {
     }
 }
 
-/// Whether a job's tests want pytest (KodCode-style test files).
+/// Whether a job's candidate imports pytest (rare now that tests run on the trusted side).
 fn wants_pytest(job: &Job) -> bool {
-    job.spec.get("runner").and_then(|r| r.as_str()) == Some("test_functions")
-        || job.spec.get("test_child").and_then(|t| t.as_str()).is_some_and(|t| t.contains("pytest"))
+    job.spec.get("code").and_then(|t| t.as_str()).is_some_and(|t| t.contains("pytest"))
 }
 
 impl NativeSandbox {
@@ -175,6 +174,14 @@ impl NativeSandbox {
     pub fn network_isolated(&self) -> bool {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let all = idle.iter().flat_map(Slot::servers).all(|s| s.isolated_network);
+        all
+    }
+
+    /// Whether every run starts with empty scratch space of its own (`/tmp`, `/var/tmp`,
+    /// `/dev/shm`: fresh tmpfs mounts, gone with the run).
+    pub fn fresh_scratch(&self) -> bool {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let all = idle.iter().flat_map(Slot::servers).all(|s| s.fresh_scratch);
         all
     }
 
@@ -219,7 +226,13 @@ impl NativeSandbox {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(slot);
     }
 
-    fn run_on(&self, slot: usize, server: &ForkServer, job: &Job) -> Result<Outcome, SandboxError> {
+    fn run_on(
+        &self,
+        slot: usize,
+        server: &ForkServer,
+        job: &Job,
+        conversation: Option<&mut dyn Conversation>,
+    ) -> Result<Outcome, SandboxError> {
         let limits = job.limits;
         let mut header = serde_json::json!({
             "as_bytes": limits.memory_bytes,
@@ -242,7 +255,7 @@ impl NativeSandbox {
         server.send(&serde_json::to_vec(&header).expect("header serializes"), &pipes.child_fds())?;
         let pipes = pipes.close_child_ends();
         let started: Started = parse(&server.receive()?)?;
-        let drained = pipes.drain(&job_bytes, &job.stdin, &limits, Progress::new(job), start)?;
+        let drained = pipes.drain(&job_bytes, &job.stdin, &limits, Progress::new(job), start, conversation)?;
         let mut end = drained.end;
         // Closed pipes (`Exited`) may hide a live program (one that closed its descriptors and
         // sleeps): it gets what is left of its deadline to end, then it is killed like any
@@ -299,10 +312,25 @@ impl Sandbox for NativeSandbox {
     }
 
     fn run(&self, job: &Job) -> Result<Outcome, SandboxError> {
+        self.run_in_slot(job, None)
+    }
+
+    fn converse(
+        &self,
+        job: &Job,
+        mut conversation: Box<dyn Conversation>,
+    ) -> (Result<Outcome, SandboxError>, Box<dyn Conversation>) {
+        let result = self.run_in_slot(job, Some(conversation.as_mut()));
+        (result, conversation)
+    }
+}
+
+impl NativeSandbox {
+    fn run_in_slot(&self, job: &Job, conversation: Option<&mut dyn Conversation>) -> Result<Outcome, SandboxError> {
         let mut slot = self.take_slot();
         let pytest = wants_pytest(job);
         let index = slot.index;
-        let result = self.server(&mut slot, pytest).and_then(|server| self.run_on(index, server, job));
+        let result = self.server(&mut slot, pytest).and_then(|server| self.run_on(index, server, job, conversation));
         // A server that failed mid-protocol is dropped (and killed); a new one replaces it.
         if result.is_err() {
             *(if pytest { &mut slot.pytest } else { &mut slot.lean }) = None;

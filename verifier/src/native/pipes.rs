@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
-use crate::sandbox::{End, Progress, RunLimits};
+use crate::sandbox::{Conversation, End, Progress, RunLimits};
 
 pub(super) struct RunPipes {
     job: (OwnedFd, OwnedFd),
@@ -84,10 +84,12 @@ impl RunPipes {
     }
 }
 
-struct Writer<'a> {
+struct Writer {
     fd: Option<OwnedFd>,
-    data: &'a [u8],
+    data: Vec<u8>,
     pos: usize,
+    /// Kept open once its data is written: a serve run's requests go down it one by one.
+    keep_open: bool,
 }
 
 struct Reader {
@@ -101,6 +103,10 @@ impl ParentPipes {
     /// child and everything it started have exited or closed them), a deadline passes, or a
     /// cap is exceeded. All three closed (`End::Exited`) does not mean the child has exited.
     /// The idle deadline restarts at each result line that `progress` awaits.
+    ///
+    /// With a conversation (a serve run), each result line goes to it instead, and its answer
+    /// down the job pipe as the next request; the idle deadline restarts with each request, and
+    /// the time the conversation takes to answer is added to the deadlines.
     pub(super) fn drain(
         self,
         job: &[u8],
@@ -108,18 +114,25 @@ impl ParentPipes {
         limits: &RunLimits,
         mut progress: Progress,
         start: Instant,
+        mut conversation: Option<&mut dyn Conversation>,
     ) -> io::Result<Drained> {
+        let serving = conversation.is_some();
+        let mut job_line = job.to_vec();
+        job_line.push(b'\n');
         let mut writers = [
-            Writer { fd: Some(self.job_w), data: job, pos: 0 },
-            Writer { fd: Some(self.stdin_w), data: stdin, pos: 0 },
+            Writer { fd: Some(self.job_w), data: job_line, pos: 0, keep_open: serving },
+            Writer { fd: Some(self.stdin_w), data: stdin.to_vec(), pos: 0, keep_open: false },
         ];
         let mut readers = [
             Reader { fd: Some(self.stdout_r), buf: Vec::new(), cap: limits.output_bytes },
             Reader { fd: Some(self.stderr_r), buf: Vec::new(), cap: limits.output_bytes },
             Reader { fd: Some(self.result_r), buf: Vec::new(), cap: limits.result_bytes },
         ];
-        let wall_deadline = start + limits.wall;
+        let mut wall_deadline = start + limits.wall;
         let mut last_progress = start;
+        // A serve run's current line from the result channel, and whether the conversation is over.
+        let mut line: Vec<u8> = Vec::new();
+        let mut finished = false;
         let mut chunk = vec![0u8; 1 << 16];
         let mut deadline;
         let end = loop {
@@ -136,8 +149,12 @@ impl ParentPipes {
             }
             let timeout_ms = (deadline - now).as_millis().clamp(1, i32::MAX as u128) as i32;
             let mut polls = Vec::with_capacity(5);
-            for w in writers.iter().filter_map(|w| w.fd.as_ref()) {
-                polls.push(libc::pollfd { fd: w.as_raw_fd(), events: libc::POLLOUT, revents: 0 });
+            // A writer with nothing left to write is not polled (a pipe kept open for requests
+            // is always writable: the loop would spin).
+            for w in writers.iter().filter(|w| w.pos < w.data.len()) {
+                if let Some(fd) = w.fd.as_ref() {
+                    polls.push(libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 });
+                }
             }
             for r in readers.iter().filter_map(|r| r.fd.as_ref()) {
                 polls.push(libc::pollfd { fd: r.as_raw_fd(), events: libc::POLLIN, revents: 0 });
@@ -171,7 +188,7 @@ impl ParentPipes {
                             continue;
                         }
                     }
-                    if w.pos == w.data.len() {
+                    if w.pos == w.data.len() && !w.keep_open {
                         w.fd = None; // EOF for the child
                     }
                 }
@@ -186,6 +203,44 @@ impl ParentPipes {
                 let k = unsafe { libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
                 if k == 0 {
                     r.fd = None;
+                } else if k > 0 && i == 2 && serving {
+                    let got = &chunk[..k as usize];
+                    let mut rest = got;
+                    while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+                        line.extend_from_slice(&rest[..end]);
+                        rest = &rest[end + 1..];
+                        if finished {
+                            line.clear();
+                            continue;
+                        }
+                        let asked = Instant::now();
+                        let next = conversation.as_mut().and_then(|c| c.answer(&line));
+                        line.clear();
+                        // The conversation's time is not the run's.
+                        let now = Instant::now();
+                        wall_deadline += now - asked;
+                        last_progress = now;
+                        let writer = &mut writers[0];
+                        match next {
+                            Some(mut request) => {
+                                request.push(b'\n');
+                                writer.data.drain(..writer.pos);
+                                writer.pos = 0;
+                                writer.data.extend_from_slice(&request);
+                            }
+                            None => {
+                                finished = true;
+                                writer.keep_open = false;
+                                if writer.pos == writer.data.len() {
+                                    writer.fd = None;
+                                }
+                            }
+                        }
+                    }
+                    line.extend_from_slice(rest);
+                    if line.len() > r.cap {
+                        over_cap = true;
+                    }
                 } else if k > 0 {
                     let got = &chunk[..k as usize];
                     let room = r.cap.saturating_sub(r.buf.len());

