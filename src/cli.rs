@@ -39,9 +39,9 @@ pub enum Command {
     ///
     /// Tasks are canonical task JSONL (see verifier/schema/task.schema.json); completions are
     /// `{"task_id", "completion"}` lines (model text: the code is taken from its fenced block),
-    /// several per task allowed. Without --tasks, the bundled real problems (315 MBPP, LeetCode
-    /// and KodCode tasks) are judged with their reference solutions. Exit status 3 when some
-    /// runs failed for sandbox reasons.
+    /// several per task allowed. Without --tasks, the bundled real problems (313 MBPP, LeetCode
+    /// and KodCode tasks; 2 whose tests judge nothing left out) are judged with their reference
+    /// solutions. Exit status 3 when some runs failed for sandbox reasons.
     Verify(VerifyArgs),
     /// Import and curate prompt sets (task files in the verifier's canonical schema).
     #[command(subcommand)]

@@ -408,9 +408,9 @@ fn curation_commands_catch_what_was_planted() {
     let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
 
     let said = run(&["prompts", "validate", "--min-tests", "1", "--out", &p("valid.jsonl"), &p("train.jsonl")]);
-    assert!(said.contains("17 in, 17 kept"), "{said}");
+    assert!(said.contains("15 in, 15 kept"), "{said}");
     let manifest = read_lines(&dir.path().join("valid.manifest.jsonl"));
-    assert_eq!(manifest.len(), 17);
+    assert_eq!(manifest.len(), 15);
     assert!(manifest.iter().all(|d| d["reason"].as_str().unwrap().starts_with("reference passes all")));
     // A minimum of 5 tests (DeepCoder's) drops KodCode files with fewer test functions.
     let said = run(&["prompts", "validate", "--min-tests", "5", "--out", &p("valid5.jsonl"), &p("train.jsonl")]);
@@ -428,12 +428,13 @@ fn curation_commands_catch_what_was_planted() {
     assert_eq!(dropped.len(), 1, "{dropped:?}");
     assert_eq!((dropped[0]["task_id"].as_str(), dropped[0]["numbers"]["against"].as_str()), (Some("planted/leak"), Some("mbpp/14")));
 
-    // Mix MBPP and KodCode 1:1 (KodCode limits it to 15 + 15), then split and count.
+    // Mix MBPP and KodCode 1:1 (KodCode limits it to 13 + 13: import dropped the two tasks whose
+    // tests carry their own solution), then split and count.
     let said = run(&["prompts", "mix", "--target", "mbpp=1,kodcode=1", "--seed", "3", "--out", &p("mix.jsonl"), &p("clean.jsonl"), &p("mbpp.jsonl")]);
-    assert!(said.contains("kodcode: 15 (50.0%, target 50.0%)") && said.contains("mbpp: 15 (50.0%"), "{said}");
+    assert!(said.contains("kodcode: 13 (50.0%, target 50.0%)") && said.contains("mbpp: 13 (50.0%"), "{said}");
     run(&["prompts", "split", "--part", "train=0.8,test=0.2", "--out", &p("split"), &p("mix.jsonl")]);
     let (a, b) = (read_lines(&dir.path().join("split/train.jsonl")).len(), read_lines(&dir.path().join("split/test.jsonl")).len());
-    assert_eq!(a + b, 30);
+    assert_eq!(a + b, 26);
 
     // Difficulty from eval-style pass rates, and stats with the histogram.
     let rates = write(dir.path(), "rates.jsonl", "{\"task_id\": \"mbpp/11\", \"samples\": 4, \"passed\": 4}\n{\"task_id\": \"mbpp/12\", \"samples\": 4, \"passed\": 1}\n");

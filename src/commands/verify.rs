@@ -64,9 +64,13 @@ fn bundled_tasks() -> anyhow::Result<Vec<(usize, Task)>> {
     let mut tasks = Vec::new();
     for (format, name, text) in files {
         let imported = dllm_prompts::import_text(format, Path::new(name), text)?;
-        tasks.extend(imported.tasks.into_iter().map(|t| (0, t)));
+        tasks.extend(imported.tasks);
     }
-    Ok(tasks)
+    // As `prompts import` does: tests that carry their own solution judge nothing (two of
+    // KodCode's demo tasks).
+    let trusted = dllm_verifier::harness::TrustedJudge::new(&dllm_verifier::native::default_python());
+    let reasons = dllm_prompts::unjudgeable(&tasks, &trusted).context("cannot analyse the bundled tasks' tests")?;
+    Ok(tasks.into_iter().zip(reasons).filter(|(_, why)| why.is_none()).map(|(t, _)| (0, t)).collect())
 }
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {

@@ -18,6 +18,7 @@
 //!
 //! This crate does not link libtorch, so it builds and tests on its own.
 
+pub mod affinity;
 pub mod compare;
 pub mod exact_json;
 pub mod extract;

@@ -73,11 +73,20 @@ impl Verifier {
 
     pub fn with_sandbox(sandbox: Arc<dyn Sandbox>, jobs: usize) -> Result<Self, VerifierError> {
         let jobs = jobs.max(1);
+        // No more workers than cores: each on a core of its own, with the processes serving
+        // it (see `affinity`).
+        let cpus = crate::affinity::usable_cpus();
+        let pin = jobs <= cpus.len() && std::env::var_os("DLLM_VERIFIER_NO_PINNING").is_none();
         // The wasm guest needs a deep native stack (8 MiB of wasm stack plus host frames).
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(jobs)
             .stack_size(16 << 20)
             .thread_name(|i| format!("verifier-{i}"))
+            .start_handler(move |i| {
+                if pin {
+                    crate::affinity::pin_this_thread(cpus[i]);
+                }
+            })
             .build()?;
         let trusted = TrustedJudge::new(&crate::native::default_python());
         Ok(Verifier { sandbox, trusted, pool, fail_fast: false })

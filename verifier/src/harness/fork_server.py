@@ -203,6 +203,11 @@ def _child(spec, fds, workdir, libc, resource, signal):
         os.dup2(result_w, 3)
         os.dup2(job_r, 4)
         os.closerange(5, 1 << 16)
+        if spec.get("cpu") is not None:
+            try:
+                os.sched_setaffinity(0, {spec["cpu"]})
+            except OSError:
+                pass
         requests = open(4, "rb")
         job = json.loads(requests.readline())
         if spec.get("fresh"):

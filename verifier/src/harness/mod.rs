@@ -292,7 +292,9 @@ impl TrustedJudge {
     /// run; the tests' own work may take `budget` in all.
     pub fn session(&self, tests: &AssertionTests<'_>, prelude: &str, budget: Duration) -> Result<Session, TrustedError> {
         let request = serde_json::to_value(task_request(tests, prelude)).map_err(|e| TrustedError::Protocol(e.to_string()))?;
-        Ok(Session { process: Some(self.take()?), id: self.next_id(), request, budget, state: State::Starting })
+        let process = self.take()?;
+        crate::affinity::follow(process.child.id());
+        Ok(Session { process: Some(process), id: self.next_id(), request, budget, state: State::Starting })
     }
 
     /// Takes back a finished session's process and returns what the tests said.

@@ -135,6 +135,8 @@ impl UidBlock {
 /// uid after a run never touches another run.
 struct Slot {
     index: usize,
+    /// The verifier worker that uses it, once one has.
+    worker: Option<usize>,
     lean: Option<ForkServer>,
     /// The server with pytest imported, for candidates that import it: importing it makes every
     /// fork and every child dearer (see `fork_server.py`).
@@ -192,13 +194,22 @@ impl NativeSandbox {
         all
     }
 
+    /// A free slot; a verifier worker gets the one it used last (its fork-server then stays on
+    /// the worker's core, see `affinity`).
     fn take_slot(&self) -> Slot {
-        if let Some(slot) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let worker = rayon::current_thread_index();
+        let own = worker.and_then(|w| idle.iter().position(|s| s.worker == Some(w)));
+        let free = own.or_else(|| idle.iter().position(|s| s.worker.is_none() || worker.is_none()));
+        if let Some(at) = free {
+            let mut slot = idle.swap_remove(at);
+            slot.worker = slot.worker.or(worker);
             return slot;
         }
+        drop(idle);
         let mut next = self.next_slot.lock().unwrap_or_else(|e| e.into_inner());
         *next += 1;
-        Slot { index: *next - 1, lean: None, pytest: None }
+        Slot { index: *next - 1, worker, lean: None, pytest: None }
     }
 
     /// The slot's server of the wanted kind, started if it has none yet.
@@ -241,6 +252,10 @@ impl NativeSandbox {
             "nofile": self.config.max_open_files,
             "nproc": self.config.max_processes,
         });
+        // The child runs on the worker's core, next to the trusted judge it answers.
+        if let Some(cpu) = crate::affinity::pinned() {
+            header["cpu"] = cpu.into();
+        }
         if let Some(block) = &self.uids {
             if slot as u32 >= UIDS_PER_SANDBOX {
                 return Err(SandboxError::Protocol(format!("more than {UIDS_PER_SANDBOX} concurrent native runs")));
