@@ -12,5 +12,5 @@ mod import;
 pub mod render;
 
 pub use dllm_verifier::Task;
-pub use import::{import_file, import_text, open_text, read_rows, unjudgeable, Format, ImportError, Imported, RowError};
+pub use import::{import_file, import_text, open_text, read_jsonl, read_rows, unjudgeable, Format, ImportError, Imported, RowError};
 pub use render::{RenderConfig, Rendered};

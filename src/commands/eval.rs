@@ -16,7 +16,7 @@ use dllm_rollout::{generate, rollout_seed, Request, SpecialIds};
 use dllm_verifier::{Completion, PreparedTask, Task, TaskVerdict, Verifier};
 
 use super::generate::load_policy;
-use super::verify::read_jsonl;
+use dllm_prompts::read_jsonl;
 use crate::cli::EvalArgs;
 use crate::store::{PromptRecord, RolloutRecord, RunStore, TestRecord};
 use crate::train::chat_text;

@@ -16,7 +16,6 @@ mod quickstart;
 mod train;
 mod verify;
 
-pub use verify::read_jsonl;
 
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {

@@ -11,7 +11,7 @@ use dllm_prompts::curate::{self, Curated, Decision};
 use dllm_prompts::{import_file, Task};
 use serde_json::Value;
 
-use super::verify::read_jsonl;
+use dllm_prompts::read_jsonl;
 use crate::cli::{
     CurateIo, DecontaminateArgs, DedupeArgs, DifficultyArgs, ImportArgs, MixArgs, MixKeyArg, PromptsCommand, SplitArgs, StatsArgs,
     ValidateArgs, WindowArgs,

@@ -2,12 +2,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use dllm_prompts::read_jsonl;
 use dllm_verifier::{Completion, PreparedTask, Task, TaskVerdict, Verifier};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -34,21 +35,6 @@ struct VerdictLine<'a> {
     verdict: &'a str,
     #[serde(flatten)]
     detail: &'a TaskVerdict,
-}
-
-/// Reads a JSONL file, gzip-compressed when its name ends in `.gz` (as `prompts import` reads
-/// it), naming the file and line of any bad record.
-pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Vec<(usize, T)>> {
-    let mut items = Vec::new();
-    for (i, line) in dllm_prompts::open_text(path)?.lines().enumerate() {
-        let line = line.with_context(|| format!("{}:{}: cannot read", path.display(), i + 1))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let item = dllm_verifier::exact_json::from_str(&line).with_context(|| format!("{}:{}", path.display(), i + 1))?;
-        items.push((i + 1, item));
-    }
-    Ok(items)
 }
 
 /// The real problems bundled with the binary (tests/data/shared, public datasets: see its

@@ -59,7 +59,7 @@ pub struct Trainer {
 fn read_tasks(files: &[PathBuf]) -> anyhow::Result<Vec<Task>> {
     let mut tasks = Vec::new();
     for f in files {
-        tasks.extend(crate::commands::read_jsonl::<Task>(f)?.into_iter().map(|(_, t)| t));
+        tasks.extend(dllm_prompts::read_jsonl::<Task>(f)?.into_iter().map(|(_, t)| t));
     }
     Ok(tasks)
 }

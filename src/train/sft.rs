@@ -147,7 +147,7 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serd
 
     let mut pairs = Vec::new();
     for file in &cfg.data.train_files {
-        for (line, task) in crate::commands::read_jsonl::<dllm_verifier::Task>(file)? {
+        for (line, task) in dllm_prompts::read_jsonl::<dllm_verifier::Task>(file)? {
             let Some(reference) = &task.reference else { continue };
             let rendered = cfg.data.render.render(&task)?;
             let prompt = tokenizer.encode(&chat_text(&rendered))?;

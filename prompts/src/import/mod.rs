@@ -7,7 +7,7 @@ mod datasets;
 mod pickle;
 mod rows;
 
-pub use rows::{open_text, read_rows};
+pub use rows::{open_text, read_jsonl, read_rows};
 
 use dllm_verifier::harness::{TrustedError, TrustedJudge};
 
@@ -133,6 +133,10 @@ pub enum ImportError {
     Parquet { path: PathBuf, message: String },
     #[error("{path}: not gzip-compressed, although its name ends in .gz")]
     NotGzip { path: PathBuf },
+    #[error("{path}:{line}: cannot read")]
+    ReadLine { path: PathBuf, line: usize, source: std::io::Error },
+    #[error("{path}:{line}")]
+    Record { path: PathBuf, line: usize, source: serde_json::Error },
 }
 
 /// One row that could not be imported.

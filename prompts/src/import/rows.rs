@@ -45,6 +45,22 @@ pub fn open_text(path: &Path) -> Result<Box<dyn BufRead>, ImportError> {
     Ok(text)
 }
 
+/// Reads a JSONL file (gzip-compressed when its name ends in `.gz`, as [`open_text`] reads it)
+/// into `(1-based line, record)` pairs, blank lines skipped, integers beyond 64 bits kept exact
+/// ([`dllm_verifier::exact_json`]). A bad record is an error naming the file and line.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<(usize, T)>, ImportError> {
+    let mut items = Vec::new();
+    for (i, line) in open_text(path)?.lines().enumerate() {
+        let line = line.map_err(|source| ImportError::ReadLine { path: path.into(), line: i + 1, source })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let item = dllm_verifier::exact_json::from_str(&line).map_err(|source| ImportError::Record { path: path.into(), line: i + 1, source })?;
+        items.push((i + 1, item));
+    }
+    Ok(items)
+}
+
 /// JSONL (one value per non-blank line) or one JSON array; a leading UTF-8 byte-order mark
 /// (written by editors on Windows, not allowed in JSON) is skipped.
 pub fn text_rows(path: &Path, text: &str) -> Result<Vec<Row>, ImportError> {
