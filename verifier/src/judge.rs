@@ -300,38 +300,52 @@ impl Judge<'_> {
         (self.test_verdicts(prepared, &run, &outcome, count), seconds, None)
     }
 
+    /// The verdict of each test from what the trusted side saw. As the reference harnesses
+    /// judge (a program passes when it completes and no assertion fails): an exception that
+    /// escaped the tests (a candidate call outside any assertion raised, hung or killed its
+    /// process; a pytest file's module-level assertion failed) fails every test not failed
+    /// already, so answering a loop's first input and then crashing passes nothing; an
+    /// assertion statement the completed tests never reached (the untaken branch of an
+    /// EvalPlus helper) is no test; tests that completed without reaching any assertion fail.
     fn test_verdicts(&self, prepared: &PreparedTask, run: &TestRun, outcome: &Outcome, count: usize) -> Vec<TestResult> {
         let cut_short = ended_badly(outcome).unwrap_or_else(no_result);
+        let named = |error: &str| match error {
+            "AssertionError" => TestVerdict::WrongAnswer,
+            "SandboxGone" | "Broken" => cut_short.clone(),
+            "MemoryError" => TestVerdict::MemoryLimit,
+            e => TestVerdict::RuntimeError { exception: e.to_owned() },
+        };
         let classify = |ok: bool, error: Option<&str>| match (ok, error) {
             (true, _) => TestVerdict::Passed,
-            (false, Some("AssertionError")) | (false, None) => TestVerdict::WrongAnswer,
-            (false, Some("SandboxGone")) => cut_short.clone(),
-            (false, Some("MemoryError")) => TestVerdict::MemoryLimit,
-            (false, Some(e)) => TestVerdict::RuntimeError { exception: e.to_owned() },
+            (false, None) => TestVerdict::WrongAnswer,
+            (false, Some(e)) => named(e),
         };
+        let escaped = run.raised.as_deref().map(named);
         let mut by_index: Vec<Option<TestVerdict>> = vec![None; count];
         if matches!(prepared.task.spec, TestSpec::Pytest { .. }) {
             for (slot, f) in by_index.iter_mut().zip(&run.functions) {
                 *slot = Some(classify(f.ok, f.error.as_deref()));
             }
-        } else {
-            for a in &run.asserts {
-                let Some(slot) = by_index.get_mut(a.index) else { continue };
-                let verdict = classify(a.ok, a.error.as_deref());
-                // A statement run several times (in a loop) passes only if every run passed.
-                if slot.as_ref().is_none_or(TestVerdict::passed) {
-                    *slot = Some(verdict);
-                }
+            // Functions that never ran: the file failed to collect, or the run ended first.
+            let missing = escaped.clone().unwrap_or_else(|| cut_short.clone());
+            return by_index.into_iter().map(|v| result(v.unwrap_or_else(|| missing.clone()), outcome)).collect();
+        }
+        for a in &run.asserts {
+            let Some(slot) = by_index.get_mut(a.index) else { continue };
+            let verdict = classify(a.ok, a.error.as_deref());
+            // A statement run several times (in a loop) passes only if every run passed.
+            if slot.as_ref().is_none_or(TestVerdict::passed) {
+                *slot = Some(verdict);
             }
         }
-        // Assertions never reached: an exception stopped the tests (say a ValueError from
-        // `result = f(x)`), or the run was cut short.
-        let unreached = match run.raised.as_deref() {
-            Some("SandboxGone") | None => cut_short,
-            Some("MemoryError") => TestVerdict::MemoryLimit,
-            Some(e) => TestVerdict::RuntimeError { exception: e.to_owned() },
+        let verdicts: Vec<TestVerdict> = match escaped {
+            Some(verdict) => {
+                by_index.into_iter().map(|v| v.filter(|v| !v.passed()).unwrap_or_else(|| verdict.clone())).collect()
+            }
+            None if by_index.iter().all(Option::is_none) => vec![TestVerdict::WrongAnswer; count],
+            None => by_index.into_iter().flatten().collect(),
         };
-        by_index.into_iter().map(|v| result(v.unwrap_or_else(|| unreached.clone()), outcome)).collect()
+        verdicts.into_iter().map(|v| result(v, outcome)).collect()
     }
 }
 

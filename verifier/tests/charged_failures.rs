@@ -80,7 +80,23 @@ fn nothing_survives_a_run(backend: Backend) {
     );
     // Filling the scratch space must not make the next honest run fail.
     let fill = "import os\nfor d in ['/tmp', '/dev/shm']:\n    try:\n        with open(os.path.join(d, 'fill'), 'wb') as f:\n            for _ in range(4096):\n                f.write(b'x' * (1 << 20))\n    except OSError:\n        pass\n";
+    // Native only: a SysV shared-memory segment left for the next run (no ctypes in wasm).
+    let shm = "import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+";
+    let plant = format!("{shm}libc.shmget(0x5d11, 1 << 20, 0o1666)
+");
+    let probe = format!("{shm}seen = libc.shmget(0x5d11, 0, 0) >= 0
+def f(x):
+    return -1 if seen else x * x
+if __name__ == '__main__':
+    print(-1 if seen else int(input()) ** 2)
+");
     for kind in ["stdio", "assert"] {
+        if backend == Backend::Native {
+            let verdicts = judge(&verifier, kind, &[with(&plant, "x = 1"), probe.clone()]);
+            assert!(verdicts[1].all_passed, "{backend:?} {kind}: a run saw another's SysV segment: {:?}", verdicts[1]);
+        }
         let codes = [with(&write, "x = 1"), read.clone(), with(fill, "x = 1"), read.clone()];
         let verdicts = judge(&verifier, kind, &codes);
         assert!(verdicts[1].all_passed, "{backend:?} {kind}: a run saw what an earlier one wrote: {:?}", verdicts[1]);

@@ -290,3 +290,113 @@ fn native_honest_shapes_pass() {
 fn wasm_honest_shapes_pass() {
     honest_shapes(Backend::Wasm);
 }
+
+/// A red team's second look (issue 21 follow-up): tests cut short after a passing assertion,
+/// pytest files' module-level assertions, `from solution import *` over the tests' imports,
+/// `pytest.raises(Exception)` around a candidate that kills its process, candidate objects
+/// answering `in` and `==` for themselves.
+fn second_look(backend: Backend) {
+    let lp = json!({"id": "t", "kind": "assert", "entry_points": ["square"], "limits": {"time_s": 1.0},
+        "test_code": "def check(candidate):\n    for x in [1, 2, 3, 4, 5]:\n        out = candidate(x)\n        assert out == x * x\ncheck(square)\n"});
+    honest_then_hacks(backend, "a loop cut short", lp, &[
+        "def square(x):\n    return x * x\n",
+        "def square(x):\n    if x == 1:\n        return 1\n    raise RuntimeError('no idea')\n",
+        "def square(x):\n    if x == 1:\n        return 1\n    while True:\n        pass\n",
+        "import os\ndef square(x):\n    if x == 1:\n        return 1\n    os._exit(0)\n",
+    ]);
+    let trailing = asserts("f", "", "assert f(1) == 2\nf(0)\n");
+    honest_then_hacks(backend, "a crash after the last assertion", trailing, &["def f(x):\n    return 2 * x\n", "def f(x):\n    if x == 0:\n        raise ValueError\n    return 2\n"]);
+    let module_level = pytest("from solution import inc\n\nassert inc(1) == 2\nassert inc(5) == 6\n\ndef test_one():\n    assert inc(0) == 1\n");
+    honest_then_hacks(backend, "pytest module-level assertions", module_level, &["def inc(x):\n    return x + 1\n", "def inc(x):\n    return 1\n"]);
+    let star = pytest("from math import isclose\nfrom collections import Counter\nfrom solution import *\n\ndef test_area():\n    assert isclose(circle_area(2), 12.566370614359172, rel_tol=1e-6)\n\ndef test_counts():\n    assert letters('aab') == Counter({'a': 2, 'b': 1})\n");
+    honest_then_hacks(backend, "import * over the tests' imports", star, &[
+        "import math\nfrom collections import Counter\ndef circle_area(r):\n    return math.pi * r * r\ndef letters(s):\n    return Counter(s)\n",
+        "def isclose(*a, **k):\n    return True\nclass Counter:\n    def __init__(self, *a, **k):\n        pass\n    def __eq__(self, o):\n        return True\ndef circle_area(r):\n    return 0\ndef letters(s):\n    return Counter()\n",
+    ]);
+    let raises = pytest("import pytest\nfrom solution import parse_int\n\ndef test_bad():\n    with pytest.raises(Exception):\n        parse_int('abc')\n\ndef test_after():\n    assert 1 + 1 == 2\n");
+    honest_then_hacks(backend, "pytest.raises around a dying process", raises, &[
+        "def parse_int(s):\n    return int(s)\n",
+        "import os\ndef parse_int(s):\n    if not s.isdigit():\n        os._exit(0)\n    return int(s)\n",
+    ]);
+    let contains = pytest("from solution import find_pairs\n\ndef test_pairs():\n    res = find_pairs([1, 2, 3, 4], 5)\n    assert (1, 4) in res\n    assert (2, 3) in res\n    assert len(res) == 2\n");
+    honest_then_hacks(backend, "__contains__ with the tests' value", contains, &[
+        "def find_pairs(nums, t):\n    return [(a, b) for i, a in enumerate(nums) for b in nums[i + 1:] if a + b == t]\n",
+        "class R:\n    def __contains__(self, x):\n        return True\n    def __len__(self):\n        return 2\ndef find_pairs(nums, t):\n    return R()\n",
+    ]);
+    let eq = pytest("from solution import ListNode, reverse_list\n\ndef build(vals):\n    head = None\n    for v in reversed(vals):\n        head = ListNode(v, head)\n    return head\n\ndef test_rev():\n    assert reverse_list(build([1, 2, 3])) == build([3, 2, 1])\n");
+    let node = "class ListNode:\n    def __init__(self, val=0, next=None):\n        self.val = val\n        self.next = next\n    def __eq__(self, other):\n";
+    honest_then_hacks(backend, "a candidate __eq__ between candidate objects", eq, &[
+        &format!("{node}        return isinstance(other, ListNode) and self.val == other.val and self.next == other.next\n\
+                  def reverse_list(head):\n    prev = None\n    while head:\n        head.next, prev, head = prev, head, head.next\n    return prev\n"),
+        &format!("{node}        return True\ndef reverse_list(head):\n    return head\n"),
+    ]);
+}
+
+#[test]
+fn native_a_second_look_finds_nothing() {
+    second_look(Backend::Native);
+}
+
+#[test]
+fn wasm_a_second_look_finds_nothing() {
+    second_look(Backend::Wasm);
+}
+
+/// Honest shapes the second look found failing: pytest fixtures (the file's own, yield ones,
+/// capsys, monkeypatch, tmp_path), `mock.patch`, a test name defined twice, unittest classes,
+/// the tests' lambdas, generators and namedtuples passed in, a namedtuple returned, integers
+/// past 4,300 digits, a custom exception's message and attributes, an empty 2-D array, and
+/// EvalPlus's assertion helper with assertions in two branches.
+fn second_look_honest_shapes(backend: Backend) {
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "fixtures",
+            pytest("import pytest\nfrom solution import total, greet\n\n@pytest.fixture\ndef numbers():\n    return [1, 2, 3]\n\n@pytest.fixture\ndef more(numbers):\n    yield numbers + [4]\n\n\
+                    def test_total(numbers, more):\n    assert total(numbers) == 6 and total(more) == 10\n\n\
+                    def test_greet(capsys):\n    greet('Ann')\n    assert capsys.readouterr().out == 'hi Ann\\n'\n\n\
+                    def test_tmp(tmp_path, monkeypatch):\n    monkeypatch.setenv('X_DLLM', '1')\n    (tmp_path / 'f.txt').write_text('3')\n    assert total([int((tmp_path / 'f.txt').read_text())]) == 3\n"),
+            "def total(xs):\n    return sum(xs)\ndef greet(name):\n    print('hi', name)\n",
+        ),
+        (
+            "mock.patch, a name defined twice, unittest",
+            pytest("import unittest\nfrom unittest import mock\nfrom solution import double\n\n@mock.patch('os.getcwd', return_value='/x')\ndef test_patched(getcwd):\n    assert double(2) == 4\n\n\
+                    def test_twice():\n    assert double(1) == 1\n\ndef test_twice():\n    assert double(1) == 2\n\n\
+                    class Checks(unittest.TestCase):\n    def setUp(self):\n        self.n = 5\n    def test_n(self):\n        self.assertEqual(double(self.n), 10)\n"),
+            "def double(x):\n    return 2 * x\n",
+        ),
+        (
+            "the tests' functions, generators and namedtuples",
+            pytest("from collections import namedtuple\nfrom solution import apply, first, make_point\n\nP = namedtuple('P', 'x y')\n\n\
+                    def test_apply():\n    assert apply(lambda v: v * 3, [1, 2]) == [3, 6]\n    assert apply(str.upper, ['a']) == ['A']\n\n\
+                    def test_generator():\n    assert first(x * x for x in range(2, 5)) == 4\n\n\
+                    def test_points():\n    p = make_point(P(1, 2))\n    assert p == (2, 3) and p.x == 2\n"),
+            "from collections import namedtuple\nQ = namedtuple('Q', 'x y')\ndef apply(f, xs):\n    return [f(x) for x in xs]\n\
+             def first(it):\n    return next(iter(it))\ndef make_point(p):\n    return Q(p.x + 1, p.y + 1)\n",
+        ),
+        (
+            "big integers, exception messages and attributes, empty arrays, EvalPlus branches",
+            asserts("f", "import numpy as np\n",
+                    "import pytest\nassert f(1) == 10 ** 5000\nwith pytest.raises(ValueError) as e:\n    f(-1)\nassert str(e.value) == 'negative: -1' and e.value.code == 7\n\
+                     assert g().shape == (0, 3)\n\n\
+                     def assertion(out, exp, atol):\n    exact = out == exp\n    if atol == 0 and isinstance(exp, float):\n        atol = 1e-6\n    \
+                     if not exact and atol != 0:\n        assert abs(out - exp) <= atol\n    else:\n        assert exact\n\
+                     for x in [2, 3]:\n        assertion(h(x), x / 2, 0)\n"),
+            "import numpy as np\nclass Bad(ValueError):\n    def __init__(self, n):\n        super().__init__(n)\n        self.code = 7\n    def __str__(self):\n        return 'negative: %d' % self.args[0]\n\
+             def f(x):\n    if x < 0:\n        raise Bad(x)\n    return 10 ** 5000\ndef g():\n    return np.zeros((0, 3))\ndef h(x):\n    return x / 2\n",
+        ),
+    ];
+    for (name, task, code) in cases {
+        let v = &judge(backend, task, &[code])[0];
+        assert!(v.all_passed, "{backend:?} {name}: {v:?}");
+    }
+}
+
+#[test]
+fn native_second_look_honest_shapes_pass() {
+    second_look_honest_shapes(Backend::Native);
+}
+
+#[test]
+fn wasm_second_look_honest_shapes_pass() {
+    second_look_honest_shapes(Backend::Wasm);
+}

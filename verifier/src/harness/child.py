@@ -222,7 +222,64 @@ class _In(Decoder):
             return getattr(self.objects.items[inner[0]], inner[1])
         if tag == "$builtin":
             return getattr(builtins, inner)
+        if tag == "$callback":
+            return _Callback(inner)
+        if tag == "$iterator":
+            return _CallbackIterator(inner)
         return super().tagged(tag, inner, value)
+
+
+# The serve run's link to the trusted side, for the tests' own functions the candidate calls.
+_LINK = {}
+
+
+def _call_back(k, op, args=(), kwargs=None):
+    """Calls function (or draws iterator) `k` of the tests, on the trusted side: a message in
+    place of the answer, answered by a `return` request."""
+    objects, chan, requests, ns, seq = (_LINK[n] for n in ("objects", "chan", "requests", "ns", "seq"))
+    described = []
+    out = _Out(objects, {}, described)
+    msg = {"seq": seq, "callback": k, "op": op, "args": [out.encode(a) for a in args]}
+    if kwargs:
+        msg["kwargs"] = [[str(n), out.encode(v)] for n, v in kwargs.items()]
+    if described:
+        msg["handles"] = described
+    chan.send(msg)
+    line = requests()
+    if not line:
+        raise SystemExit(0)  # the run is over
+    answer = json.loads(line)
+    if answer.get("stop"):
+        raise StopIteration
+    if "raise" in answer:
+        base = getattr(builtins, str(answer.get("builtin")), Exception)
+        if not (isinstance(base, type) and issubclass(base, Exception)):
+            base = Exception
+        raise base(str(answer.get("message") or ""))
+    return _In(objects, ns, answer.get("objects") or []).decode(answer.get("value"))
+
+
+class _Callback:
+    """A function of the tests (a key, a lambda, a class): calling it calls it there."""
+
+    def __init__(self, k):
+        self._k = k
+
+    def __call__(self, *args, **kwargs):
+        return _call_back(self._k, "call", args, kwargs)
+
+
+class _CallbackIterator:
+    """An iterator of the tests (a generator passed in): each item is drawn there."""
+
+    def __init__(self, k):
+        self._k = k
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return _call_back(self._k, "next")
 
 
 _PLAIN_CLASSES = {}
@@ -294,6 +351,7 @@ def _run_serve(job, chan, requests):
             continue
         entries.append([name, entry])
     chan.send({"loaded": True, "names": entries, "handles": described})
+    _LINK.update(objects=objects, chan=chan, requests=requests, ns=ns, seq=None)
     while True:
         line = requests()
         if not line:
@@ -319,10 +377,20 @@ def _dunder(target, name, args):
 
 
 def _answer(line, objects, ns):
+    # A request made while a call of an outer one runs (a test's callback that calls the
+    # candidate again): the outer one's number is restored with the answer.
+    outer = _LINK.get("seq")
+    try:
+        return _answer_request(line, objects, ns)
+    finally:
+        _LINK["seq"] = outer
+
+
+def _answer_request(line, objects, ns):
     reply = {}
     try:
         req = json.loads(line)
-        reply["seq"] = req["seq"]
+        reply["seq"] = _LINK["seq"] = req["seq"]
         incoming = _In(objects, ns, req.get("objects") or [])
         raw_args = req.get("args") or []
         raw_kwargs = req.get("kwargs") or []
@@ -336,6 +404,7 @@ def _answer(line, objects, ns):
     tee = _Tee(sys.stdout)
     sys.stdout = tee
     value = _MISSING
+    raised = None
     try:
         if op == "call":
             value = target(*args, **kwargs)
@@ -355,6 +424,7 @@ def _answer(line, objects, ns):
             reply["bad_request"] = "unknown op %r" % (op,)
     except BaseException as exc:  # noqa: BLE001 - the candidate's exception is its answer
         reply.update(exception_line(exc))
+        raised = exc
         cls = type(exc)
         if getattr(builtins, cls.__name__, None) is not cls:
             try:
@@ -366,6 +436,15 @@ def _answer(line, objects, ns):
             sys.stdout = tee._inner
     described = reply.pop("handles", [])
     out = _Out(objects, incoming.copies, described)
+    if "raise" in reply and raised is not None:
+        # What `pytest.raises(...) as e` may look at: `e.value.args`, `e.value.code`.
+        try:
+            reply["args"] = out.encode(tuple(BaseException.__dict__["args"].__get__(raised)))
+            attrs = object.__getattribute__(raised, "__dict__")
+            if attrs:
+                reply["attrs"] = [[str(k), out.encode(v)] for k, v in list(dict.items(attrs))]
+        except BaseException:  # noqa: BLE001 - an exception's state that cannot cross stays behind
+            reply.pop("attrs", None)
     if value is not _MISSING:
         try:
             reply["value"] = out.encode(value)

@@ -8,8 +8,8 @@
 # with five descriptors attached: job_r, stdin_r, stdout_w, stderr_w, result_w. The server
 # forks; the child reads the job as the first line of job_r (a serve job reads its requests
 # from the lines after it) and runs it as uid/gid (when the server is root), under rlimits, in
-# fresh scratch space: its own mount namespace with empty, size-capped tmpfs on /tmp, /var/tmp
-# and /dev/shm, gone with the run's last process, so nothing a run writes is seen by the next
+# fresh scratch space: its own mount and IPC namespaces, with empty, size-capped tmpfs on /tmp,
+# /var/tmp and /dev/shm and no SysV objects, all gone with the run's last process, so nothing a run writes is seen by the next
 # or outlives it (without namespace rights, only a fresh working folder). The server answers
 # {"pid"}, then, after the child ends, {"exit"/"signal"} once every process of the slot's uid has
 # been killed. The server keeps no time: the parent kills the child's group when the run's
@@ -119,9 +119,12 @@ def _remove_tree(root):
 
 
 def _fresh_scratch(libc, spec=None):
-    """Enters a new mount namespace with empty tmpfs on the scratch paths and returns the run's
+    """Enters new mount and IPC namespaces, with empty tmpfs on the scratch paths, and returns the run's
     working folder there, or None where the kernel refuses (no namespace rights)."""
-    if libc is None or libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
+    # CLONE_NEWNS | CLONE_NEWIPC: SysV shared memory, semaphores and message queues are per IPC
+    # namespace, so they die with the run too (a run could leave answers in a segment for the
+    # next one, or pin memory).
+    if libc is None or libc.unshare(0x00020000 | 0x08000000) != 0:
         return None
     flags = 2 | 4 | 8  # MS_NOSUID | MS_NODEV | MS_NOEXEC
     for path in SCRATCH_MOUNTS:

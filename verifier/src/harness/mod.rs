@@ -1,7 +1,9 @@
 //! The Python harness (embedded in the binary) and the trusted process that runs assertion
 //! tests. `values.py` (the type-tagged values that cross the boundary) and `child.py` (what runs
 //! next to candidate code) are shared by every role: the wasm guest runs them alone, the native
-//! fork-server adds `fork_server.py`, the trusted judge adds `trusted.py`.
+//! fork-server adds `fork_server.py`, the trusted judge adds `session.py` (its link to the
+//! sandbox), `stand_ins.py` (the candidate's names on its side), `test_run.py` (the tests) and
+//! `trusted.py` (its protocol loop).
 //!
 //! Assertion and pytest tasks run in two processes at once. The trusted process executes the
 //! task's test code; each name the candidate defined is a stand-in there that forwards what the
@@ -43,6 +45,12 @@ pub const TRUSTED_SOURCE: &str = concat!(
     include_str!("values.py"),
     "\n",
     include_str!("child.py"),
+    "\n",
+    include_str!("session.py"),
+    "\n",
+    include_str!("stand_ins.py"),
+    "\n",
+    include_str!("test_run.py"),
     "\n",
     include_str!("trusted.py"),
     "\ntrusted_main()\n"

@@ -28,6 +28,11 @@ import sys
 import time
 import types
 
+# Integers cross as decimal text: up to 100,000 digits each way (Python's default, 4,300,
+# failed honest big-number answers).
+if hasattr(sys, "set_int_max_str_digits"):
+    sys.set_int_max_str_digits(100_000)
+
 # Depth counts JSON nesting levels: the parent's JSON reader stops at 128, and a value sits a
 # few levels down in its message.
 MAX_DEPTH = 120
@@ -63,6 +68,9 @@ class Encoder:
             return [self.encode(v, depth + 1) for v in list.copy(value)]
         if t is tuple:
             return {"$tuple": [self.encode(v, depth + 2) for v in value]}
+        if issubclass(t, tuple) and type(t.__dict__.get("_fields")) is tuple and all(type(f) is str for f in t._fields):
+            # A namedtuple: rebuilt on the other side as one of the same name and fields.
+            return {"$namedtuple": [str(t.__name__), list(t._fields), [self.encode(v, depth + 3) for v in tuple.__iter__(value)]]}
         if t is dict or t in _DICT_TYPES:
             tagged = {"$dict": [[self.encode(k, depth + 3), self.encode(v, depth + 3)] for k, v in list(dict.items(value))]}
             if t is not dict:
@@ -107,7 +115,8 @@ class Encoder:
             return {"$timedelta": [value.days, value.seconds, value.microseconds]}
         np = sys.modules.get("numpy")
         if np is not None and t is np.ndarray:
-            return {"$ndarray": {"dtype": str(value.dtype), "data": self.encode(np.ndarray.tolist(value), depth + 2)}}
+            shape = [int(n) for n in value.shape]
+            return {"$ndarray": {"dtype": str(value.dtype), "shape": shape, "data": self.encode(np.ndarray.tolist(value), depth + 2)}}
         if np is not None and t.__module__ == "numpy" and issubclass(t, np.generic) and t in _numpy_scalar_types(np):
             return self.encode(np.generic.item(value), depth)
         return None
@@ -185,7 +194,10 @@ class Decoder:
             cls = {"SortedList": sortedcontainers.SortedList, "SortedSet": sortedcontainers.SortedSet}[inner]
             return cls(self.decode(v, d) for v in items)
         if tag == "$ndarray":
-            return _ndarray(self.decode(inner["data"], d), inner["dtype"])
+            return _ndarray(self.decode(inner["data"], d), inner["dtype"], inner.get("shape"))
+        if tag == "$namedtuple":
+            name, fields, items = inner
+            return _namedtuple(str(name), tuple(str(f) for f in fields))(*(self.decode(v, d) for v in items))
         return self.tagged(tag, inner, value)
 
     def tagged(self, tag, inner, value):
@@ -198,10 +210,33 @@ def _hashable(v):
     return v
 
 
-def _ndarray(data, dtype):
+_NAMEDTUPLES = {}
+
+
+def _namedtuple(name, fields):
+    key = (name, fields)
+    if key not in _NAMEDTUPLES:
+        if len(_NAMEDTUPLES) > 1024:
+            _NAMEDTUPLES.clear()
+        _NAMEDTUPLES[key] = collections.namedtuple(name if name.isidentifier() else "Record", fields, rename=True)
+    return _NAMEDTUPLES[key]
+
+
+def _ndarray(data, dtype, shape=None):
     try:
         import numpy
 
+        array = _ndarray_of(numpy, data, dtype)
+        # An empty array's data ([] for shape (0, 3)) does not say its shape.
+        if shape is not None and type(array) is numpy.ndarray and array.size == 0:
+            array = array.reshape([int(n) for n in shape])
+        return array
+    except Exception:
+        return data
+
+
+def _ndarray_of(numpy, data, dtype):
+    try:
         # The dtype string comes from the other side: a declared width (`<U50000000`, `V10**9`)
         # would make a few bytes of message allocate gigabytes here. Strings get the width of
         # their data; only fixed-size kinds keep the declared type.
@@ -222,8 +257,11 @@ def dumps(obj):
 def exception_line(exc):
     """What crosses for an exception: its class name, its first builtin ancestor (so that
     `pytest.raises(ValueError)` catches a candidate's `class Invalid(ValueError)`), and its
-    message when the class does not make its own."""
+    message (run in the sandbox, so the candidate's own `__str__` is fine)."""
     t = type(exc)
     base = next((k.__name__ for k in t.__mro__ if getattr(builtins, k.__name__, None) is k), "BaseException")
-    message = str(exc)[:200] if t.__str__ is BaseException.__str__ else ""
+    try:
+        message = str(exc)[:65536]
+    except BaseException:  # noqa: BLE001 - a candidate's __str__ that fails says nothing
+        message = ""
     return {"raise": t.__name__, "builtin": base, "message": message}
