@@ -17,6 +17,8 @@ pub struct World {
     pub rank: usize,
     pub size: usize,
     pub local_rank: usize,
+    /// Ranks on this node (they share its cores and GPUs).
+    pub local_world_size: usize,
     group: Option<ProcessGroup>,
     /// The launcher that started the job ("torchrun", "slurm", "env"), or "single".
     pub launcher: &'static str,
@@ -25,7 +27,7 @@ pub struct World {
 impl World {
     /// One process, no engine.
     pub fn single() -> World {
-        World { rank: 0, size: 1, local_rank: 0, group: None, launcher: "single" }
+        World { rank: 0, size: 1, local_rank: 0, local_world_size: 1, group: None, launcher: "single" }
     }
 
     /// The job of the launcher's variables (torchrun's, else SLURM's), or [`World::single`].
@@ -40,7 +42,14 @@ impl World {
     /// Joins the group of `launch`.
     pub fn join(launch: &Launch, backend: BackendKind, timeout: Duration) -> Result<World> {
         let group = ProcessGroup::join(launch, backend, timeout)?;
-        Ok(World { rank: launch.rank, size: launch.world_size, local_rank: launch.local_rank, group: Some(group), launcher: launch.launcher })
+        Ok(World {
+            rank: launch.rank,
+            size: launch.world_size,
+            local_rank: launch.local_rank,
+            local_world_size: launch.local_world_size.max(1),
+            group: Some(group),
+            launcher: launch.launcher,
+        })
     }
 
     /// Rank 0: the one that writes the run store and the checkpoints, and shows progress.

@@ -90,6 +90,11 @@ impl AdamW {
         AdamW { config, slots, step: 0 }
     }
 
+    /// The optimized tensors, in name order (the same order on every rank of a job).
+    pub fn parameters(&self) -> Vec<Tensor> {
+        self.slots.iter().map(|s| s.param.shallow_clone()).collect()
+    }
+
     pub fn names(&self) -> Vec<&str> {
         self.slots.iter().map(|s| s.name.as_str()).collect()
     }

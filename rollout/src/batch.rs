@@ -34,7 +34,7 @@ pub enum Batching {
 }
 
 /// One sample: its response canvas (N tokens) and the step each token was committed at.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rollout {
     pub request: usize,
     pub sample: usize,

@@ -257,7 +257,7 @@ weight_decay = 0.0
     let rl_toml = rl_config(&args, &sft_model)?;
     std::fs::write(out.join("rl.toml"), &rl_toml)?;
     let rl_cfg = TrainConfig::from_file(&out.join("rl.toml"))?;
-    let mut trainer = Trainer::new(rl_cfg, false)?;
+    let mut trainer = Trainer::new(rl_cfg, false, dllm_dist::World::single())?;
     let bar = crate::telemetry::progress_bar(args.rl_steps as u64, "RL  {bar:30} {pos}/{len} {msg} [{elapsed}]");
     let mut rewards: BTreeMap<i64, f64> = BTreeMap::new();
     trainer.run(&AtomicBool::new(false), &mut |s, m| {

@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use anyhow::Context;
+
 use crate::cli::TrainArgs;
 use crate::train::config::TrainConfig;
 use crate::train::Trainer;
@@ -10,20 +12,30 @@ use crate::train::Trainer;
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let cfg = TrainConfig::from_file(&args.config)?;
     let total = cfg.run.total_steps;
-    let mut trainer = Trainer::new(cfg, args.resume)?;
+    // Under torchrun or srun: this rank of the job (Gloo on CPUs, NCCL on GPUs).
+    let timeout = std::time::Duration::from_secs(cfg.distributed.timeout_s);
+    let world = dllm_dist::World::from_env(tch::Cuda::is_available(), timeout).context("joining the job's ranks")?;
+    let main = world.is_main();
+    let mut trainer = Trainer::new(cfg, args.resume, world)?;
     // Ctrl-C: finish the current step, checkpoint, stop. A second Ctrl-C kills.
     install_sigint();
     let stop: &AtomicBool = &STOP;
-    let bar = crate::telemetry::progress_bar(total as u64, "{bar:30} step {pos}/{len} {msg} [{elapsed}]");
+    // Rank 0 alone shows progress and step lines.
+    let bar = if main { crate::telemetry::progress_bar(total as u64, "{bar:30} step {pos}/{len} {msg} [{elapsed}]") } else { indicatif::ProgressBar::hidden() };
     bar.set_position(trainer.state.step as u64);
     trainer.run(stop, &mut |step, m| {
+        if !main {
+            return;
+        }
         let line = crate::train::step_line(m);
         bar.set_position(step as u64 + 1);
         bar.set_message(line.clone());
         bar.suspend(|| tracing::info!("step {step}: {line}"));
     })?;
     bar.finish_and_clear();
-    println!("run {} at step {}; store: {}", trainer.cfg.run.name, trainer.state.step, trainer.store.path.display());
+    if main {
+        println!("run {} at step {}; store: {}", trainer.cfg.run.name, trainer.state.step, trainer.store.path.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -181,9 +181,18 @@ pub struct RunStore {
     pub attempt: i64,
     tx: Option<mpsc::Sender<Message>>,
     writer: Option<JoinHandle<()>>,
+    /// False on the ranks of a data-parallel run other than 0: rank 0 alone writes the store,
+    /// the others' messages go nowhere.
+    writes: bool,
 }
 
 impl RunStore {
+    /// The store handle of a rank that does not write (rank 0 writes `path`): every message is
+    /// accepted and dropped.
+    pub fn written_elsewhere(path: &Path) -> Self {
+        RunStore { path: path.into(), attempt: 0, tx: None, writer: None, writes: false }
+    }
+
     /// Starts a run `name` (kind `train` / `sft`), recording its resolved config.
     /// Creates (or migrates) the store at `path` without starting a run: a command that writes
     /// its run only at the end finds out at the start that it could not.
@@ -229,10 +238,13 @@ impl RunStore {
             .name("run-store".into())
             .spawn(move || writer_loop(conn, rx, run_id, attempt, &store_path))
             .expect("spawning the run-store writer thread");
-        RunStore { path: path.into(), attempt, tx: Some(tx), writer: Some(writer) }
+        RunStore { path: path.into(), attempt, tx: Some(tx), writer: Some(writer), writes: true }
     }
 
     fn send(&self, message: Message) -> Result<()> {
+        if !self.writes {
+            return Ok(());
+        }
         self.tx.as_ref().ok_or(StoreError::WriterGone)?.send(message).map_err(|_| StoreError::WriterGone)
     }
 
@@ -269,6 +281,9 @@ impl RunStore {
 
     /// Waits until everything sent so far is committed.
     pub fn flush(&self) -> Result<()> {
+        if !self.writes {
+            return Ok(());
+        }
         let (tx, rx) = mpsc::channel();
         self.send(Message::Flush(tx))?;
         match rx.recv() {

@@ -29,6 +29,23 @@ pub struct TrainConfig {
     pub actor: ActorSection,
     #[serde(default)]
     pub optim: OptimSection,
+    #[serde(default)]
+    pub distributed: DistributedSection,
+}
+
+/// Data parallel over the ranks a launcher (torchrun, srun) starts; nothing to set for one process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedSection {
+    /// Seconds a rank waits for the others (to join, or in a collective) before the run ends
+    /// with an error naming the missing ranks (torch.distributed's default: 1800).
+    pub timeout_s: u64,
+}
+
+impl Default for DistributedSection {
+    fn default() -> Self {
+        DistributedSection { timeout_s: 1800 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -321,6 +338,9 @@ impl TrainConfig {
         positive("actor.ppo_micro_batch_size", self.actor.ppo_micro_batch_size)?;
         if self.run.total_steps < 1 || self.run.save_freq < 1 {
             bail!("run.total_steps and run.save_freq must be at least 1");
+        }
+        if self.distributed.timeout_s == 0 {
+            bail!("distributed.timeout_s must be at least 1 (seconds)");
         }
         if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) {
             bail!("run.name {:?} must be a non-empty file name", self.run.name);

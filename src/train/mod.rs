@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context};
 use dllm_policy::{chat_prompt, AdamW, ChatMessage, ChatTokenizer, DreamModel, LoraConfig, Placement, SaveOptions};
+use dllm_dist::World;
 use dllm_rollout::SpecialIds;
 use dllm_prompts::Rendered;
 use dllm_verifier::{PreparedTask, Task, Verifier};
@@ -27,7 +28,7 @@ use crate::store::RunStore;
 use config::{BackendName, TrainConfig};
 
 /// What a checkpoint needs besides weights and optimizer: where the data order stands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
     /// Steps completed.
     pub step: i64,
@@ -35,6 +36,19 @@ pub struct TrainerState {
     pub cursor: usize,
     /// Passes over the prompts started (seeds each pass's order).
     pub epoch: u64,
+    /// Ranks of the run (checkpoints written before data parallel say nothing: 1).
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
+}
+
+impl Default for TrainerState {
+    fn default() -> Self {
+        TrainerState { step: 0, cursor: 0, epoch: 0, world_size: 1 }
+    }
 }
 
 pub struct Trainer {
@@ -54,6 +68,8 @@ pub struct Trainer {
     pub reference: Option<DreamModel>,
     /// The other sandbox, for `verifier.cross_check`, with the tasks prepared for it.
     pub cross: Option<(Verifier, Vec<PreparedTask>)>,
+    /// This process's rank among the run's (one process: a world of 1, no engine).
+    pub world: World,
 }
 
 fn read_tasks(files: &[PathBuf]) -> anyhow::Result<Vec<Task>> {
@@ -179,7 +195,7 @@ pub(crate) fn starting_point(run_dir: &Path, resume: bool) -> anyhow::Result<Opt
 
 /// Keys a resumed run may change: they decide how long it runs and how often it saves, not what
 /// it computes.
-const RESUMABLE_KEYS: [&str; 2] = ["run.total_steps", "run.save_freq"];
+const RESUMABLE_KEYS: [&str; 3] = ["run.total_steps", "run.save_freq", "distributed.timeout_s"];
 
 /// Refuses to resume under a config that differs from the one the run started with
 /// (`config.toml` in the run folder) in anything but [`RESUMABLE_KEYS`]: the resumed steps would
@@ -263,16 +279,28 @@ pub fn step_line(m: &serde_json::Value) -> String {
 
 impl Trainer {
     /// Sets a run up: fresh, or resumed from its newest checkpoint.
-    pub fn new(cfg: TrainConfig, resume: bool) -> anyhow::Result<Self> {
+    /// Under a launcher, `world` holds this rank: rank 0 decides where the run starts, writes
+    /// the store and the checkpoints; every rank reads the checkpoint (a shared file system
+    /// across nodes) and starts from rank 0's weights.
+    pub fn new(cfg: TrainConfig, resume: bool, world: World) -> anyhow::Result<Self> {
         let run_dir = cfg.run_dir();
         let store_path = run_dir.join("store.sqlite");
-        let checkpoint = starting_point(&run_dir, resume)?;
-        if checkpoint.is_some() {
-            refuse_changed_config(&run_dir, &cfg)?;
-        }
-        std::fs::create_dir_all(run_dir.join("checkpoints")).with_context(|| format!("creating {}", run_dir.display()))?;
+        let checkpoint = if world.is_main() {
+            let checkpoint = starting_point(&run_dir, resume)?;
+            if checkpoint.is_some() {
+                refuse_changed_config(&run_dir, &cfg)?;
+            }
+            std::fs::create_dir_all(run_dir.join("checkpoints")).with_context(|| format!("creating {}", run_dir.display()))?;
+            checkpoint
+        } else {
+            None
+        };
+        let checkpoint = agree_on_checkpoint(&world, &run_dir, checkpoint)?;
 
-        let placement = Placement::best_available();
+        let mut placement = Placement::best_available();
+        if placement.device.is_cuda() {
+            placement.device = tch::Device::Cuda(world.local_rank);
+        }
         let mut model = match (&checkpoint, &cfg.model.lora) {
             (Some((_, dir)), None) => DreamModel::load(&dir.join("model"), placement)?,
             _ => DreamModel::load(&cfg.model.path, placement).with_context(|| format!("loading {}", cfg.model.path.display()))?,
@@ -304,7 +332,9 @@ impl Trainer {
         };
 
         // Tasks: rendered, encoded, their tests prepared; unusable ones are reported and left out.
-        let jobs = if cfg.verifier.jobs == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { cfg.verifier.jobs };
+        // Ranks of one node share its cores.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let jobs = if cfg.verifier.jobs == 0 { (cores / world.local_world_size).max(1) } else { cfg.verifier.jobs };
         let backend = match cfg.verifier.backend {
             BackendName::Native => dllm_verifier::Backend::Native,
             BackendName::Wasm => dllm_verifier::Backend::Wasm,
@@ -353,16 +383,37 @@ impl Trainer {
             Some((step, dir)) => {
                 optimizer.load(&dir.join("optimizer.safetensors"))?;
                 let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(dir.join("trainer.json"))?)?;
+                if state.world_size != world.size {
+                    bail!(
+                        "{} ran on {} rank(s) and this start has {}: resume it with {} (the data order, the optimizer \
+                         and the sample seeds are those of its world size)",
+                        cfg.run.name,
+                        state.world_size,
+                        world.size,
+                        state.world_size
+                    );
+                }
                 tracing::info!("resuming {} from step {step}", cfg.run.name);
-                (RunStore::resume(&store_path, &cfg.run.name, *step)?, state)
+                let store = if world.is_main() { RunStore::resume(&store_path, &cfg.run.name, *step)? } else { RunStore::written_elsewhere(&store_path) };
+                (store, state)
             }
             None => {
-                let resolved = serde_json::to_value(&cfg)?;
-                std::fs::write(run_dir.join("config.toml"), toml::to_string(&cfg)?)?;
-                (RunStore::create(&store_path, &cfg.run.name, "train", &resolved)?, TrainerState::default())
+                let store = if world.is_main() {
+                    let resolved = serde_json::to_value(&cfg)?;
+                    std::fs::write(run_dir.join("config.toml"), toml::to_string(&cfg)?)?;
+                    RunStore::create(&store_path, &cfg.run.name, "train", &resolved)?
+                } else {
+                    RunStore::written_elsewhere(&store_path)
+                };
+                (store, TrainerState { world_size: world.size, ..TrainerState::default() })
             }
         };
-        Ok(Trainer { cfg, model, tokenizer, special, tasks, prompts, prepared, verifier, optimizer, store, state, reference, cross })
+        // Every rank starts from rank 0's weights (LoRA's initial draw included).
+        world.broadcast_parameters(&optimizer.parameters()).context("broadcasting rank 0's weights")?;
+        if world.size > 1 {
+            tracing::info!("rank {} of {} ({}, {:?})", world.rank, world.size, world.launcher, world.backend());
+        }
+        Ok(Trainer { cfg, model, tokenizer, special, tasks, prompts, prepared, verifier, optimizer, store, state, reference, cross, world })
     }
 
     /// The next `train_batch_size` prompts: passes over the tasks in a seeded order, no task
@@ -372,8 +423,17 @@ impl Trainer {
     }
 
     /// Writes `checkpoints/step-N/` atomically (a temporary folder, then a rename).
+    /// Rank 0 writes; the others wait for it, so that none runs ahead of a checkpoint.
     pub fn checkpoint(&mut self) -> anyhow::Result<PathBuf> {
-        let dir = write_checkpoint(&self.cfg.run_dir(), &self.cfg.model.path, &self.model, &self.optimizer, &self.state)?;
+        let run_dir = self.cfg.run_dir();
+        if !self.world.is_main() {
+            self.world.barrier()?;
+            return Ok(run_dir.join("checkpoints").join(format!("step-{}", self.state.step)));
+        }
+        let dir = write_checkpoint(&run_dir, &self.cfg.model.path, &self.model, &self.optimizer, &self.state);
+        // The others are released whatever happened here (they learn of a failure when rank 0 exits).
+        self.world.barrier()?;
+        let dir = dir?;
         self.store.log_checkpoint(self.state.step, &dir)?;
         Ok(dir)
     }
@@ -427,10 +487,15 @@ impl Trainer {
             on_step(self.state.step, &metrics);
             self.state.step += 1;
             let due = self.state.step % self.cfg.run.save_freq == 0 || self.state.step == self.cfg.run.total_steps;
-            let stopping = stop.load(Ordering::Relaxed);
+            // One rank's Ctrl-C (or SIGTERM) stops all of them after the same step.
+            let mut stop_votes = [f64::from(u8::from(stop.load(Ordering::Relaxed)))];
+            self.world.sum_f64(&mut stop_votes)?;
+            let stopping = stop_votes[0] > 0.0;
             if due || stopping {
                 let path = self.checkpoint()?;
-                tracing::info!("checkpoint: {}", path.display());
+                if self.world.is_main() {
+                    tracing::info!("checkpoint: {}", path.display());
+                }
             }
             self.store.flush()?;
             if stopping {
@@ -442,8 +507,33 @@ impl Trainer {
         }
         self.store.set_status("finished")?;
         self.store.flush()?;
+        // Rank 0 may host the rendezvous store: nobody leaves before everyone is done.
+        self.world.barrier()?;
         Ok(())
     }
+}
+
+/// Every rank learns where rank 0 starts the run (`None`: afresh) and checks that it sees that
+/// checkpoint too.
+fn agree_on_checkpoint(world: &World, run_dir: &Path, mine: Option<(i64, PathBuf)>) -> anyhow::Result<Option<(i64, PathBuf)>> {
+    if world.size == 1 {
+        return Ok(mine);
+    }
+    let mut step = tch::Tensor::from_slice(&[mine.as_ref().map_or(-1i64, |(s, _)| *s)]);
+    world.broadcast(&mut step, 0).context("learning rank 0's starting point")?;
+    let step = step.int64_value(&[0]);
+    if step < 0 {
+        return Ok(None);
+    }
+    let dir = run_dir.join("checkpoints").join(format!("step-{step}"));
+    if !dir.join("trainer.json").exists() {
+        bail!(
+            "rank {} cannot see rank 0's checkpoint {}: ranks on several nodes need the run folder (run.out_dir) on a shared file system",
+            world.rank,
+            dir.display()
+        );
+    }
+    Ok(Some((step, dir)))
 }
 
 #[cfg(test)]

@@ -24,14 +24,14 @@ use dllm_rewards::{
 };
 use dllm_rollout::{generate, rollout_seed, Batching, Request, Rollout};
 use dllm_verifier::{Completion, TaskVerdict, TestSpec};
-use rand_core::{Rng, SeedableRng};
 use tch::{Kind, Tensor};
 
 use super::config::{MaskSharing, TokenMean};
 use super::Trainer;
 use crate::store::{PromptRecord, RolloutRecord, TestRecord};
 
-/// One sample of the step, judged.
+/// One sample of the step, judged. Ranks exchange them (as JSON) after judging their share.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Sample {
     task: usize,
     rollout: Rollout,
@@ -59,8 +59,9 @@ struct Decoded {
 /// One coupled-mask pass of a micro-batch, scored before the update: the log-probs of the
 /// policy that sampled (and of the KL reference), flattened to the scored tokens.
 struct ScoredPass {
-    /// Index of the micro-batch it scores (its two coupled passes share it).
-    micro_batch: usize,
+    /// Its place among the epoch's passes of all ranks: 2 · micro-batch + 0 or 1 (the two
+    /// coupled passes of a micro-batch are neighbours).
+    slot: usize,
     batch: ScoredBatch,
     loss_weights: Tensor,
     norm_weights: Tensor,
@@ -89,10 +90,12 @@ fn cross_check(
     seed: u64,
     samples: &mut [Sample],
 ) -> (usize, usize) {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    // Each sample's draw comes from its own (prompt slot, sample) key, so the choice does not
+    // depend on which rank judges it.
     let chosen: Vec<usize> = (0..samples.len())
         .filter(|&i| {
-            let draw = super::unit_draw(rng.next_u64());
+            let key = &samples[i].rollout;
+            let draw = super::unit_draw(mask_seed(seed, key.request as u64, key.sample as u64));
             samples[i].verdict.all_passed && draw < fraction
         })
         .collect();
@@ -209,18 +212,23 @@ impl Trainer {
         tch::manual_seed((mask_seed(seed, step as u64, 0x6472_6f70) >> 1) as i64);
 
         // 1-2. Prompts and rollouts.
+        // Every rank draws the same prompts and rolls out its own block of whole groups; seeds
+        // come from the global slot, so the samples do not depend on the world size.
         let chosen = self.next_prompts();
+        let mine = self.world.share(chosen.len());
         let n = self.cfg.rollout.n;
         let requests: Vec<Request> = chosen
             .iter()
             .zip(request_seeds(seed, step as u64, &chosen, self.tasks.len(), n))
+            .skip(mine.start)
+            .take(mine.len())
             .map(|(&t, seeds)| Request { prompt: self.prompts[t].clone(), seeds })
             .collect();
         let sampler = &self.cfg.rollout.sampler;
         // 3. Verification overlaps generation: each finished rollout batch goes to a thread that
         // decodes it (text, and token pieces for the store) and runs the sandbox pool (CPU)
         // while the model (GPU) decodes the next batch.
-        let ready: Vec<dllm_verifier::PreparedTask> = chosen.iter().map(|&t| self.prepared[t].clone()).collect();
+        let ready: Vec<dllm_verifier::PreparedTask> = chosen[mine.clone()].iter().map(|&t| self.prepared[t].clone()).collect();
         let (tx, rx) = mpsc::channel::<Vec<(usize, usize, Vec<i64>)>>();
         let (verifier, tokenizer, special) = (&self.verifier, &self.tokenizer, &self.special);
         let mut rollout_seconds = 0.0;
@@ -248,11 +256,13 @@ impl Trainer {
         })?;
         // 4. Rewards.
         let mut samples: Vec<Sample> = Vec::with_capacity(rollouts.len());
-        for rollout in rollouts {
+        for mut rollout in rollouts {
             let Some(Decoded { text, tokens, pieces, verdict }) = judged.remove(&(rollout.request, rollout.sample)) else {
                 anyhow::bail!("rollout {} of prompt {} was not judged", rollout.sample, rollout.request);
             };
             let (reward, components) = reward_of(&self.cfg.reward, &text, tokens, &verdict);
+            // From here on, `request` is the prompt's slot in the whole step.
+            rollout.request += mine.start;
             samples.push(Sample { task: chosen[rollout.request], rollout, text, tokens, pieces, verdict, reward, components, signals: Vec::new() });
         }
         let rejudged = rejudge_sandbox_failures(&mut samples, &self.cfg.reward, &|items| {
@@ -275,6 +285,13 @@ impl Trainer {
         };
         // Verification beyond the generation it overlapped (+ rewards and cross-checks).
         let verify_seconds = started.elapsed().as_secs_f64() - rollout_seconds;
+        // Every rank gets every sample (rank order, then prompt slot and sample), and the rank
+        // counters are summed: from here on all ranks compute the same statistics and rows.
+        let mut samples = self.gather_samples(samples)?;
+        samples.sort_by_key(|s| (s.rollout.request, s.rollout.sample));
+        let mut counts = [rejudged as f64, cross_checked as f64, disagreements as f64, gen.forwards as f64];
+        self.world.sum_f64(&mut counts)?;
+        let [rejudged, cross_checked, disagreements, forwards] = counts.map(|c| c as usize);
 
         // 5. Group advantages, statistics, substitution.
         let groups: Vec<Vec<usize>> = (0..chosen.len()).map(|g| (0..samples.len()).filter(|&i| samples[i].rollout.request == g).collect()).collect();
@@ -295,7 +312,9 @@ impl Trainer {
             dllm_rewards::Substitution { source: (0..groups.len()).collect(), replaced: 0, no_informative_group: false }
         };
 
-        self.log_rollouts(step, &chosen, &samples)?;
+        if self.world.is_main() {
+            self.log_rollouts(step, &chosen, &samples)?;
+        }
         if unjudged == samples.len() {
             self.store.flush()?;
             bail!("step {step}: the sandbox failed on every completion, twice; it is not usable (the verdicts are in the run store)");
@@ -310,7 +329,7 @@ impl Trainer {
             "sandbox_rejudged": rejudged, "sandbox_unjudged": unjudged,
             "sandbox_charged": samples.iter().filter(|s| s.verdict.sandbox_failure_charged).count(),
             "response_tokens_mean": samples.iter().map(|s| s.tokens as f64).sum::<f64>() / samples.len().max(1) as f64,
-            "rollout_forwards": gen.forwards,
+            "rollout_forwards": forwards,
             "generated_tokens_per_second": (samples.len() as f64 * sampler.max_new_tokens as f64) / rollout_seconds.max(1e-9),
         });
         if self.cross.is_some() {
@@ -360,10 +379,13 @@ impl Trainer {
         // then against the policy that sampled, and clipping can act.
         let old_start = Instant::now();
         let mut epochs_passes: Vec<Vec<ScoredPass>> = Vec::with_capacity(actor.ppo_epochs);
+        // Each rank scores and trains its block of the step's micro-batches; masks are drawn
+        // from the global micro-batch index, so they are those of a single process.
+        let my_batches = self.world.share(batches.len());
         for epoch in 0..actor.ppo_epochs {
             let epoch_seed = mask_seed(seed, step as u64, 1000 + epoch as u64);
             let mut passes = Vec::new();
-            for (b, mb) in batches.iter().enumerate() {
+            for (b, mb) in batches.iter().enumerate().filter(|(b, _)| my_batches.contains(b)) {
                 let (rows, len) = (mb.sequences.size()[0], mb.sequences.size()[1]);
                 let response = Tensor::ones([rows, sampler.max_new_tokens], (Kind::Bool, device));
                 let seeds = match actor.mask_sharing {
@@ -374,7 +396,7 @@ impl Trainer {
                 let masks = coupled_masks(&response, &seeds)?;
                 let prompt_cols = Tensor::zeros([rows, mb.prompt_len], (Kind::Bool, device));
                 let full_response = Tensor::cat(&[&prompt_cols, &response], 1);
-                for (mask, t) in masks.passes() {
+                for (k, (mask, t)) in masks.passes().into_iter().enumerate() {
                     let mask = Tensor::cat(&[&prompt_cols, mask], 1);
                     let batch = ScoredBatch::new(&self.model, &mb.sequences, &mask, None)?.with_temperature(temperature)?;
                     let weights = token_weights(&mask, &full_response, &t, actor.weighting(), &mb.sequences, pad);
@@ -389,7 +411,7 @@ impl Trainer {
                     };
                     let advantages = batch.flatten(&mb.advantages.unsqueeze(1).expand([rows, len], false));
                     let (loss_weights, norm_weights) = (batch.flatten(&weights.loss), batch.flatten(&weights.norm));
-                    passes.push(ScoredPass { micro_batch: b, batch, loss_weights, norm_weights, old, reference, advantages });
+                    passes.push(ScoredPass { slot: 2 * b + k, batch, loss_weights, norm_weights, old, reference, advantages });
                 }
             }
             epochs_passes.push(passes);
@@ -402,16 +424,23 @@ impl Trainer {
             // The token-mean's Σ w for each pass (`actor.token_mean`): that of the whole epoch's
             // passes, or of the pass's micro-batch (both coupled passes) times the number of
             // micro-batches, as verl's gradient accumulation divides.
-            let sums: Vec<f64> = passes.iter().map(|p| p.norm_weights.sum(Kind::Double).double_value(&[])).collect();
+            // Summed over the passes of every rank: the normaliser is the whole step's.
+            let mut sums = vec![0.0; 2 * batches.len()];
+            for p in passes {
+                sums[p.slot] = p.norm_weights.sum(Kind::Double).double_value(&[]);
+            }
+            self.world.sum_f64(&mut sums)?;
             let total: f64 = sums.iter().sum();
             if total <= 0.0 {
                 // Every token weighs nothing (CART with a noise level near 1: no visible context).
                 continue;
             }
-            let micro_batches: Vec<usize> = passes.iter().map(|p| p.micro_batch).collect();
-            let normalisers = token_mean_normalisers(&micro_batches, &sums, actor.token_mean);
+            let micro_batches: Vec<usize> = (0..2 * batches.len()).map(|slot| slot / 2).collect();
+            let all_normalisers = token_mean_normalisers(&micro_batches, &sums, actor.token_mean);
+            let normalisers: Vec<f64> = passes.iter().map(|p| all_normalisers[p.slot]).collect();
             self.optimizer.zero_grad();
             let mut epoch_loss = 0.0;
+            let before = (clipped, scored, kl_sum, kl_penalty_sum, entropy_sum);
             for (pass, &normaliser) in passes.iter().zip(&normalisers) {
                 let clipped_here = Cell::new(0i64);
                 let penalty_here = Cell::new(0.0f64);
@@ -450,6 +479,19 @@ impl Trainer {
                 // k1 estimate of KL(old || new) over weighted tokens.
                 kl_sum += (&pass.old - &new).masked_select(&live).sum(Kind::Double).double_value(&[]);
             }
+            // Gradients and this epoch's statistics summed over ranks: every rank then clips and
+            // steps the same way.
+            self.world.all_reduce_gradients(&self.optimizer.parameters())?;
+            if self.world.size > 1 {
+                let mut epoch = [epoch_loss, (clipped - before.0) as f64, (scored - before.1) as f64, kl_sum - before.2, kl_penalty_sum - before.3, entropy_sum - before.4];
+                self.world.sum_f64(&mut epoch)?;
+                epoch_loss = epoch[0];
+                clipped = before.0 + epoch[1] as i64;
+                scored = before.1 + epoch[2] as i64;
+                kl_sum = before.2 + epoch[3];
+                kl_penalty_sum = before.3 + epoch[4];
+                entropy_sum = before.4 + epoch[5];
+            }
             grad_norm = self.optimizer.clip_grad_norm(actor.grad_clip);
             // A non-finite loss or gradient would poison every weight: skip that update.
             if !epoch_loss.is_finite() || !grad_norm.is_finite() {
@@ -484,6 +526,20 @@ impl Trainer {
             "update": update_seconds, "total": started.elapsed().as_secs_f64(),
         });
         Ok(metrics)
+    }
+
+    /// Every rank's samples, in rank order (this rank's own when alone).
+    fn gather_samples(&self, samples: Vec<Sample>) -> anyhow::Result<Vec<Sample>> {
+        if self.world.size == 1 {
+            return Ok(samples);
+        }
+        let bytes = serde_json::to_vec(&samples)?;
+        let mut all = Vec::new();
+        for (rank, theirs) in self.world.all_gather_bytes(&bytes)?.into_iter().enumerate() {
+            let theirs: Vec<Sample> = serde_json::from_slice(&theirs).with_context(|| format!("reading the samples of rank {rank}"))?;
+            all.extend(theirs);
+        }
+        Ok(all)
     }
 
     fn log_rollouts(&self, step: i64, chosen: &[usize], samples: &[Sample]) -> anyhow::Result<()> {

@@ -1,0 +1,199 @@
+//! Data parallel end to end, on loopback Gloo: the same short GRPO run with one process and
+//! with two ranks under torchrun (`scripts/setup` puts torchrun in the venv) ends with the same
+//! adapters within float tolerance and logs the same rollouts; a killed rank ends the other
+//! with an error naming it; a resume needs the run's world size.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn dllm_rl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dllm-rl"))
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn run(dir: &Path, args: &[&str]) {
+    let out = dllm_rl().current_dir(dir).arg("-q").args(args).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A tiny byte-tokenizer model, 4 MBPP tasks and a run whose rewards vary (a length penalty),
+/// without dropout (its draws would depend on which rank trains which micro-batch).
+fn setup(dir: &Path) {
+    let mut shape: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo("configs/models/tiny.json")).unwrap()).unwrap();
+    shape["vocab_size"] = 264.into();
+    std::fs::write(dir.join("tiny-264.json"), shape.to_string()).unwrap();
+    run(dir, &["model", "init", "--byte-tokenizer", "--config", "tiny-264.json", "--out", "model"]);
+    let mbpp = repo("tests/data/shared/sandboxfusion/code_eval_mbpp.jsonl");
+    run(dir, &["prompts", "import", "--format", "sandboxfusion-mbpp", "--out", "tasks.jsonl", mbpp.to_str().unwrap()]);
+    let four: String = std::fs::read_to_string(dir.join("tasks.jsonl")).unwrap().lines().take(4).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.join("tasks.jsonl"), four).unwrap();
+}
+
+fn config(dir: &Path, name: &str, steps: i64) -> PathBuf {
+    let text = format!(
+        r#"[run]
+name = "{name}"
+out_dir = "runs"
+seed = 11
+total_steps = {steps}
+save_freq = 1
+
+[model]
+path = "model"
+[model.lora]
+r = 4
+lora_alpha = 8.0
+lora_dropout = 0.0
+
+[data]
+train_files = ["tasks.jsonl"]
+train_batch_size = 4
+
+[rollout]
+n = 4
+batch_size = 8
+[rollout.sampler]
+max_new_tokens = 16
+steps = 16
+temperature = 1.0
+[rollout.sampler.block]
+length = 8
+
+[verifier]
+jobs = 1
+
+[reward]
+pass_all = 1.0
+[reward.overlong]
+weight = 1.0
+max_tokens = 16
+buffer = 16
+
+[actor]
+ppo_epochs = 2
+ppo_micro_batch_size = 4
+
+[optim]
+lr = 0.01
+
+[distributed]
+timeout_s = 60
+"#
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn torchrun(dir: &Path, ranks: usize, args: &[&str]) -> std::process::Output {
+    Command::new(repo(".venv/bin/torchrun"))
+        .current_dir(dir)
+        .args(["--nproc-per-node", &ranks.to_string(), "--master-addr", "127.0.0.1", "--master-port", &free_port().to_string(), "--no-python"])
+        .arg(env!("CARGO_BIN_EXE_dllm-rl"))
+        .arg("-q")
+        .args(args)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap()
+}
+
+fn adapter(dir: &Path, run: &str, step: i64) -> Vec<f32> {
+    let bytes = std::fs::read(dir.join(format!("runs/{run}/checkpoints/step-{step}/adapter/adapter_model.safetensors"))).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = tensors.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
+        .iter()
+        .flat_map(|n| {
+            let t = tensors.tensor(n).unwrap();
+            assert_eq!(t.dtype(), safetensors::Dtype::F32, "{n}");
+            t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// (step, prompt, sample) → (completion, reward) of a run's store.
+fn rollouts(dir: &Path, run: &str) -> Vec<(i64, String, i64, String, Option<f64>)> {
+    let db = rusqlite::Connection::open(dir.join(format!("runs/{run}/store.sqlite"))).unwrap();
+    let mut q = db.prepare("SELECT step, prompt_id, sample, completion, reward FROM rollouts WHERE superseded = 0 ORDER BY step, prompt_id, sample").unwrap();
+    q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).unwrap().map(|r| r.unwrap()).collect()
+}
+
+#[test]
+fn two_ranks_train_as_one_process_and_a_resume_keeps_the_world_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir);
+    run(dir, &["train", "--config", config(dir, "one", 2).to_str().unwrap()]);
+    let out = torchrun(dir, 2, &["train", "--config", config(dir, "two", 2).to_str().unwrap()]);
+    assert!(out.status.success(), "torchrun: {}", String::from_utf8_lossy(&out.stderr));
+
+    let (one, two) = (rollouts(dir, "one"), rollouts(dir, "two"));
+    assert_eq!(one.len(), 2 * 4 * 4);
+    assert_eq!(one, two, "the two ranks logged other rollouts than the single process");
+    let db = rusqlite::Connection::open(dir.join("runs/one/store.sqlite")).unwrap();
+    let updated: i64 = db.query_row("SELECT COUNT(*) FROM steps WHERE metrics ->> '$.grad_norm' > 0", [], |r| r.get(0)).unwrap();
+    assert!(updated >= 1, "no step updated the adapters: the comparison would be empty");
+    let (a, b) = (adapter(dir, "one", 2), adapter(dir, "two", 2));
+    assert_eq!(a.len(), b.len());
+    let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    eprintln!("adapters: largest difference {worst}, largest weight {scale}");
+    assert!(worst <= 1e-4 * scale.max(1.0), "adapters differ by up to {worst} (largest weight {scale})");
+    // Only rank 0 wrote: one run, one row per step.
+    let steps: i64 = rusqlite::Connection::open(dir.join("runs/two/store.sqlite")).unwrap().query_row("SELECT COUNT(*) FROM steps", [], |r| r.get(0)).unwrap();
+    assert_eq!(steps, 2);
+
+    // The run of two ranks resumes on two, and is refused on one, naming both sizes.
+    let longer = config(dir, "two", 3);
+    let out = dllm_rl().current_dir(dir).args(["-q", "train", "--resume", "--config", longer.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("ran on 2 rank(s) and this start has 1"), "{stderr}");
+    let out = torchrun(dir, 2, &["train", "--resume", "--config", longer.to_str().unwrap()]);
+    assert!(out.status.success(), "resume on 2 ranks: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(rollouts(dir, "two").len(), 3 * 4 * 4);
+}
+
+#[test]
+fn a_killed_rank_is_named_by_the_other_within_the_time_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir);
+    let cfg = config(dir, "k", 50);
+    let port = free_port().to_string();
+    let rank = |r: &str| {
+        dllm_rl()
+            .current_dir(dir)
+            .args(["-q", "train", "--config", cfg.to_str().unwrap()])
+            .envs([("RANK", r), ("WORLD_SIZE", "2"), ("LOCAL_RANK", r), ("LOCAL_WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", &port)])
+            .env("OMP_NUM_THREADS", "1")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (zero, mut one) = (rank("0"), rank("1"));
+    let started = Instant::now();
+    while !dir.join("runs/k/checkpoints/step-1").exists() {
+        assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint after 5 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    one.kill().unwrap();
+    let _ = one.wait();
+    let killed = Instant::now();
+    let out = zero.wait_with_output().unwrap();
+    assert!(killed.elapsed() < Duration::from_secs(60), "rank 0 took {:?} to give up", killed.elapsed());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    eprintln!("{stderr}");
+    assert!(stderr.contains("rank 1 never reached it"), "{stderr}");
+    let status: String = rusqlite::Connection::open(dir.join("runs/k/store.sqlite")).unwrap().query_row("SELECT status FROM runs", [], |r| r.get(0)).unwrap();
+    assert_eq!(status, "failed");
+}
