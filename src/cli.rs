@@ -381,6 +381,33 @@ pub enum BenchCommand {
     /// prefix and dual caches and threshold decoding, and batching by buckets vs padding, on a
     /// random model of the given shape (or a checkpoint).
     Generate(BenchGenerateArgs),
+    /// Collectives on the launcher's world (under torchrun or srun; Gloo on CPUs, NCCL on
+    /// GPUs): all-reduce bandwidth by size, and the trainer's bucketed gradient sum for a model
+    /// shape (the built-in Dream-Coder 7B on a GPU).
+    Dist(BenchDistArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchDistArgs {
+    /// Largest all-reduce message in MiB (sizes grow 4x from 4 KiB).
+    #[arg(long, default_value_t = 256)]
+    pub max_mib: usize,
+    /// Model shape (a config.json) whose gradients are summed [default: Dream-Coder 7B on a
+    /// GPU; none on a CPU].
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Timed repetitions of each measurement (the median is reported), after one warm-up.
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Gloo on the CPU even where a GPU is visible.
+    #[arg(long)]
+    pub cpu: bool,
+    /// Seconds a rank waits for the others before it fails, naming them.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_s: u64,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

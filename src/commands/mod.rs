@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use crate::cli::Command;
 
 mod bench;
+mod bench_dist;
 mod bench_generate;
 mod bench_model;
 mod doctor;
@@ -32,5 +33,6 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(crate::cli::BenchCommand::Verify(args)) => bench::run(args),
         Command::Bench(crate::cli::BenchCommand::Model(args)) => bench_model::run(args),
         Command::Bench(crate::cli::BenchCommand::Generate(args)) => bench_generate::run(args),
+        Command::Bench(crate::cli::BenchCommand::Dist(args)) => bench_dist::run(args),
     }
 }

@@ -616,7 +616,7 @@ mod tests {
             per_pass.values().filter(|s| s.len() == 4).map(|s| (0..5).find(|t| !s.contains(t)).unwrap()).collect();
         assert!(skipped.len() > 1, "{skipped:?}");
         // A resumed state continues the same way.
-        let mut a = TrainerState { step: 0, cursor: 3, epoch: 2 };
+        let mut a = TrainerState { step: 0, cursor: 3, epoch: 2, world_size: 1 };
         let mut b = a;
         assert_eq!(next_distinct_indices(&mut a, 5, 2, 9), next_distinct_indices(&mut b, 5, 2, 9));
         // A step larger than the set takes every task, repeating some.
