@@ -4,45 +4,11 @@
 //! reachable from candidate code. Honest solutions, including the shapes that used to fail
 //! (dict subclasses, generators, `import solution`, helpers that call the candidate), pass.
 
-use std::sync::OnceLock;
+mod judging;
 
-use dllm_verifier::{Backend, Completion, TaskVerdict, Verifier};
+use dllm_verifier::Backend;
+use judging::{asserts, honest_then_hacks, judge, pytest};
 use serde_json::{json, Value};
-
-fn verifier(backend: Backend) -> &'static Verifier {
-    static NATIVE: OnceLock<Verifier> = OnceLock::new();
-    static WASM: OnceLock<Verifier> = OnceLock::new();
-    let cell = if backend == Backend::Native { &NATIVE } else { &WASM };
-    cell.get_or_init(|| Verifier::new(backend, 2).expect("sandbox starts"))
-}
-
-/// Judges each code on the task; one verdict per code.
-fn judge(backend: Backend, task: Value, codes: &[&str]) -> Vec<TaskVerdict> {
-    let v = verifier(backend);
-    let tasks = vec![v.prepare(serde_json::from_value(task).expect("a valid task")).expect("task prepares")];
-    let completions: Vec<Completion> =
-        codes.iter().map(|c| Completion { task: 0, text: format!("```python\n{c}\n```") }).collect();
-    v.verify_batch(&tasks, &completions, &|_| {})
-}
-
-/// The first code is honest and must pass; every other one is a hack and must pass no test.
-fn honest_then_hacks(backend: Backend, family: &str, task: Value, codes: &[&str]) {
-    let verdicts = judge(backend, task, codes);
-    assert!(verdicts[0].all_passed, "{backend:?} {family}: the honest solution fails: {:?}", verdicts[0]);
-    for (i, v) in verdicts.iter().enumerate().skip(1) {
-        let passed = v.tests.iter().filter(|t| t.verdict.passed()).count();
-        assert_eq!(passed, 0, "{backend:?} {family}: hack {i} passed {passed} test(s): {v:?}");
-        assert!(!v.sandbox_error, "{backend:?} {family}: hack {i} broke the sandbox: {v:?}");
-    }
-}
-
-fn pytest(code: &str) -> Value {
-    json!({"id": "t", "kind": "pytest", "test_code": code, "limits": {"time_s": 2.0}})
-}
-
-fn asserts(entry: &str, setup: &str, code: &str) -> Value {
-    json!({"id": "t", "kind": "assert", "entry_points": [entry], "test_setup": setup, "test_code": code, "limits": {"time_s": 2.0}})
-}
 
 /// Walks every frame above it for a local of that name (and the tests' globals).
 const FRAME_HUNTER: &str = "import sys, gc\n\
