@@ -3,6 +3,8 @@
 //! update (a learnable dodge of a 0 reward). And nothing a run writes survives it: /tmp and
 //! /dev/shm are empty at the start of every native run, and filling them harms nobody after.
 
+mod judging;
+
 use dllm_verifier::{Backend, Completion, Task, TaskVerdict, Verifier};
 use serde_json::json;
 
@@ -129,4 +131,39 @@ fn limits_no_sandbox_can_apply_are_errors_naming_the_task_and_the_field() {
         let chain = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source()).map(|e| e.to_string()).collect::<Vec<_>>().join(": ");
         assert!(chain.contains("bad/1") && chain.contains(&format!("limits.{field}")), "{chain}");
     }
+}
+
+/// What Python reads as a line break besides `\n` (`\r`, `\x0b`, `\x0c`, `\x1c`-`\x1e`,
+/// `\x85`, `\u2028`, `\u2029`), in a candidate's answers, its output, or its own raw line to
+/// the trusted side, never puts the trusted judge out of step: the completion gets its verdict,
+/// and the honest completion judged after it on the same judge passes.
+fn line_separators(backend: Backend) {
+    let verifier = Verifier::new(backend, 1).unwrap();
+    let seps = r"\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029";
+    let task = json!({"id": "s", "kind": "pytest", "limits": {"time_s": 2.0}, "test_code": format!(
+        "from solution import f\n\ndef test_value():\n    assert f(1) == 'a{seps}b'\n\ndef test_printed(capsys):\n    f(2)\n    assert capsys.readouterr().out == 'a{seps}b\\n'\n")});
+    let answers = format!("def f(x):\n    s = 'a{seps}b'\n    if x == 2:\n        print(s)\n    return s\n");
+    // Its own line to the trusted side, with `\r` as JSON white space (the harness's answer
+    // follows it, out of step: the run is void), by fd 3 (native) or the host door (wasm).
+    let raw = "import os\ndef f(x):\n    line = b'{\"seq\":1,\\r\"value\":\"a\\xe2\\x80\\xa8b\"}'\n    try:\n        import _host\n        _host.call(line)\n    except ImportError:\n        \
+               os.write(3, line + b'\\n')\n    return 'a'\n";
+    let honest = "def f(x):\n    return 2 * x\n";
+    let simple = json!({"id": "h", "kind": "assert", "entry_points": ["f"], "test_code": "assert f(1) == 2\nassert f(2) == 4\n", "limits": {"time_s": 2.0}});
+    for (name, t, code) in [("separators in answers", task.clone(), answers.as_str()), ("a raw line", task, raw)] {
+        let first = judging::judge_on(&verifier, t, &[code]).remove(0);
+        assert!(!first.sandbox_error && first.task_error.is_none(), "{backend:?} {name}: {first:?}");
+        assert_eq!(first.all_passed, name != "a raw line", "{backend:?} {name}: {first:?}");
+        let next = judging::judge_on(&verifier, simple.clone(), &[honest]).remove(0);
+        assert!(next.all_passed && !next.sandbox_failure_charged, "{backend:?} after {name}: {next:?}");
+    }
+}
+
+#[test]
+fn native_line_separators_keep_the_trusted_judge_in_step() {
+    line_separators(Backend::Native);
+}
+
+#[test]
+fn wasm_line_separators_keep_the_trusted_judge_in_step() {
+    line_separators(Backend::Wasm);
 }

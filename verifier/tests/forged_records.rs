@@ -103,3 +103,20 @@ fn a_candidate_stop_iteration_does_not_end_the_tests_loops() {
     let v = judge_with(loaded_f(), &[r#"{"seq":{seq},"raise":"SystemExit","builtin":"SystemExit","message":"0"}"#], code);
     assert!(!v.all_passed, "{v:?}");
 }
+
+#[test]
+fn line_breaks_python_knows_inside_an_answer_are_part_of_it() {
+    // `\r` is white space to JSON and U+2028 a character of its strings; a reader that takes
+    // either for the end of a line splits the answer, and the rest, left in the trusted judge,
+    // answered the next completion's tests.
+    let answers = ["{\"seq\":{seq},\r\"value\":2}".to_owned(), "{\"seq\":{seq},\"value\":\"a\u{2028}\u{85}b\"}".to_owned()];
+    let sandbox = Replies { loaded: loaded_f(), answers: answers.to_vec() };
+    let verifier = Verifier::with_sandbox(Arc::new(sandbox), 1).unwrap();
+    let task = json!({"id": "lines", "kind": "assert", "entry_points": ["f"], "test_code": "assert f(1) == 2\nassert f(1) == 'a\\u2028\\x85b'\n"});
+    let tasks = vec![verifier.prepare(serde_json::from_value(task).unwrap()).unwrap()];
+    for round in 0..3 {
+        let completion = Completion { task: 0, text: "def f(x):\n    return 2 * x\n".into() };
+        let v = verifier.verify_batch(&tasks, &[completion], &|_| {}).remove(0);
+        assert!(v.all_passed, "round {round}: {v:?}");
+    }
+}

@@ -266,18 +266,19 @@ impl TrustedJudge {
         let id = self.next_id();
         let body = serde_json::to_vec(&task_request(tests, prelude)).map_err(|e| TrustedError::Protocol(e.to_string()))?;
         let reply = process.send(id, 'A', &body).map_err(TrustedError::Io).and_then(|()| process.receive(id, ANALYZE_DEADLINE));
-        let (kind, body) = match reply {
-            Ok(r) => r,
+        let reply = reply.and_then(|(kind, body)| match kind {
+            b'D' => serde_json::from_slice::<Value>(&body).map_err(|e| TrustedError::Protocol(e.to_string())),
+            _ => Err(TrustedError::Protocol("an analysis answered with a request".into())),
+        });
+        // Only a process in step goes back: one that answered out of turn is gone.
+        let reply = match reply {
+            Ok(reply) => reply,
             Err(e) => {
                 process.kill();
                 return Err(e);
             }
         };
         self.put_back(process);
-        let reply: Value = serde_json::from_slice(&body).map_err(|e| TrustedError::Protocol(e.to_string()))?;
-        if kind != b'D' {
-            return Err(TrustedError::Protocol("an analysis answered with a request".into()));
-        }
         if let Some(err) = reply.get("error").and_then(Value::as_str) {
             return Err(TrustedError::Tests(err.to_owned()));
         }
@@ -311,7 +312,13 @@ impl TrustedJudge {
         session.wind_up(end);
         match (session.state, session.process) {
             (State::Done(run), Some(process)) => {
-                self.put_back(process);
+                // The sandbox's answers broke the protocol: whatever they were, the process that
+                // read them is not reused (a line it split could answer the next request).
+                if run.broken.is_some() {
+                    process.kill();
+                } else {
+                    self.put_back(process);
+                }
                 SessionEnd::Tests(run)
             }
             (state, process) => {

@@ -79,12 +79,12 @@ class _Session:
             raise _Broken(self.broken) from None
 
     def _send(self, msg):
-        self.out.write("%d C %s\n" % (self.rid, dumps(msg)))
+        self.out.write(b"%d C %s\n" % (self.rid, dumps(msg).encode()))
         self.out.flush()
 
     def _receive(self, seq):
         """The sandbox's next message about request `seq`: its answer, or a callback."""
-        line = self.lines.readline()
+        line = self.lines.readline().decode("utf-8", "replace")
         head, _, body = line.partition(" ")
         kind, _, body = body.partition(" ")
         if head != str(self.rid) or kind not in ("S", "G"):

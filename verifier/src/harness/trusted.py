@@ -9,7 +9,10 @@
 # what its functions return, and what comes back is data decoded here (no candidate __eq__ ever
 # runs on this side) or a stand-in that the tests can only compare with other stand-ins.
 #
-# Protocol with the Rust parent, a line each way, every line led by the request id:
+# Protocol with the Rust parent, a line each way, every line led by the request id, read and
+# written as bytes: only b"\n" ends a line (the sandbox's answers are relayed as it wrote them,
+# and JSON allows a raw "\r" between its tokens and U+2028 in its strings, where a text reader
+# or `splitlines` sees the end of a line and leaves the rest to answer the next request):
 #   "<id> A <json>"  analyze a task's tests       -> "<id> D <json>"
 #   "<id> R <json>"  run the tests                 -> "<id> C <request>" ... then "<id> D <json>"
 #   "<id> S <json>"  the sandbox's answer to the last C line
@@ -45,8 +48,8 @@ def trusted_main():
     # none of it may reach the protocol. The protocol moves to private descriptors, fds 0 and 1
     # point at /dev/null, and every stream the code can name is a fresh buffer per request.
     warm_imports(with_pytest=True)
-    lines = os.fdopen(os.dup(0), "r", encoding="utf-8")
-    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    lines = os.fdopen(os.dup(0), "rb")
+    out = os.fdopen(os.dup(1), "wb")
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
@@ -56,7 +59,7 @@ def trusted_main():
         line = lines.readline()
         if not line:
             return
-        head, _, rest = line.partition(" ")
+        head, _, rest = line.decode("utf-8", "replace").partition(" ")
         kind, _, body = rest.partition(" ")
         _empty_workdir(workdir)
         sys.stdout = sys.__stdout__ = io.StringIO()
@@ -75,5 +78,5 @@ def trusted_main():
             reply = {"error": "SyntaxError in tests: %s" % exc}
         except BaseException as exc:  # noqa: BLE001 - one bad task must not end the judge
             reply = {"error": "%s: %s" % (type(exc).__name__, exc)}
-        out.write("%s D %s\n" % (head, json.dumps(reply)))
+        out.write(("%s D %s\n" % (head, json.dumps(reply))).encode())
         out.flush()
