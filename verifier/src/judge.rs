@@ -294,7 +294,7 @@ impl Judge<'_> {
         if run.broken.is_some() {
             return (all(malformed(), Some(&outcome)), seconds, None);
         }
-        if run.calls == 0 {
+        if !run.reached {
             return (all(TestVerdict::NotRun, Some(&outcome)), seconds, Some(NEVER_CALLED.into()));
         }
         (self.test_verdicts(prepared, &run, &outcome, count), seconds, None)

@@ -133,6 +133,42 @@ fn limits_no_sandbox_can_apply_are_errors_naming_the_task_and_the_field() {
     }
 }
 
+/// An entry point that is missing, or is not what the tests call (`solve = 5`), is the
+/// candidate's failure as in a call task (`runtime_error`), never a `task_error`, which
+/// training leaves out like a sandbox error; a data entry point the tests compare judges.
+fn entry_points_that_are_not_functions(backend: Backend) {
+    let verifier = Verifier::new(backend, 1).unwrap();
+    let task = |kind: &str, code: &str| {
+        json!({"id": "e", "kind": kind, "entry_points": if kind == "assert" { json!(["solve"]) } else { json!([]) }, "test_code": code, "limits": {"time_s": 2.0}})
+    };
+    let asserted = task("assert", "assert solve(1) == 2\nassert solve(2) == 4\n");
+    let pytest = task("pytest", "from solution import solve\n\ndef test_one():\n    assert solve(1) == 2\n");
+    let by_module = task("pytest", "import solution\n\ndef test_one():\n    assert solution.solve(1) == 2\n");
+    for (name, t) in [("assert", asserted), ("pytest", pytest), ("import solution", by_module)] {
+        let codes = ["def solve(x):\n    return 2 * x\n", "solve = 5\n", "def other(x):\n    return 2 * x\n", "solve = None\n", "class solve:\n    pass\n"];
+        let verdicts = judging::judge_on(&verifier, t, &codes);
+        assert!(verdicts[0].all_passed, "{backend:?} {name}: {:?}", verdicts[0]);
+        for v in &verdicts[1..] {
+            assert_eq!(v.summary(), "runtime_error", "{backend:?} {name}: {v:?}");
+            assert!(v.task_error.is_none() && !v.sandbox_error, "{backend:?} {name}: {v:?}");
+        }
+    }
+    let constant = json!({"id": "c", "kind": "assert", "entry_points": ["LIMIT"], "test_code": "assert LIMIT == 10\n"});
+    let verdicts = judging::judge_on(&verifier, constant, &["LIMIT = 10\n", "LIMIT = 11\n"]);
+    assert!(verdicts[0].all_passed, "{backend:?}: {:?}", verdicts[0]);
+    assert_eq!(verdicts[1].summary(), "wrong_answer", "{backend:?}: {:?}", verdicts[1]);
+}
+
+#[test]
+fn native_entry_points_that_are_not_functions_are_the_candidates_failure() {
+    entry_points_that_are_not_functions(Backend::Native);
+}
+
+#[test]
+fn wasm_entry_points_that_are_not_functions_are_the_candidates_failure() {
+    entry_points_that_are_not_functions(Backend::Wasm);
+}
+
 /// What Python reads as a line break besides `\n` (`\r`, `\x0b`, `\x0c`, `\x1c`-`\x1e`,
 /// `\x85`, `\u2028`, `\u2029`), in a candidate's answers, its output, or its own raw line to
 /// the trusted side, never puts the trusted judge out of step: the completion gets its verdict,

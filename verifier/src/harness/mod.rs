@@ -123,8 +123,11 @@ pub struct TestRun {
     /// The first exception raised outside any assertion (by the test code, or a candidate
     /// exception where no assertion catches it).
     pub raised: Option<String>,
-    /// Requests made to the candidate: none means the tests never reached it.
+    /// Requests made to the candidate.
     pub calls: usize,
+    /// Whether the tests reached the candidate: they made requests, or read one of its names
+    /// that is data or missing (`solve = 5`). Tests that never did judge nothing.
+    pub reached: bool,
     /// The sandbox's answers broke the protocol (out of step, undecodable): nothing it said counts.
     pub broken: Option<String>,
 }

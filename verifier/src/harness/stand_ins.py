@@ -355,7 +355,7 @@ def _namespace(req, names, check):
     let the candidate stand in for something trusted: a builtin (`def abs(x): return 0`), a
     module the tests use (`def math(): ...`), or what the task's own prelude and set-up define.
     Declared entry points are always the candidate's."""
-    code, _, prelude, setup, free, bound_by_tests = _prepared(req)
+    code, _, prelude, setup, free, bound_by_tests, _ = _prepared(req)
     declared = set(req.get("names") or []) | set(req.get("class_names") or [])
     ns = {"__name__": "test_solution", "__builtins__": builtins, "__dllm_check__": check}
     if prelude is not None:
@@ -378,6 +378,9 @@ def _namespace(req, names, check):
         exec(setup, ns)
         for name in declared & set(names):
             ns[name] = names[name]
+    for name in declared - set(names):
+        # An entry point the candidate lacks is missing, whoever else defines that name.
+        ns.pop(name, None)
     module = types.ModuleType("solution")
     public = {k: v for k, v in names.items() if allowed(k, v)}
     module.__dict__.update(public)

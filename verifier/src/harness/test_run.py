@@ -111,8 +111,30 @@ def _prepared(req):
         compiled = lambda code, name: compile(code, name, "exec") if code else None  # noqa: E731
         free = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
         _PREPARED[key] = (compile(tree, "tests.py", "exec"), checks.count, compiled(req.get("prelude"), "prelude.py"),
-                          compiled(req.get("setup"), "setup.py"), free, bound)
+                          compiled(req.get("setup"), "setup.py"), free, bound, _taken_from_solution(tree))
     return _PREPARED[key]
+
+
+def _taken_from_solution(tree):
+    """The names the tests take from the candidate's module by name: `from solution import f`
+    and `solution.f` after `import solution` (not `import *`, which takes what is there)."""
+    taken = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ImportFrom) and n.module == "solution":
+            taken |= {a.name for a in n.names if a.name != "*"}
+        elif isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "solution":
+            taken.add(n.attr)
+    return taken
+
+
+def _reached(req, names, session):
+    """Whether the tests reached the candidate: they called it, or they read a name of its that
+    is data, or is missing (`solve = 5`, no `solve`: its failure, judged by the tests)."""
+    _, _, _, _, free, _, taken = _prepared(req)
+    declared = (set(req.get("names") or []) | set(req.get("class_names") or [])) & free
+    stand_ins = (RemoteObject, RemoteCallable)
+    return session.calls > 0 or any(n not in names or not (type(names[n]) in stand_ins or isinstance(names[n], _RemoteClass))
+                                    for n in declared | taken)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,6 +365,7 @@ def run_tests(req, session):
     n_asserts = _prepared(req)[1]
     pytest_file = req.get("runner") == "test_functions"
     _SESSION = session
+    names = None
     try:
         names = _candidate_names(session, req["loaded"])
         code, ns = _namespace(req, names, check)
@@ -360,4 +383,5 @@ def run_tests(req, session):
         _SESSION = None
         sys.modules.pop("solution", None)
     return {"asserts": results, "total": n_asserts, "functions": functions, "raised": raised[0] if raised else None,
-            "calls": session.calls, "broken": session.broken}
+            "calls": session.calls, "reached": _reached(req, names, session) if names is not None else session.calls > 0,
+            "broken": session.broken}
