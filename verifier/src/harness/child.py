@@ -9,7 +9,8 @@ Job modes:
   call    {code, entry, class_name, tests: [{args, kwargs}], start_at}: one result line per test
   serve   {prelude, code, setup}: loads the candidate as module `solution`, says which names it
           defined, then answers requests from the trusted side (which runs the tests) one at a
-          time: call a function, a method, read an attribute, an operator. Objects that are not
+          time: call a function, a method, read an attribute, an operator, read an object's
+          state (state.py, which runs no candidate code). Objects that are not
           data stay here and cross as handles; the tests' own objects arrive as copies, and
           what the candidate changes in its arguments goes back with the answer.
 
@@ -401,6 +402,8 @@ def _answer_request(line, objects, ns):
     except BaseException as exc:  # noqa: BLE001 - the trusted side never sends these
         reply["bad_request"] = "%s: %s" % (type(exc).__name__, exc)
         return reply
+    if op == "state":
+        return state_answer(reply, target, objects)  # reads only: no candidate code runs
     tee = _Tee(sys.stdout)
     sys.stdout = tee
     value = _MISSING

@@ -1,6 +1,7 @@
 //! The Python harness (embedded in the binary) and the trusted process that runs assertion
-//! tests. `values.py` (the type-tagged values that cross the boundary) and `child.py` (what runs
-//! next to candidate code) are shared by every role: the wasm guest runs them alone, the native
+//! tests. `values.py` (the type-tagged values that cross the boundary), `child.py` (what runs
+//! next to candidate code) and `state.py` (what it reads of candidate objects without running
+//! them) are shared by every role: the wasm guest runs them alone, the native
 //! fork-server adds `fork_server.py`, the trusted judge adds `session.py` (its link to the
 //! sandbox), `stand_ins.py` (the candidate's names on its side), `test_run.py` (the tests) and
 //! `trusted.py` (its protocol loop).
@@ -27,15 +28,17 @@ use crate::task::AssertionTests;
 
 /// The wasm guest's program: the child side of the harness.
 pub const GUEST_SOURCE: &str =
-    concat!(include_str!("values.py"), "\n", include_str!("child.py"), "\nguest_main()\n");
+    concat!(include_str!("values.py"), "\n", include_str!("child.py"), "\n", include_str!("state.py"), "\nguest_main()\n");
 /// What a pre-initialised wasm guest runs once before its snapshot is taken.
 pub const GUEST_PRELOAD: &str =
-    concat!(include_str!("values.py"), "\n", include_str!("child.py"), "\nguest_setup()\n");
+    concat!(include_str!("values.py"), "\n", include_str!("child.py"), "\n", include_str!("state.py"), "\nguest_setup()\n");
 /// The native fork-server's program (`python -c SOURCE serve FD [pytest]`).
 pub const SERVER_SOURCE: &str = concat!(
     include_str!("values.py"),
     "\n",
     include_str!("child.py"),
+    "\n",
+    include_str!("state.py"),
     "\n",
     include_str!("fork_server.py"),
     "\nserve_forever(int(sys.argv[2]), sys.argv[3:] == [\"pytest\"])\n"
@@ -45,6 +48,8 @@ pub const TRUSTED_SOURCE: &str = concat!(
     include_str!("values.py"),
     "\n",
     include_str!("child.py"),
+    "\n",
+    include_str!("state.py"),
     "\n",
     include_str!("session.py"),
     "\n",

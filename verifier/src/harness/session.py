@@ -53,7 +53,7 @@ class _Session:
             msg["args"] = [out.encode(a) for a in args]
         if kwargs:
             msg["kwargs"] = [[str(k), out.encode(v)] for k, v in kwargs.items()]
-        if out.table:
+        if out.copies():
             msg["objects"] = out.table
         self.seq += 1
         seq = self.seq
@@ -158,14 +158,33 @@ class _Session:
         message = str(reply.get("message") or "")
         if raised == "StopIteration" and op == "dunder" and name == "__next__":
             return StopIteration()
-        h = reply.get("class")
+        return self.exception(reply, decoder)
+
+    def exception(self, record, decoder):
+        """A candidate's exception made here from its record (state.py's `exception_record`):
+        built as Python builds its type, from its args, so that `pytest.raises(...)`, `except`
+        and the type's own fields (an OSError's errno and filename, an ExceptionGroup's
+        exceptions) are as the candidate raised them; its attributes set after."""
+        raised = str(record.get("raise"))
+        message = str(record.get("message") or "")
+        h = record.get("class")
         cls = self.proxy(h) if type(h) is int and h in self.infos else None
         if not (isinstance(cls, _RemoteClass) and issubclass(cls, Exception)):
-            cls = _exception_class(raised, str(reply.get("builtin") or "Exception"))
-        exc = BaseException.__new__(cls)
-        args = decoder.decode(reply["args"]) if "args" in reply else (message,)
-        exc.args = tuple(args) if type(args) is tuple else (message,)
-        for k, v in reply.get("attrs") or []:
+            cls = _exception_class(raised, str(record.get("builtin") or "Exception"))
+        args = decoder.decode(record["args"]) if "args" in record else (message,)
+        args = args if type(args) is tuple else (message,)
+        fields = [(str(k), decoder.decode(v)) for k, v in record.get("fields") or []]
+        local = getattr(errno, str(record.get("errno")), None) if "errno" in record else None
+        if type(local) is int:
+            # The guest's number for it (WASI's) is not the host's: the tests compare with theirs.
+            guest = dict(fields).get("errno")
+            fields = [(k, local if k == "errno" else v) for k, v in fields]
+            if args and type(guest) is int and args[0] == guest:
+                args = (local,) + args[1:]
+        exc = _new_exception(cls, args)
+        for k, v in fields:
+            _set_field(exc, k, v)
+        for k, v in record.get("attrs") or []:
             try:
                 setattr(exc, str(k), decoder.decode(v))
             except Exception:  # noqa: BLE001
@@ -287,11 +306,19 @@ class _Copies(Encoder):
         k = self.ids.get(id(value))
         if k is None:
             k = self.ids[id(value)] = len(self.table)
-            entry = {"class": t.__name__, "attrs": None}
-            self.table.append(entry)
+            self.table.append({"class": t.__name__, "attrs": []})
             self.originals.append(value)
-            entry["attrs"] = [[str(a), self.encode(v, depth + 4)] for a, v in list(vars(value).items())]
+            self.pending.append(k)
         return {"$ref": k}
+
+    def copies(self):
+        """The table of the tests' objects met so far, each by its attributes: filled one object
+        at a time, not by recursion, so that a linked list of any length is a flat table (its
+        nodes refer to each other by `$ref`) within the message's depth."""
+        while self.pending:
+            k = self.pending.pop()
+            self.table[k]["attrs"] = [[str(a), self.encode(v, 4)] for a, v in list(vars(self.originals[k]).items())]
+        return self.table
 
     def callback(self, value):
         callbacks = self.session.callbacks
@@ -311,4 +338,6 @@ class _Answers(Decoder):
             return self.session.proxy(inner)
         if tag == "$ref":
             return self.originals[inner]
+        if tag == "$exception" and type(inner) is dict:
+            return self.session.exception(inner, self)
         return super().tagged(tag, inner, value)
