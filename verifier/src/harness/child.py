@@ -426,28 +426,15 @@ def _answer_request(line, objects, ns):
         else:
             reply["bad_request"] = "unknown op %r" % (op,)
     except BaseException as exc:  # noqa: BLE001 - the candidate's exception is its answer
-        reply.update(exception_line(exc))
         raised = exc
-        cls = type(exc)
-        if getattr(builtins, cls.__name__, None) is not cls:
-            try:
-                reply["class"] = objects.handle(cls, reply.setdefault("handles", []))
-            except BaseException:  # noqa: BLE001
-                pass
     finally:
         if sys.stdout is tee:
             sys.stdout = tee._inner
-    described = reply.pop("handles", [])
+    described = []
     out = _Out(objects, incoming.copies, described)
-    if "raise" in reply and raised is not None:
-        # What `pytest.raises(...) as e` may look at: `e.value.args`, `e.value.code`.
-        try:
-            reply["args"] = out.encode(tuple(BaseException.__dict__["args"].__get__(raised)))
-            attrs = object.__getattribute__(raised, "__dict__")
-            if attrs:
-                reply["attrs"] = [[str(k), out.encode(v)] for k, v in list(dict.items(attrs))]
-        except BaseException:  # noqa: BLE001 - an exception's state that cannot cross stays behind
-            reply.pop("attrs", None)
+    if raised is not None:
+        # What `pytest.raises(...) as e` may look at: `e.value.args`, `e.value.errno`, `e.value.code`.
+        reply.update(exception_record(raised, _ExceptionOut(objects, incoming.copies, described)))
     if value is not _MISSING:
         try:
             reply["value"] = out.encode(value)

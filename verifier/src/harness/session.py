@@ -4,6 +4,7 @@
 # called back when the candidate calls them.
 
 import collections.abc
+import errno
 import functools
 
 # ---------------------------------------------------------------------------------------------
@@ -129,7 +130,7 @@ class _Session:
             return answer
         out = _Copies(self)
         answer["value"] = out.encode(value)
-        if out.table:
+        if out.copies():
             answer["objects"] = out.table
         return answer
 
@@ -241,6 +242,37 @@ def _exception_class(name, builtin):
     return _EXCEPTIONS[key]
 
 
+def _new_exception(cls, args):
+    """`cls(*args)` as its builtin base makes it (every class of candidate exceptions made here
+    has its base's construction); where the base refuses those args (a subclass's own
+    `__init__` made them), an instance holding them without construction."""
+    try:
+        return type.__call__(cls, *args)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        exc = cls.__new__(cls)
+    except Exception:  # noqa: BLE001 - a type that cannot be made without its arguments
+        exc = Exception.__new__(_exception_class(cls.__name__, "Exception"))
+    exc.args = args
+    return exc
+
+
+def _set_field(exc, name, value):
+    """Sets a field of a builtin exception type (`filename`, `errno`) through that type's own
+    descriptor; a read-only one stays as construction made it."""
+    for k in type(exc).__mro__:
+        field = vars(k).get(name)
+        if field is None or getattr(builtins, k.__name__, None) is not k:
+            continue
+        if type(field) in (types.MemberDescriptorType, types.GetSetDescriptorType):
+            try:
+                field.__set__(exc, value)
+            except Exception:  # noqa: BLE001
+                pass
+        return
+
+
 def _candidate_str(exc):
     message = getattr(exc, "_dllm_message", None)
     return message if type(message) is str else BaseException.__str__(exc)
@@ -286,6 +318,7 @@ class _Copies(Encoder):
         self.table = []
         self.originals = []
         self.ids = {}
+        self.pending = []
 
     def other(self, value, depth):
         t = type(value)

@@ -1,6 +1,6 @@
 # What the sandbox says of a candidate object without running any of its code (appended after
 # child.py; see mod.rs): its state as its type holds it, for the trusted side to compare two
-# objects.
+# objects, and a raised exception's record, for the trusted side to re-create it.
 #
 # Reads go through the type, never the object's own attribute lookup: the instance dict by the
 # `__dict__` descriptor Python made for the class, slots by their member descriptors, a builtin
@@ -129,3 +129,60 @@ def state_answer(reply, root, objects):
     if described:
         reply["handles"] = described
     return reply
+
+
+# ---------------------------------------------------------------------------------------------
+# Exceptions.
+
+
+
+class _ExceptionOut(_Out):
+    """Encodes a raised exception's parts; the exceptions inside them (an ExceptionGroup's) as
+    records of their own."""
+
+    def other(self, value, depth):
+        if issubclass(type(value), BaseException):
+            return {"$exception": exception_record(value, self, depth + 2)}
+        return super().other(value, depth)
+
+
+def exception_record(exc, out, depth=0):
+    """What the trusted side needs to re-create `exc` (see session.py): its name, builtin
+    ancestor and message, its class when the candidate's, its args, the fields its builtin
+    types define (an OSError's errno, strerror and filename, as the C members hold them), errno
+    by name (WASI numbers it otherwise than the host), and its own attributes."""
+    record = exception_line(exc)
+    cls = type(exc)
+    try:
+        if getattr(builtins, cls.__name__, None) is not cls:
+            record["class"] = out.objects.handle(cls, out.described)
+        record["args"] = out.encode(tuple(BaseException.__dict__["args"].__get__(exc)), depth + 1)
+        fields = []
+        for k in _type_attr(cls, "__mro__"):
+            if k is BaseException or getattr(builtins, k.__name__, None) is not k or not issubclass(k, BaseException):
+                continue
+            for name, field in list(_type_attr(k, "__dict__").items()):
+                # Dunders (`__traceback__`, `__cause__`, `__weakref__`) are Python's, not the type's.
+                if name.startswith("__") or type(field) not in (types.MemberDescriptorType, types.GetSetDescriptorType):
+                    continue
+                try:
+                    value = field.__get__(exc, cls)
+                except Exception:  # noqa: BLE001 - a field never set
+                    continue
+                # None is how an unset field reads (an OSError's filename2); set, it would print.
+                if value is not None:
+                    fields.append([name, out.encode(value, depth + 3)])
+        if fields:
+            record["fields"] = fields
+        if issubclass(cls, OSError):
+            import errno
+
+            code = OSError.__dict__["errno"].__get__(exc)
+            if type(code) is int and code in errno.errorcode:
+                record["errno"] = errno.errorcode[code]
+        attrs = object.__getattribute__(exc, "__dict__")
+        if attrs:
+            record["attrs"] = [[str(k), out.encode(v, depth + 3)] for k, v in list(dict.items(attrs))]
+    except BaseException:  # noqa: BLE001 - what cannot cross stays behind: name and message still do
+        record.pop("attrs", None)
+    return record
