@@ -240,3 +240,77 @@ fn a_killed_rank_is_named_by_the_other_within_the_time_out() {
     let status: String = rusqlite::Connection::open(dir.join("runs/k/store.sqlite")).unwrap().query_row("SELECT status FROM runs", [], |r| r.get(0)).unwrap();
     assert_eq!(status, "failed");
 }
+
+fn sft_config(dir: &Path, name: &str, steps: i64) -> PathBuf {
+    let text = format!(
+        r#"[run]
+name = "{name}"
+out_dir = "runs"
+seed = 5
+total_steps = {steps}
+save_freq = 3
+
+[model]
+path = "model"
+
+[data]
+train_files = ["tasks.jsonl"]
+
+[sft]
+batch_size = 4
+micro_batch_size = 1
+max_response_tokens = 400
+
+[optim]
+lr = 0.003
+weight_decay = 0.0
+"#
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn weights(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = tensors.names().into_iter().map(String::from).collect();
+    names.sort();
+    names.iter().flat_map(|n| tensors.tensor(n).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>()).collect()
+}
+
+fn sft_losses(dir: &Path, run: &str) -> Vec<f64> {
+    let db = rusqlite::Connection::open(dir.join(format!("runs/{run}/store.sqlite"))).unwrap();
+    let mut q = db.prepare("SELECT metrics ->> '$.loss' FROM steps ORDER BY step").unwrap();
+    q.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect()
+}
+
+/// Full fine-tuning SFT with one process and with two ranks (each trains two of a step's four
+/// micro-batches): the same losses and the same weights up to the order of the sums; a run of
+/// two ranks resumes on one (SFT's batches do not depend on the world size).
+#[test]
+fn sft_on_two_ranks_is_sft_on_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir);
+    run(dir, &["sft", "--config", sft_config(dir, "sft-one", 3).to_str().unwrap()]);
+    let out = torchrun(dir, 2, &["sft", "--config", sft_config(dir, "sft-two", 3).to_str().unwrap()]);
+    assert!(out.status.success(), "torchrun: {}", String::from_utf8_lossy(&out.stderr));
+    let (a, b) = (sft_losses(dir, "sft-one"), sft_losses(dir, "sft-two"));
+    assert_eq!(a.len(), 3);
+    assert_eq!(b.len(), 3, "only rank 0 writes the store");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "losses {a:?} and {b:?}");
+    }
+    let at = |run: &str| weights(&dir.join(format!("runs/{run}/checkpoints/step-3/model/model.safetensors")));
+    let (start, one, two) = (weights(&dir.join("model/model.safetensors")), at("sft-one"), at("sft-two"));
+    assert_eq!(one.len(), two.len());
+    let moved = start.iter().zip(&one).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(moved > 1e-3, "SFT did not move the weights ({moved}): the comparison would be empty");
+    let scale = one.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = one.iter().zip(&two).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    eprintln!("sft: weights differ by up to {worst}, largest weight {scale}");
+    assert!(worst <= 1e-5 * scale.max(1.0), "weights differ by up to {worst} (largest {scale})");
+    run(dir, &["sft", "--resume", "--config", sft_config(dir, "sft-two", 4).to_str().unwrap()]);
+    assert_eq!(sft_losses(dir, "sft-two").len(), 4);
+}

@@ -243,7 +243,7 @@ weight_decay = 0.0
     std::fs::write(out.join("sft.toml"), &sft_toml)?;
     let sft_cfg = SftConfig::from_file(&out.join("sft.toml"))?;
     let bar = crate::telemetry::progress_bar(args.sft_steps as u64, "SFT {bar:30} {pos}/{len} {msg} [{elapsed}]");
-    let sft_dir = crate::train::sft::run_sft(&sft_cfg, false, &mut |s, m| {
+    let sft_dir = crate::train::sft::run_sft(&sft_cfg, false, &dllm_dist::World::single(), &mut |s, m| {
         bar.set_position(s as u64 + 1);
         bar.set_message(format!("loss {:.3}", m["loss"].as_f64().unwrap_or(f64::NAN)));
     })?;

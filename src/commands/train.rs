@@ -41,13 +41,22 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
 
 pub fn run_sft(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let cfg = crate::train::sft::SftConfig::from_file(&args.config)?;
-    let bar = crate::telemetry::progress_bar(cfg.run.total_steps as u64, "{bar:30} step {pos}/{len} {msg} [{elapsed}]");
-    let last = crate::train::sft::run_sft(&cfg, args.resume, &mut |step, m| {
+    let timeout = std::time::Duration::from_secs(cfg.distributed.timeout_s);
+    let world = dllm_dist::World::from_env(tch::Cuda::is_available(), timeout).context("joining the job's ranks")?;
+    if world.size > 1 {
+        tracing::info!("rank {} of {} ({}, {:?})", world.rank, world.size, world.launcher, world.backend());
+    }
+    let main = world.is_main();
+    let total = cfg.run.total_steps as u64;
+    let bar = if main { crate::telemetry::progress_bar(total, "{bar:30} step {pos}/{len} {msg} [{elapsed}]") } else { indicatif::ProgressBar::hidden() };
+    let last = crate::train::sft::run_sft(&cfg, args.resume, &world, &mut |step, m| {
         bar.set_position(step as u64 + 1);
         bar.set_message(format!("loss {:.4}", m["loss"].as_f64().unwrap_or(f64::NAN)));
     })?;
     bar.finish_and_clear();
-    println!("SFT done; final checkpoint: {}", last.display());
+    if main {
+        println!("SFT done; final checkpoint: {}", last.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -515,7 +515,7 @@ impl Trainer {
 
 /// Every rank learns where rank 0 starts the run (`None`: afresh) and checks that it sees that
 /// checkpoint too.
-fn agree_on_checkpoint(world: &World, run_dir: &Path, mine: Option<(i64, PathBuf)>) -> anyhow::Result<Option<(i64, PathBuf)>> {
+pub(crate) fn agree_on_checkpoint(world: &World, run_dir: &Path, mine: Option<(i64, PathBuf)>) -> anyhow::Result<Option<(i64, PathBuf)>> {
     if world.size == 1 {
         return Ok(mine);
     }

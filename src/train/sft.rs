@@ -21,7 +21,9 @@ use rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::config::{ModelSection, OptimSection, RunSection};
+use dllm_dist::World;
+
+use super::config::{DistributedSection, ModelSection, OptimSection, RunSection};
 use super::{chat_text, latest_checkpoint, next_indices, write_checkpoint, TrainerState};
 use crate::store::RunStore;
 
@@ -35,6 +37,8 @@ pub struct SftConfig {
     pub sft: SftSection,
     #[serde(default = "sft_optim")]
     pub optim: OptimSection,
+    #[serde(default)]
+    pub distributed: DistributedSection,
 }
 
 /// The optimizer of Dream-Coder's SFT stage (`run_sft.sh`): lr 5e-6, ten times its RL rate;
@@ -88,6 +92,9 @@ impl SftConfig {
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         let mut cfg: SftConfig = toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?;
+        if cfg.distributed.timeout_s == 0 {
+            bail!("{}: distributed.timeout_s must be at least 1 (seconds)", path.display());
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         for p in std::iter::once(&mut cfg.model.path).chain(std::iter::once(&mut cfg.run.out_dir)).chain(cfg.data.train_files.iter_mut()) {
             if p.is_relative() {
@@ -113,14 +120,30 @@ struct Pair {
 
 /// Runs SFT to `run.total_steps` (resuming when asked) and returns the final checkpoint folder
 /// (a full model in Hugging Face layout, or adapters).
-pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serde_json::Value)) -> anyhow::Result<PathBuf> {
+///
+/// Under a launcher every rank builds the same batch (same rows, truncation and masks: the
+/// draws come from the step's seed) and trains its contiguous share of the micro-batches;
+/// gradients, the masked-token count that divides the loss, and the loss are summed across
+/// ranks, so a step is one process's step up to the order of the sums. Rank 0 alone writes the
+/// store and the checkpoints. Unlike RL, nothing depends on the world size, so a run may
+/// resume on another one.
+pub fn run_sft(cfg: &SftConfig, resume: bool, world: &World, on_step: &mut dyn FnMut(i64, &serde_json::Value)) -> anyhow::Result<PathBuf> {
     let run_dir = cfg.run.out_dir.join(&cfg.run.name);
     let store_path = run_dir.join("store.sqlite");
     // As for RL runs: the newest checkpoint, or afresh (also after a run that failed before its
     // first checkpoint); `--resume` without a checkpoint is an error, not a second run.
-    let checkpoint = super::starting_point(&run_dir, resume)?;
-    std::fs::create_dir_all(run_dir.join("checkpoints"))?;
-    let placement = Placement::best_available();
+    let checkpoint = if world.is_main() {
+        let checkpoint = super::starting_point(&run_dir, resume)?;
+        std::fs::create_dir_all(run_dir.join("checkpoints"))?;
+        checkpoint
+    } else {
+        None
+    };
+    let checkpoint = super::agree_on_checkpoint(world, &run_dir, checkpoint)?;
+    let mut placement = Placement::best_available();
+    if placement.device.is_cuda() {
+        placement.device = tch::Device::Cuda(world.local_rank);
+    }
     let mut model = match &checkpoint {
         Some((_, dir)) if cfg.model.lora.is_none() => DreamModel::load(&dir.join("model"), placement)?,
         _ => DreamModel::load(&cfg.model.path, placement).with_context(|| format!("loading {}", cfg.model.path.display()))?,
@@ -175,10 +198,20 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serd
         Some((step, dir)) => {
             optimizer.load(&dir.join("optimizer.safetensors"))?;
             let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(dir.join("trainer.json"))?)?;
-            (RunStore::resume(&store_path, &cfg.run.name, *step)?, state)
+            let store = if world.is_main() { RunStore::resume(&store_path, &cfg.run.name, *step)? } else { RunStore::written_elsewhere(&store_path) };
+            (store, state)
         }
-        None => (RunStore::create(&store_path, &cfg.run.name, "sft", &serde_json::to_value(cfg)?)?, TrainerState::default()),
+        None => {
+            let store = if world.is_main() {
+                RunStore::create(&store_path, &cfg.run.name, "sft", &serde_json::to_value(cfg)?)?
+            } else {
+                RunStore::written_elsewhere(&store_path)
+            };
+            (store, TrainerState { world_size: world.size, ..TrainerState::default() })
+        }
     };
+    // Every rank starts from rank 0's weights (LoRA's initial draw included).
+    world.broadcast_parameters(&optimizer.parameters()).context("broadcasting rank 0's weights")?;
     let weighting = match cfg.sft.context_adaptive_reweight_p {
         Some(p) => TokenWeighting::Cart { p },
         None => TokenWeighting::InverseT,
@@ -195,8 +228,10 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serd
             let mut rng = ChaCha8Rng::seed_from_u64(mask_seed(cfg.run.seed, step as u64, 0x6d61_736b));
             let uniform = |rng: &mut ChaCha8Rng| ((rng.next_u64() >> 40) as f64 + 0.5) / (1u64 << 24) as f64;
             // Build every micro-batch first: the loss divides by the masked count of the whole batch.
+            let chunks: Vec<&[usize]> = rows.chunks(cfg.sft.micro_batch_size.max(1)).collect();
+            let mine = world.share(chunks.len());
             let mut micro = Vec::new();
-            for chunk in rows.chunks(cfg.sft.micro_batch_size.max(1)) {
+            for (index, chunk) in chunks.into_iter().enumerate() {
                 let longest_answer = chunk.iter().map(|&r| pairs[r].answer_len).max().unwrap_or(1);
                 let len_r = if cfg.sft.random_truncation { longest_answer + (uniform(&mut rng) * (n - longest_answer + 1) as f64) as usize } else { n }.min(n);
                 let p = chunk.iter().map(|&r| pairs[r].prompt.len()).max().unwrap_or(0);
@@ -216,6 +251,11 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serd
                     }
                     mask.extend(std::iter::repeat_n(false, p).chain(row));
                 }
+                // Every rank draws every micro-batch (the stream must stay the same on all of
+                // them); only this rank's share becomes tensors.
+                if !mine.contains(&index) {
+                    continue;
+                }
                 let b = chunk.len() as i64;
                 let shape = [b, (p + len_r) as i64];
                 let ids = Tensor::from_slice(&ids).view(shape).to_device(device);
@@ -229,7 +269,9 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serd
                 let w = batch.flatten(&weights.loss);
                 micro.push((batch, w));
             }
-            let masked: i64 = micro.iter().map(|(b, _)| b.positions.sum(Kind::Int64).int64_value(&[])).sum();
+            let mut counts = [micro.iter().map(|(b, _)| b.positions.sum(Kind::Int64).int64_value(&[])).sum::<i64>() as f64];
+            world.sum_f64(&mut counts)?;
+            let masked = counts[0] as i64;
             optimizer.zero_grad();
             let mut loss_sum = 0.0;
             for (batch, w) in &micro {
@@ -237,6 +279,10 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serd
                 let (_, loss) = model.backward_scored(batch, Pass::TRAIN, BackwardOptions { recompute: true, head_chunk: None }, &objective)?;
                 loss_sum += loss;
             }
+            world.all_reduce_gradients(&optimizer.parameters()).context("summing gradients across ranks")?;
+            let mut losses = [loss_sum];
+            world.sum_f64(&mut losses)?;
+            let loss_sum = losses[0];
             let grad_norm = optimizer.clip_grad_norm(cfg.sft.grad_clip);
             let lr = cfg.optim.lr_schedule.lr(cfg.optim.lr, optimizer.step);
             optimizer.set_lr(lr);
@@ -247,9 +293,17 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serd
             on_step(step, &metrics);
             state.step += 1;
             if state.step % cfg.run.save_freq == 0 || state.step == cfg.run.total_steps {
-                let dir = write_checkpoint(&run_dir, &cfg.model.path, &model, &optimizer, &state)?;
-                store.log_checkpoint(state.step, &dir)?;
-                last = Some(dir);
+                // Rank 0 writes; the others wait for it, so that none runs ahead of a checkpoint.
+                if world.is_main() {
+                    let dir = write_checkpoint(&run_dir, &cfg.model.path, &model, &optimizer, &state);
+                    world.barrier()?;
+                    let dir = dir?;
+                    store.log_checkpoint(state.step, &dir)?;
+                    last = Some(dir);
+                } else {
+                    world.barrier()?;
+                    last = Some(run_dir.join("checkpoints").join(format!("step-{}", state.step)));
+                }
             }
         }
         Ok(last)
@@ -257,6 +311,8 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, on_step: &mut dyn FnMut(i64, &serd
     let last = store.failed_on_error(outcome)?;
     store.set_status("finished")?;
     store.flush()?;
+    // Rank 0 may host the rendezvous store: nobody leaves before everyone is done.
+    world.barrier()?;
     let last = last.or_else(|| latest_checkpoint(&run_dir).map(|(_, d)| d)).context("no checkpoint written")?;
     Ok(last)
 }
