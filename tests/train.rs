@@ -223,3 +223,90 @@ weight_decay = 0.0
     assert!(ckpt.join("tokenizer.json").exists());
     run(&["generate", "--model", ckpt.to_str().unwrap(), "--prompt", "hi", "--max-new-tokens", "8"]);
 }
+
+/// Starts a long run, waits until its first step is in the store, then sends `signal`.
+fn signalled_run(dir: &Path, name: &str, signal: libc::c_int) -> (std::process::Output, std::time::Duration) {
+    let cfg = config(dir, name, 200);
+    let child = dllm_rl().current_dir(dir).args(["-q", "train", "--config", cfg.to_str().unwrap()]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let store = dir.join(format!("runs/{name}/store.sqlite"));
+    let started = std::time::Instant::now();
+    loop {
+        assert!(started.elapsed() < std::time::Duration::from_secs(300), "no step logged after 5 minutes");
+        let steps = rusqlite::Connection::open(&store).ok().and_then(|db| db.query_row("SELECT COUNT(*) FROM steps", [], |r| r.get::<_, i64>(0)).ok());
+        if steps.unwrap_or(0) >= 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: sends a signal to our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+    let sent = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    (out, sent.elapsed())
+}
+
+fn status_and_checkpoints(dir: &Path, name: &str) -> (String, Vec<i64>) {
+    let db = rusqlite::Connection::open(dir.join(format!("runs/{name}/store.sqlite"))).unwrap();
+    let status: String = db.query_row("SELECT status FROM runs", [], |r| r.get(0)).unwrap();
+    let steps = db.prepare("SELECT step FROM checkpoints ORDER BY step").unwrap().query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
+    (status, steps)
+}
+
+/// SIGTERM (what `timeout`, SLURM and Kubernetes send) does what Ctrl-C does: the step in
+/// flight finishes, a checkpoint is written, the run is `interrupted` and resumable, and the
+/// exit status is 143 (128 + 15), as a shell reports a terminated job.
+#[test]
+fn sigterm_stops_after_the_step_with_a_checkpoint_and_exits_143() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = setup(tmp.path());
+    let (out, took) = signalled_run(&dir, "term", libc::SIGTERM);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("stopping after this step"), "{stderr}");
+    assert!(took < std::time::Duration::from_secs(120), "stopping took {took:?}");
+    let (status, checkpoints) = status_and_checkpoints(&dir, "term");
+    assert_eq!(status, "interrupted");
+    let last = *checkpoints.last().expect("no checkpoint at the stop");
+    assert!(last >= 1 && last < 200, "{checkpoints:?}");
+    // The run resumes where it stopped.
+    let cfg = config(&dir, "term", last + 1);
+    run(&["train", "--resume", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(status_and_checkpoints(&dir, "term"), ("finished".to_string(), [checkpoints.clone(), vec![last + 1]].concat()));
+}
+
+/// SIGUSR1 (SLURM's `--signal=B:USR1@120`) writes a checkpoint after the current step and goes
+/// on; then SIGINT stops with 130.
+#[test]
+fn sigusr1_checkpoints_and_goes_on_and_sigint_exits_130() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = setup(tmp.path());
+    let cfg = config(&dir, "usr1", 200);
+    // No regular checkpoint: the only one is the one asked for.
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("save_freq = 2", "save_freq = 1000")).unwrap();
+    let mut child = dllm_rl().current_dir(&dir).args(["-q", "train", "--config", cfg.to_str().unwrap()]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let store = dir.join("runs/usr1/store.sqlite");
+    let steps = || rusqlite::Connection::open(&store).ok().and_then(|db| db.query_row("SELECT COUNT(*) FROM steps", [], |r| r.get::<_, i64>(0)).ok()).unwrap_or(0);
+    let checkpoints = || rusqlite::Connection::open(&store).ok().and_then(|db| db.query_row("SELECT COUNT(*) FROM checkpoints", [], |r| r.get::<_, i64>(0)).ok()).unwrap_or(0);
+    let wait = |what: &dyn Fn() -> bool| {
+        let started = std::time::Instant::now();
+        while !what() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(300), "timed out");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait(&|| steps() >= 1);
+    assert_eq!(checkpoints(), 0);
+    // SAFETY: signals to our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGUSR1) }, 0);
+    let asked_at = steps();
+    // The checkpoint comes after the step in flight, and the run goes on past it.
+    wait(&|| checkpoints() >= 1 && steps() >= asked_at + 2);
+    assert_eq!(checkpoints(), 1, "one SIGUSR1, one checkpoint");
+    let db = rusqlite::Connection::open(&store).unwrap();
+    let status: String = db.query_row("SELECT status FROM runs", [], |r| r.get(0)).unwrap();
+    assert_eq!(status, "running", "SIGUSR1 must not stop the run");
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(status_and_checkpoints(&dir, "usr1").0, "interrupted");
+}

@@ -260,7 +260,7 @@ weight_decay = 0.0
     let mut trainer = Trainer::new(rl_cfg, false, dllm_dist::World::single())?;
     let bar = crate::telemetry::progress_bar(args.rl_steps as u64, "RL  {bar:30} {pos}/{len} {msg} [{elapsed}]");
     let mut rewards: BTreeMap<i64, f64> = BTreeMap::new();
-    trainer.run(&AtomicBool::new(false), &mut |s, m| {
+    trainer.run(&AtomicBool::new(false), &AtomicBool::new(false), &mut |s, m| {
         let r = m["reward_mean"].as_f64().unwrap_or(f64::NAN);
         rewards.insert(s, r);
         bar.set_position(s as u64 + 1);

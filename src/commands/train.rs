@@ -1,7 +1,7 @@
 //! `dllm-rl train --config run.toml [--resume]`.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use anyhow::Context;
 
@@ -17,13 +17,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let world = dllm_dist::World::from_env(tch::Cuda::is_available(), timeout).context("joining the job's ranks")?;
     let main = world.is_main();
     let mut trainer = Trainer::new(cfg, args.resume, world)?;
-    // Ctrl-C: finish the current step, checkpoint, stop. A second Ctrl-C kills.
-    install_sigint();
-    let stop: &AtomicBool = &STOP;
+    // Ctrl-C or SIGTERM: finish the current step, checkpoint, stop. A second one kills.
+    install_signal_handlers();
     // Rank 0 alone shows progress and step lines.
     let bar = if main { crate::telemetry::progress_bar(total as u64, "{bar:30} step {pos}/{len} {msg} [{elapsed}]") } else { indicatif::ProgressBar::hidden() };
     bar.set_position(trainer.state.step as u64);
-    trainer.run(stop, &mut |step, m| {
+    trainer.run(&STOP, &CHECKPOINT_NOW, &mut |step, m| {
         if !main {
             return;
         }
@@ -36,7 +35,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     if main {
         println!("run {} at step {}; store: {}", trainer.cfg.run.name, trainer.state.step, trainer.store.path.display());
     }
-    Ok(ExitCode::SUCCESS)
+    // Stopped by a signal: exit as a shell reports it (130 for SIGINT, 143 for SIGTERM), so
+    // that a scheduler sees the job was interrupted, not finished.
+    match STOP_SIGNAL.load(Ordering::SeqCst) {
+        0 => Ok(ExitCode::SUCCESS),
+        signal => Ok(ExitCode::from((128 + signal) as u8)),
+    }
 }
 
 pub fn run_sft(args: TrainArgs) -> anyhow::Result<ExitCode> {
@@ -61,20 +65,41 @@ pub fn run_sft(args: TrainArgs) -> anyhow::Result<ExitCode> {
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
+/// The signal that asked for the stop (its exit status is 128 + it, as a shell reports).
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+static CHECKPOINT_NOW: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_sigint(_: libc::c_int) {
-    // Only async-signal-safe work here: flip the flag; the second time, exit at once.
+extern "C" fn on_stop_signal(signal: libc::c_int) {
+    // Only async-signal-safe work here: flip the flag, say so; the second time, exit at once.
     if STOP.swap(true, Ordering::SeqCst) {
         // SAFETY: _exit is async-signal-safe.
-        unsafe { libc::_exit(130) };
+        unsafe { libc::_exit(128 + signal) };
     }
+    STOP_SIGNAL.store(signal, Ordering::SeqCst);
+    let note = b"dllm-rl: stopping after this step, with a checkpoint (the same signal again stops at once)\n";
+    // SAFETY: write(2) is async-signal-safe; the buffer is static.
+    unsafe { libc::write(2, note.as_ptr().cast(), note.len()) };
 }
 
-fn install_sigint() {
-    let handler = on_sigint as extern "C" fn(libc::c_int);
-    // SAFETY: installs a handler that only touches an atomic (and may _exit).
-    let previous = unsafe { libc::signal(libc::SIGINT, handler as *const () as libc::sighandler_t) };
-    if previous == libc::SIG_ERR {
-        tracing::warn!("cannot catch Ctrl-C: {}", std::io::Error::last_os_error());
+extern "C" fn on_checkpoint_signal(_: libc::c_int) {
+    CHECKPOINT_NOW.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM (what `timeout`, SLURM and Kubernetes send) stop the run after
+/// the current step with a checkpoint; SIGUSR1 (SLURM's `--signal=B:USR1@120`) writes a
+/// checkpoint after the current step and goes on.
+fn install_signal_handlers() {
+    let stop = on_stop_signal as extern "C" fn(libc::c_int);
+    let checkpoint = on_checkpoint_signal as extern "C" fn(libc::c_int);
+    for (signal, handler, name) in [
+        (libc::SIGINT, stop as *const () as libc::sighandler_t, "SIGINT"),
+        (libc::SIGTERM, stop as *const () as libc::sighandler_t, "SIGTERM"),
+        (libc::SIGUSR1, checkpoint as *const () as libc::sighandler_t, "SIGUSR1"),
+    ] {
+        // SAFETY: installs handlers that only touch atomics (and may write(2) or _exit).
+        let previous = unsafe { libc::signal(signal, handler) };
+        if previous == libc::SIG_ERR {
+            tracing::warn!("cannot catch {name}: {}", std::io::Error::last_os_error());
+        }
     }
 }

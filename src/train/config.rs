@@ -332,6 +332,11 @@ impl TrainConfig {
         self.rollout.sampler.validate()?;
         let positive = |key: &str, v: usize| if v == 0 { bail!("{key} must be at least 1") } else { Ok(()) };
         positive("rollout.n", self.rollout.n)?;
+        if self.rollout.n < 2 {
+            // Every advantage here (GRPO, Dr. GRPO, RLOO) compares a sample with its group:
+            // a group of one has no advantage, and the run would loop without an update.
+            bail!("rollout.n = {} : group advantages need at least 2 samples per prompt", self.rollout.n);
+        }
         positive("rollout.batch_size", self.rollout.batch_size)?;
         positive("data.train_batch_size", self.data.train_batch_size)?;
         positive("actor.ppo_epochs", self.actor.ppo_epochs)?;
@@ -457,5 +462,14 @@ mod tests {
         assert!(err.starts_with("rollout.sampler.block.length: 5 "), "{err}");
         let cfg: TrainConfig = toml::from_str(&format!("{MINIMAL}[rollout.sampler]\nblock = \"none\"\n")).unwrap();
         assert_eq!(cfg.rollout.sampler.block, None);
+    }
+
+    #[test]
+    fn a_group_of_one_is_refused_naming_the_key() {
+        let cfg: TrainConfig = toml::from_str(&format!("{MINIMAL}[rollout]\nn = 1\n")).unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("rollout.n = 1 "), "{err}");
+        let cfg: TrainConfig = toml::from_str(&format!("{MINIMAL}[rollout]\nn = 2\n")).unwrap();
+        cfg.validate().unwrap();
     }
 }

@@ -463,14 +463,15 @@ impl Trainer {
         bail!("step {} failed in libtorch: {message}", self.state.step)
     }
 
-    /// Runs steps until `run.total_steps` or until `stop` is set (then checkpoints and returns).
+    /// Runs steps until `run.total_steps` or until `stop` is set (then checkpoints and returns);
+    /// `checkpoint_now` set writes a checkpoint after the current step and goes on.
     /// On an error the run's status becomes `failed`.
-    pub fn run(&mut self, stop: &AtomicBool, on_step: &mut dyn FnMut(i64, &serde_json::Value)) -> anyhow::Result<()> {
-        let outcome = self.run_steps(stop, on_step);
+    pub fn run(&mut self, stop: &AtomicBool, checkpoint_now: &AtomicBool, on_step: &mut dyn FnMut(i64, &serde_json::Value)) -> anyhow::Result<()> {
+        let outcome = self.run_steps(stop, checkpoint_now, on_step);
         self.store.failed_on_error(outcome)
     }
 
-    fn run_steps(&mut self, stop: &AtomicBool, on_step: &mut dyn FnMut(i64, &serde_json::Value)) -> anyhow::Result<()> {
+    fn run_steps(&mut self, stop: &AtomicBool, checkpoint_now: &AtomicBool, on_step: &mut dyn FnMut(i64, &serde_json::Value)) -> anyhow::Result<()> {
         let mut idle = 0;
         while self.state.step < self.cfg.run.total_steps {
             let metrics = self.guarded_step()?;
@@ -488,10 +489,14 @@ impl Trainer {
             self.state.step += 1;
             let due = self.state.step % self.cfg.run.save_freq == 0 || self.state.step == self.cfg.run.total_steps;
             // One rank's Ctrl-C (or SIGTERM) stops all of them after the same step.
-            let mut stop_votes = [f64::from(u8::from(stop.load(Ordering::Relaxed)))];
-            self.world.sum_f64(&mut stop_votes)?;
-            let stopping = stop_votes[0] > 0.0;
-            if due || stopping {
+            // So does one rank's SIGUSR1 ask all of them for a checkpoint now.
+            let mut votes = [f64::from(u8::from(stop.load(Ordering::Relaxed))), f64::from(u8::from(checkpoint_now.swap(false, Ordering::Relaxed)))];
+            self.world.sum_f64(&mut votes)?;
+            let (stopping, asked) = (votes[0] > 0.0, votes[1] > 0.0);
+            if asked && !due && !stopping && self.world.is_main() {
+                tracing::info!("checkpoint asked for (SIGUSR1)");
+            }
+            if due || stopping || asked {
                 let path = self.checkpoint()?;
                 if self.world.is_main() {
                     tracing::info!("checkpoint: {}", path.display());
