@@ -267,7 +267,7 @@ fn sigterm_stops_after_the_step_with_a_checkpoint_and_exits_143() {
     let (status, checkpoints) = status_and_checkpoints(&dir, "term");
     assert_eq!(status, "interrupted");
     let last = *checkpoints.last().expect("no checkpoint at the stop");
-    assert!(last >= 1 && last < 200, "{checkpoints:?}");
+    assert!((1..200).contains(&last), "{checkpoints:?}");
     // The run resumes where it stopped.
     let cfg = config(&dir, "term", last + 1);
     run(&["train", "--resume", "--config", cfg.to_str().unwrap()]);
