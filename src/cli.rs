@@ -43,6 +43,11 @@ pub enum Command {
     /// and KodCode tasks; 2 whose tests judge nothing left out) are judged with their reference
     /// solutions. Exit status 3 when some runs failed for sandbox reasons.
     Verify(VerifyArgs),
+    /// Serve the verifier over HTTP with SandboxFusion's API (`/run_code`, `/submit`,
+    /// `/v1/ping`) plus `/healthz` and `/metrics`, for verl, Dream-Coder and the `sandbox-fusion`
+    /// SDK. `/run_code` runs a program (exit 0 = Success, as in SandboxFusion); `/submit` judges
+    /// a completion against the row in `config.provided_data` with the trusted judge.
+    Serve(ServeArgs),
     /// Import and curate prompt sets (task files in the verifier's canonical schema).
     #[command(subcommand)]
     Prompts(PromptsCommand),
@@ -540,6 +545,39 @@ pub struct VerifyArgs {
     /// Write one verdict per completion (JSONL, per-test detail included).
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, IP:PORT (port 0 picks a free one); the address is printed on
+    /// stdout once the server accepts connections.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    #[arg(long, value_enum, default_value_t = BackendArg::Native)]
+    pub backend: BackendArg,
+    /// Concurrent sandbox runs (default: the number of cores).
+    #[arg(long, short = 'j', value_parser = parse_positive::<usize>)]
+    pub jobs: Option<usize>,
+    /// Requests that may wait for a worker beyond the -j running; one more is answered 504 at
+    /// once (the status verl's client retries on).
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// File holding a bearer token that every request but /healthz must carry
+    /// (`Authorization: Bearer TOKEN`); required to listen beyond loopback.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Largest request body, bytes (a 400 past it).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest `code` of /run_code or `completion` of /submit, bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_code_bytes: usize,
+    /// Largest stdin of a run or of one stdio test, bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_stdin_bytes: usize,
+    /// Longest `run_timeout` a request may ask for, seconds (per test in /submit).
+    #[arg(long, default_value_t = 60.0, value_parser = parse_non_negative)]
+    pub max_run_timeout: f64,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ use clap::Parser;
 mod audit;
 mod cli;
 mod commands;
+mod serve;
 mod store;
 mod train;
 mod telemetry;

@@ -14,6 +14,7 @@ mod generate;
 mod model;
 mod prompts;
 mod quickstart;
+mod serve;
 mod train;
 mod verify;
 
@@ -22,6 +23,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Doctor(args) => doctor::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Prompts(command) => prompts::run(command),
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args),
