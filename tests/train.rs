@@ -206,7 +206,13 @@ lr = 0.003
 weight_decay = 0.0
 "#;
     std::fs::write(dir.join("sft.toml"), text).unwrap();
-    run(&["sft", "--config", dir.join("sft.toml").to_str().unwrap()]);
+    // Not on a terminal (stderr is a pipe here): progress comes as log lines, at most one per
+    // interval (0 here: every step) and the last one at the end.
+    let out = dllm_rl().args(["sft", "--config", dir.join("sft.toml").to_str().unwrap()]).env("DLLM_PROGRESS_INTERVAL_S", "0").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("step 1/30") && stderr.contains("step 30/30 loss"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "escape codes in a log: {stderr}");
     let db = rusqlite::Connection::open(dir.join("runs/sft/store.sqlite")).unwrap();
     let losses: Vec<f64> = db
         .prepare("SELECT metrics ->> '$.loss' FROM steps ORDER BY step")
