@@ -316,3 +316,30 @@ fn sigusr1_checkpoints_and_goes_on_and_sigint_exits_130() {
     assert_eq!(status.code(), Some(130));
     assert_eq!(status_and_checkpoints(&dir, "usr1").0, "interrupted");
 }
+
+/// One writer per run: a second `train --resume` beside a live run is refused at once, naming
+/// the first one's pid; once that process is gone (here SIGKILL: no clean-up at all), the run
+/// resumes.
+#[test]
+fn a_second_process_on_a_live_run_is_refused_and_a_killed_holder_leaves_no_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = setup(tmp.path());
+    let cfg = config(&dir, "busy", 200);
+    let mut first = dllm_rl().current_dir(&dir).args(["-q", "train", "--config", cfg.to_str().unwrap()]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let store = dir.join("runs/busy/store.sqlite");
+    let started = std::time::Instant::now();
+    while rusqlite::Connection::open(&store).ok().and_then(|db| db.query_row("SELECT COUNT(*) FROM checkpoints", [], |r| r.get::<_, i64>(0)).ok()).unwrap_or(0) < 1 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(300), "no checkpoint after 5 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let second = dllm_rl().current_dir(&dir).args(["-q", "train", "--resume", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second writer ran: {stderr}");
+    assert!(stderr.contains(&format!("in use by pid {}", first.id())), "{stderr}");
+    first.kill().unwrap();
+    let _ = first.wait();
+    let db = rusqlite::Connection::open(&store).unwrap();
+    let last: i64 = db.query_row("SELECT MAX(step) FROM checkpoints", [], |r| r.get(0)).unwrap();
+    drop(db);
+    run(&["train", "--resume", "--config", config(&dir, "busy", last + 1).to_str().unwrap()]);
+}

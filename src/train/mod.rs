@@ -8,6 +8,7 @@
 //! comes from the run seed and the step, so a resumed run repeats an uninterrupted one.
 
 pub mod config;
+pub mod run_lock;
 pub mod sft;
 mod step;
 
@@ -70,6 +71,8 @@ pub struct Trainer {
     pub cross: Option<(Verifier, Vec<PreparedTask>)>,
     /// This process's rank among the run's (one process: a world of 1, no engine).
     pub world: World,
+    /// The run's lock (rank 0), held as long as the trainer lives.
+    _lock: Option<run_lock::RunLock>,
 }
 
 fn read_tasks(files: &[PathBuf]) -> anyhow::Result<Vec<Task>> {
@@ -285,6 +288,8 @@ impl Trainer {
     pub fn new(cfg: TrainConfig, resume: bool, world: World) -> anyhow::Result<Self> {
         let run_dir = cfg.run_dir();
         let store_path = run_dir.join("store.sqlite");
+        // Rank 0 writes the run: it holds the run's lock before it looks at (or resets) it.
+        let lock = if world.is_main() { Some(run_lock::RunLock::take(&run_dir, &cfg.run.name)?) } else { None };
         let checkpoint = if world.is_main() {
             let checkpoint = starting_point(&run_dir, resume)?;
             if checkpoint.is_some() {
@@ -413,7 +418,7 @@ impl Trainer {
         if world.size > 1 {
             tracing::info!("rank {} of {} ({}, {:?})", world.rank, world.size, world.launcher, world.backend());
         }
-        Ok(Trainer { cfg, model, tokenizer, special, tasks, prompts, prepared, verifier, optimizer, store, state, reference, cross, world })
+        Ok(Trainer { cfg, model, tokenizer, special, tasks, prompts, prepared, verifier, optimizer, store, state, reference, cross, world, _lock: lock })
     }
 
     /// The next `train_batch_size` prompts: passes over the tasks in a seeded order, no task

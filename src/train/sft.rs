@@ -132,6 +132,8 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, world: &World, on_step: &mut dyn F
     let store_path = run_dir.join("store.sqlite");
     // As for RL runs: the newest checkpoint, or afresh (also after a run that failed before its
     // first checkpoint); `--resume` without a checkpoint is an error, not a second run.
+    // Rank 0 writes the run: it holds the run's lock before it looks at (or resets) it.
+    let _lock = if world.is_main() { Some(super::run_lock::RunLock::take(&run_dir, &cfg.run.name)?) } else { None };
     let checkpoint = if world.is_main() {
         let checkpoint = super::starting_point(&run_dir, resume)?;
         std::fs::create_dir_all(run_dir.join("checkpoints"))?;
