@@ -303,82 +303,159 @@ impl Drop for RunStore {
     }
 }
 
+/// Messages that may wait unwritten while another process holds the store (a reader's
+/// `BEGIN EXCLUSIVE`, a backup): past this many, the store is given up and the run fails.
+const BACKLOG_LIMIT: usize = 20_000;
+/// How long the writer waits for a lock before it keeps the batch and tries again later;
+/// the run itself never waits on a locked store.
+const WRITER_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+/// A store locked for longer than this is worth a warning (and one per such period after).
+const LOCKED_WARNING: Duration = Duration::from_secs(60);
+/// After the run has ended (the channel closed), how long the writer keeps trying.
+const LAST_WRITE_PATIENCE: Duration = Duration::from_secs(600);
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
+/// Writes what is queued, one transaction per batch. A store another process holds locked is
+/// not an error: the batch stays in memory (bounded by [`BACKLOG_LIMIT`]), flushes answer at
+/// once, and the writer tries again every moment, warning while it lasts; any other error is
+/// sticky and every later flush reports it.
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Message>, run_id: i64, attempt: i64, path: &Path) {
+    let _ = conn.busy_timeout(WRITER_BUSY_TIMEOUT);
     let mut failure: Option<String> = None;
-    while let Ok(first) = rx.recv() {
-        // Everything already queued goes into the same transaction.
-        let mut batch = vec![first];
-        while let Ok(next) = rx.try_recv() {
-            batch.push(next);
-        }
+    let mut pending: Vec<Message> = Vec::new();
+    let mut locked_since: Option<std::time::Instant> = None;
+    let mut warned_at: Option<std::time::Instant> = None;
+    let mut closed = false;
+    loop {
         let mut flushes = Vec::new();
-        let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for message in batch {
-                match message {
-                    Message::Step { step, metrics } => {
-                        tx.prepare_cached("INSERT OR REPLACE INTO steps (run_id, step, attempt, at, metrics) VALUES (?1, ?2, ?3, ?4, ?5)")?
-                            .execute(params![run_id, step, attempt, now(), metrics.to_string()])?;
-                    }
-                    Message::Prompts(prompts) => {
-                        for p in prompts {
-                            tx.prepare_cached("INSERT OR IGNORE INTO prompts (run_id, prompt_id, source, kind, text) VALUES (?1, ?2, ?3, ?4, ?5)")?
-                                .execute(params![run_id, p.prompt_id, p.source, p.kind, p.text])?;
-                        }
-                    }
-                    Message::Rollouts(rollouts) => {
-                        for r in rollouts {
-                            tx.prepare_cached(
-                                "INSERT INTO rollouts (run_id, step, attempt, prompt_id, sample, seed, completion, tokens, step_map, \
-                                 reward, reward_components, verdict, hack_signals, pieces) \
-                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                            )?
-                            .execute(params![
-                                run_id,
-                                r.step,
-                                attempt,
-                                r.prompt_id,
-                                r.sample,
-                                r.seed.to_string(),
-                                r.completion,
-                                r.tokens,
-                                serde_json::to_string(&r.step_map).unwrap_or_else(|_| "[]".into()),
-                                r.reward,
-                                r.reward_components.as_ref().map(|c| c.to_string()),
-                                r.verdict,
-                                r.hack_signals.to_string(),
-                                (!r.pieces.is_empty()).then(|| serde_json::to_string(&r.pieces).unwrap_or_else(|_| "[]".into())),
-                            ])?;
-                            let rollout_id = tx.last_insert_rowid();
-                            for (i, t) in r.tests.iter().enumerate() {
-                                tx.prepare_cached(
-                                    "INSERT INTO test_results (rollout_id, test, verdict, seconds, stdout, stderr) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                                )?
-                                .execute(params![rollout_id, i as i64, t.verdict, t.seconds, t.stdout, t.stderr])?;
-                            }
-                        }
-                    }
-                    Message::Checkpoint { step, path } => {
-                        tx.prepare_cached("INSERT OR REPLACE INTO checkpoints (run_id, step, path, at) VALUES (?1, ?2, ?3, ?4)")?
-                            .execute(params![run_id, step, path, now()])?;
-                    }
-                    Message::Status(status) => {
-                        let ended = (status != "running").then(now);
-                        tx.prepare_cached("UPDATE runs SET status = ?1, ended_at = ?2 WHERE id = ?3")?.execute(params![status, ended, run_id])?;
-                    }
-                    Message::Flush(reply) => flushes.push(reply),
+        let mut take = |m: Message, pending: &mut Vec<Message>| match m {
+            Message::Flush(reply) => flushes.push(reply),
+            other => pending.push(other),
+        };
+        if pending.is_empty() && !closed {
+            match rx.recv() {
+                Ok(m) => take(m, &mut pending),
+                Err(_) => closed = true,
+            }
+        }
+        // Everything already queued goes into the same transaction.
+        loop {
+            match rx.try_recv() {
+                Ok(m) => take(m, &mut pending),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
                 }
             }
-            tx.commit()
-        })();
-        if let Err(e) = result {
-            tracing::error!("{}: writing the run store failed: {e}", path.display());
-            failure = Some(e.to_string());
+        }
+        if pending.is_empty() {
+            for reply in flushes {
+                let _ = reply.send(failure.clone().map_or(Ok(()), Err));
+            }
+            if closed {
+                return;
+            }
+            continue;
+        }
+        let result = write_batch(&mut conn, &pending, run_id, attempt);
+        match result {
+            Ok(()) => {
+                if let Some(since) = locked_since.take() {
+                    tracing::info!("{}: the run store is writable again after {:.0} s", path.display(), since.elapsed().as_secs_f64());
+                }
+                pending.clear();
+            }
+            Err(e) if is_busy(&e) && failure.is_none() => {
+                let since = *locked_since.get_or_insert_with(std::time::Instant::now);
+                if pending.len() > BACKLOG_LIMIT {
+                    tracing::error!("{}: the run store has been locked by another process for {:.0} s; {} messages wait, more than {BACKLOG_LIMIT}: giving up", path.display(), since.elapsed().as_secs_f64(), pending.len());
+                    failure = Some(format!("locked by another process for {:.0} s with {} messages waiting", since.elapsed().as_secs_f64(), pending.len()));
+                    pending.clear();
+                } else if closed && since.elapsed() > LAST_WRITE_PATIENCE {
+                    tracing::error!("{}: the run store stayed locked; {} messages not written", path.display(), pending.len());
+                    return;
+                } else {
+                    if since.elapsed() >= LOCKED_WARNING && warned_at.is_none_or(|w| w.elapsed() >= LOCKED_WARNING) {
+                        tracing::warn!("{}: the run store has been locked by another process for {:.0} s; {} messages wait in memory (the run goes on)", path.display(), since.elapsed().as_secs_f64(), pending.len());
+                        warned_at = Some(std::time::Instant::now());
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            Err(e) => {
+                tracing::error!("{}: writing the run store failed: {e}", path.display());
+                failure = Some(e.to_string());
+                pending.clear();
+            }
         }
         for reply in flushes {
             let _ = reply.send(failure.clone().map_or(Ok(()), Err));
         }
     }
+}
+
+fn write_batch(conn: &mut Connection, batch: &[Message], run_id: i64, attempt: i64) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for message in batch {
+        match message {
+            Message::Step { step, metrics } => {
+                tx.prepare_cached("INSERT OR REPLACE INTO steps (run_id, step, attempt, at, metrics) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                    .execute(params![run_id, step, attempt, now(), metrics.to_string()])?;
+            }
+            Message::Prompts(prompts) => {
+                for p in prompts {
+                    tx.prepare_cached("INSERT OR IGNORE INTO prompts (run_id, prompt_id, source, kind, text) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                        .execute(params![run_id, p.prompt_id, p.source, p.kind, p.text])?;
+                }
+            }
+            Message::Rollouts(rollouts) => {
+                for r in rollouts {
+                    tx.prepare_cached(
+                        "INSERT INTO rollouts (run_id, step, attempt, prompt_id, sample, seed, completion, tokens, step_map, \
+                         reward, reward_components, verdict, hack_signals, pieces) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    )?
+                    .execute(params![
+                        run_id,
+                        r.step,
+                        attempt,
+                        r.prompt_id,
+                        r.sample,
+                        r.seed.to_string(),
+                        r.completion,
+                        r.tokens,
+                        serde_json::to_string(&r.step_map).unwrap_or_else(|_| "[]".into()),
+                        r.reward,
+                        r.reward_components.as_ref().map(|c| c.to_string()),
+                        r.verdict,
+                        r.hack_signals.to_string(),
+                        (!r.pieces.is_empty()).then(|| serde_json::to_string(&r.pieces).unwrap_or_else(|_| "[]".into())),
+                    ])?;
+                    let rollout_id = tx.last_insert_rowid();
+                    for (i, t) in r.tests.iter().enumerate() {
+                        tx.prepare_cached(
+                            "INSERT INTO test_results (rollout_id, test, verdict, seconds, stdout, stderr) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        )?
+                        .execute(params![rollout_id, i as i64, t.verdict, t.seconds, t.stdout, t.stderr])?;
+                    }
+                }
+            }
+            Message::Checkpoint { step, path } => {
+                tx.prepare_cached("INSERT OR REPLACE INTO checkpoints (run_id, step, path, at) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![run_id, step, path, now()])?;
+            }
+            Message::Status(status) => {
+                let ended = (*status != "running").then(now);
+                tx.prepare_cached("UPDATE runs SET status = ?1, ended_at = ?2 WHERE id = ?3")?.execute(params![status, ended, run_id])?;
+            }
+            Message::Flush(_) => {}
+        }
+    }
+    tx.commit()
 }
 
 #[cfg(test)]
@@ -401,6 +478,36 @@ mod tests {
             hack_signals: serde_json::json!([]),
             tests: vec![TestRecord { verdict: "passed".into(), seconds: 0.01, stdout: String::new(), stderr: String::new() }],
         }
+    }
+
+    /// A reader holding the store (`BEGIN EXCLUSIVE` in `sqlite3`, a backup) used to fail the
+    /// run with `database is locked` and lose the step: now the writes wait in memory, the
+    /// run's flushes do not block, and everything lands once the lock is gone.
+    #[test]
+    fn a_store_locked_by_another_process_delays_writes_and_loses_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.sqlite");
+        let store = RunStore::create(&path, "r", "train", &serde_json::json!({})).unwrap();
+        store.log_step(0, serde_json::json!({"reward_mean": 0.0})).unwrap();
+        store.flush().unwrap();
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let started = std::time::Instant::now();
+        for step in 1..4 {
+            store.log_rollouts((0..2).map(|s| rollout(step, s)).collect()).unwrap();
+            store.log_step(step, serde_json::json!({"reward_mean": step as f64})).unwrap();
+            store.flush().unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the run waited {:?} on a locked store", started.elapsed());
+        std::thread::sleep(Duration::from_millis(1500));
+        holder.execute_batch("COMMIT").unwrap();
+        store.log_checkpoint(3, Path::new("ckpt/step-3")).unwrap();
+        store.flush().unwrap();
+        let reader = open_read_only(&path).unwrap();
+        let steps: i64 = reader.query_row("SELECT COUNT(*) FROM steps", [], |r| r.get(0)).unwrap();
+        let rollouts: i64 = reader.query_row("SELECT COUNT(*) FROM rollouts", [], |r| r.get(0)).unwrap();
+        let checkpoints: i64 = reader.query_row("SELECT COUNT(*) FROM checkpoints", [], |r| r.get(0)).unwrap();
+        assert_eq!((steps, rollouts, checkpoints), (4, 6, 1));
     }
 
     #[test]
