@@ -343,3 +343,35 @@ fn a_second_process_on_a_live_run_is_refused_and_a_killed_holder_leaves_no_lock(
     drop(db);
     run(&["train", "--resume", "--config", config(&dir, "busy", last + 1).to_str().unwrap()]);
 }
+
+/// A terminal's Ctrl-C goes to the whole foreground process group: the run stops cleanly, and
+/// the sandbox servers and trusted judges (in groups of their own) print no Python
+/// `KeyboardInterrupt` tracebacks into the log.
+#[test]
+fn ctrl_c_at_a_terminal_reaches_the_run_and_not_its_sandboxes() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = setup(tmp.path());
+    let cfg = config(&dir, "ctrl-c", 200);
+    // The run leads a process group, as a shell's foreground job does.
+    let child = dllm_rl()
+        .current_dir(&dir)
+        .args(["-q", "train", "--config", cfg.to_str().unwrap()])
+        .process_group(0)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let store = dir.join("runs/ctrl-c/store.sqlite");
+    let started = std::time::Instant::now();
+    while rusqlite::Connection::open(&store).ok().and_then(|db| db.query_row("SELECT COUNT(*) FROM steps", [], |r| r.get::<_, i64>(0)).ok()).unwrap_or(0) < 1 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(300), "no step after 5 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: signals the process group our child leads.
+    assert_eq!(unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(!stderr.contains("KeyboardInterrupt") && !stderr.contains("Traceback"), "{stderr}");
+    assert_eq!(status_and_checkpoints(&dir, "ctrl-c").0, "interrupted");
+}

@@ -229,7 +229,10 @@ impl TrustedJudge {
             .current_dir(workdir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::inherit())
+            // Its own process group, so that a terminal's Ctrl-C reaches only the command (a
+            // judge reads end-of-file and exits when the command is gone).
+            .process_group(0);
         // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent. (No parent-
         // death signal: it fires when the spawning *thread* ends, and judges outlive the scoped
         // threads that start them; a judge whose verifier died reads end-of-file and exits.)

@@ -93,7 +93,10 @@ impl ForkServer {
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::inherit())
+            // A process group of its own: a terminal's Ctrl-C (sent to the foreground group) is
+            // for the command, which stops cleanly; the server dies with it (parent-death signal).
+            .process_group(0);
         // SAFETY: only async-signal-safe calls (fcntl, prctl, unshare, mount) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
