@@ -23,10 +23,11 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides it.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    // display_order: listed after each command's own options, not before them.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, display_order = 1000)]
     pub verbose: u8,
     /// Only warnings and errors in the log.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, conflicts_with = "verbose", display_order = 1001)]
     pub quiet: bool,
 }
 
@@ -151,6 +152,7 @@ pub struct GenerateArgs {
 /// with it (clap would take it for a flag: "unexpected argument '-1'").
 #[derive(Debug, Args)]
 pub struct SamplerArgs {
+    /// Tokens generated per completion (the canvas after the prompt).
     #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
     pub max_new_tokens: i64,
     /// Denoising steps [default: max-new-tokens].
@@ -159,10 +161,13 @@ pub struct SamplerArgs {
     /// origin, maskgit_plus, topk_margin or entropy.
     #[arg(long, default_value = "entropy", value_parser = parse_enum::<dllm_rollout::Alg>)]
     pub alg: dllm_rollout::Alg,
+    /// Sampling temperature (0: always the most probable token).
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub temperature: f64,
+    /// Nucleus sampling: sample among the most probable tokens whose probabilities sum to p.
     #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     pub top_p: f64,
+    /// Sample only among the k most probable tokens (after top-p); unset: no top-k cut.
     #[arg(long, allow_negative_numbers = true)]
     pub top_k: Option<i64>,
     /// Draw positions from softmax(confidence / alg_temp) instead of taking the most confident.
@@ -183,6 +188,7 @@ pub struct SamplerArgs {
     /// Decode every position even after the answer has ended.
     #[arg(long)]
     pub no_early_stop: bool,
+    /// Seed of the samples: the same seed, model and prompts give the same completions.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Rows decoded together.
@@ -244,6 +250,7 @@ pub struct EvalArgs {
     /// Only the first N tasks.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Sandbox that runs the candidates: native (fast) or wasm (no host access at all).
     #[arg(long, value_enum, default_value_t = BackendArg::Native)]
     pub backend: BackendArg,
     /// Concurrent sandbox runs (default: the number of cores).
@@ -279,10 +286,13 @@ pub struct QuickstartArgs {
     /// Where everything is written.
     #[arg(long, default_value = "quickstart")]
     pub out: std::path::PathBuf,
+    /// Seed of the toy tasks, the model's initialisation and both training stages.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Masked-diffusion SFT steps before RL.
     #[arg(long, default_value_t = 2500, value_parser = parse_positive::<i64>, allow_negative_numbers = true)]
     pub sft_steps: i64,
+    /// Coupled-GRPO steps after SFT.
     #[arg(long, default_value_t = 150, value_parser = parse_positive::<i64>, allow_negative_numbers = true)]
     pub rl_steps: i64,
     /// Samples per held-out task for pass@1 (200 tasks).
@@ -342,6 +352,7 @@ pub struct ModelInitArgs {
     /// Output folder (created; existing weight files in it are replaced).
     #[arg(long)]
     pub out: std::path::PathBuf,
+    /// Seed of the random initialisation.
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
     /// dtype of the saved weights.
@@ -360,6 +371,7 @@ pub struct ModelInitArgs {
     /// Also write fresh LoRA adapters (PEFT layout) of this rank to --lora-out.
     #[arg(long, requires = "lora_out")]
     pub lora_r: Option<i64>,
+    /// Folder for the adapters of --lora-r (adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
     pub lora_out: Option<std::path::PathBuf>,
 }
@@ -424,18 +436,22 @@ pub struct BenchGenerateArgs {
     /// meaningful with trained confidences).
     #[arg(long)]
     pub model: Option<std::path::PathBuf>,
+    /// Prompt tokens (random ids below the special tokens).
     #[arg(long, default_value_t = 256)]
     pub prompt_len: i64,
     /// Samples of the prompt decoded together.
     #[arg(long, default_value_t = 16)]
     pub samples: usize,
+    /// Tokens generated per sample.
     #[arg(long, default_value_t = 128)]
     pub new_tokens: i64,
     /// Denoising steps [default: new-tokens].
     #[arg(long)]
     pub steps: Option<i64>,
+    /// Block length of the block samplers (Fast-dLLM's block decoding).
     #[arg(long, default_value_t = 32)]
     pub block_length: i64,
+    /// Confidence threshold of threshold decoding.
     #[arg(long, default_value_t = 0.9)]
     pub threshold: f64,
     /// Timed runs per configuration (the median is reported), after one warm-up run.
@@ -457,6 +473,7 @@ pub struct BenchModelArgs {
     /// Rollout-side forward batch: sequences x tokens.
     #[arg(long, default_value_t = 16)]
     pub batch: i64,
+    /// Tokens per forward sequence.
     #[arg(long, default_value_t = 384)]
     pub len: i64,
     /// Tokens at the end of each forward sequence that still need the vocabulary head (the
@@ -466,8 +483,10 @@ pub struct BenchModelArgs {
     /// Update-side batch: sequences of prompt + response tokens.
     #[arg(long, default_value_t = 16)]
     pub train_batch: i64,
+    /// Prompt tokens of each update sequence.
     #[arg(long, default_value_t = 512)]
     pub prompt_len: i64,
+    /// Response tokens of each update sequence.
     #[arg(long, default_value_t = 768)]
     pub response_len: i64,
     /// LoRA rank of the update (all seven projections, alpha = 2 r).
@@ -533,6 +552,7 @@ pub struct VerifyArgs {
     /// Judge each task's own reference solution instead of completions.
     #[arg(long)]
     pub reference: bool,
+    /// Sandbox that runs the candidates: native (fast) or wasm (no host access at all).
     #[arg(long, value_enum, default_value_t = BackendArg::Native)]
     pub backend: BackendArg,
     /// Concurrent sandbox runs (default: the number of cores).
@@ -553,6 +573,7 @@ pub struct ServeArgs {
     /// stdout once the server accepts connections.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
+    /// Sandbox that runs the candidates: native (fast) or wasm (no host access at all).
     #[arg(long, value_enum, default_value_t = BackendArg::Native)]
     pub backend: BackendArg,
     /// Concurrent sandbox runs (default: the number of cores).
@@ -591,4 +612,27 @@ pub struct DoctorArgs {
     /// Print the report as JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    /// `--help` explains every option of every command: an option without a line of help is
+    /// one a user has to guess.
+    #[test]
+    fn every_option_of_every_command_has_help() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if !arg.is_hide_set() && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_long().map_or_else(|| arg.get_id().to_string(), |l| format!("--{l}"))));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "dllm-rl", &mut missing);
+        assert!(missing.is_empty(), "options without help:\n{}", missing.join("\n"));
+    }
 }

@@ -55,6 +55,7 @@ pub struct RunsArgs {
     /// A store file, or a folder searched (4 levels deep) for store.sqlite files.
     #[arg(long, default_value = ".")]
     pub db: PathBuf,
+    /// Output: aligned columns, CSV or JSON.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -68,6 +69,7 @@ pub struct StepsArgs {
     /// main training metrics the run has.
     #[arg(long, value_delimiter = ',')]
     pub metrics: Vec<String>,
+    /// Output: aligned columns, CSV or JSON.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -109,6 +111,7 @@ pub struct PromptsArgs {
     /// One prompt's history, step by step.
     #[arg(long)]
     pub prompt: Option<String>,
+    /// Order of the prompts.
     #[arg(long, value_enum, default_value_t = PromptSort::Gain)]
     pub sort: PromptSort,
     /// Only prompts with this status.
@@ -117,6 +120,7 @@ pub struct PromptsArgs {
     /// At most this many rows (0: all).
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// Output: aligned columns, CSV or JSON.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -125,16 +129,20 @@ pub struct PromptsArgs {
 pub struct RolloutsArgs {
     #[command(flatten)]
     pub run: RunSelector,
+    /// Only the rollouts of this RL step (0-based, as `audit steps` lists them).
     #[arg(long)]
     pub step: Option<i64>,
+    /// Only the rollouts of this prompt id (e.g. mbpp/11).
     #[arg(long)]
     pub prompt: Option<String>,
     /// Verdict summary: passed, wrong_answer, runtime_error, timeout, no_code, ... (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub verdict: Vec<String>,
-    #[arg(long)]
+    /// Only rollouts whose reward is at least this (rollouts left unjudged have none).
+    #[arg(long, allow_negative_numbers = true)]
     pub min_reward: Option<f64>,
-    #[arg(long)]
+    /// Only rollouts whose reward is at most this.
+    #[arg(long, allow_negative_numbers = true)]
     pub max_reward: Option<f64>,
     /// Only rollouts with hack signals.
     #[arg(long)]
@@ -142,6 +150,7 @@ pub struct RolloutsArgs {
     /// At most this many rows (0: all).
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// Output: aligned columns, CSV or JSON.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -176,6 +185,7 @@ pub struct HacksArgs {
     /// At most this many rows (0: all).
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
+    /// Output: aligned columns, CSV or JSON.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -184,6 +194,7 @@ pub struct HacksArgs {
 pub struct ReportArgs {
     #[command(flatten)]
     pub run: RunSelector,
+    /// The HTML file to write (one self-contained page).
     #[arg(long, default_value = "report.html")]
     pub out: PathBuf,
     /// Sample rollouts shown in decode order.
@@ -210,8 +221,10 @@ pub enum ExportFormat {
 pub struct ExportArgs {
     #[command(flatten)]
     pub run: RunSelector,
+    /// Which table to export.
     #[arg(long, value_enum, default_value_t = ExportTable::Rollouts)]
     pub table: ExportTable,
+    /// File format of the export.
     #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
     pub format: ExportFormat,
     /// Output file (default: stdout for JSONL and CSV; Parquet needs a file).

@@ -57,6 +57,7 @@ pub struct ValidateArgs {
     /// Keep failing tasks, flagged in the manifest, instead of dropping them.
     #[arg(long)]
     pub flag_only: bool,
+    /// Sandbox that runs the references: native (fast) or wasm (no host access at all).
     #[arg(long, value_enum, default_value_t = BackendArg::Native)]
     pub backend: BackendArg,
     /// Concurrent sandbox runs (default: the number of cores).
@@ -84,6 +85,7 @@ pub struct DecontaminateArgs {
     /// `content`, `problem`, `text`) field; or any importable format with --against-format.
     #[arg(long, required = true)]
     pub against: Vec<std::path::PathBuf>,
+    /// Read the --against files as this importable format instead of as plain text fields.
     #[arg(long, value_enum)]
     pub against_format: Option<FormatArg>,
     /// Words per n-gram.
@@ -145,6 +147,7 @@ pub enum MixKeyArg {
 
 #[derive(Debug, Args)]
 pub struct MixArgs {
+    /// What the target proportions are of: sources, kinds, or both.
     #[arg(long, value_enum, default_value_t = MixKeyArg::Source)]
     pub by: MixKeyArg,
     /// Target proportions, e.g. `mbpp=0.5,leetcode=0.3,kodcode=0.2` (normalised).
@@ -153,6 +156,7 @@ pub struct MixArgs {
     /// Tasks in the mix [default: as many as the proportions allow].
     #[arg(long)]
     pub total: Option<usize>,
+    /// Seed of the draw within each share.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
@@ -164,6 +168,7 @@ pub struct SplitArgs {
     /// Parts and fractions, e.g. `train=0.9,valid=0.1`.
     #[arg(long, value_delimiter = ',', required = true)]
     pub part: Vec<String>,
+    /// Seed of the assignment to parts.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output folder: one `<part>.jsonl` per part and `split.manifest.jsonl`.
@@ -245,6 +250,7 @@ impl From<FormatArg> for dllm_prompts::Format {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
+    /// The layout of the input rows (each value below names a dataset or a family of them).
     #[arg(long, value_enum)]
     pub format: FormatArg,
     /// Output task file (JSONL).
