@@ -94,8 +94,11 @@ fn train_logs_learns_checkpoints_and_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = setup(tmp.path());
 
-    // Uninterrupted: 4 steps.
-    run(&["train", "--config", config(&dir, "a", 4).to_str().unwrap()]);
+    // Uninterrupted: 4 steps; started from the run's folder with a relative config path, as
+    // people do (`train --config a.toml`).
+    config(&dir, "a", 4);
+    let out = dllm_rl().current_dir(&dir).args(["-q", "train", "--config", "a.toml"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let db = rusqlite::Connection::open(dir.join("runs/a/store.sqlite")).unwrap();
     let (steps, rollouts, status): (i64, i64, String) = db
         .query_row("SELECT (SELECT COUNT(*) FROM steps), (SELECT COUNT(*) FROM rollouts), (SELECT status FROM runs)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -105,6 +108,13 @@ fn train_logs_learns_checkpoints_and_resumes_exactly() {
     assert!(updated >= 3, "only {updated} of 4 steps updated the adapters");
     let rewards: i64 = db.query_row("SELECT COUNT(DISTINCT reward) FROM rollouts", [], |r| r.get(0)).unwrap();
     assert!(rewards > 1, "rewards vary");
+    // The adapters name their base by an absolute path (PEFT would look a relative one up on
+    // the hub), the one it was trained from.
+    let peft: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("runs/a/checkpoints/step-2/adapter/adapter_config.json")).unwrap()).unwrap();
+    let base = std::path::PathBuf::from(peft["base_model_name_or_path"].as_str().unwrap());
+    assert!(base.is_absolute(), "{base:?}");
+    assert_eq!(std::fs::canonicalize(&base).unwrap(), std::fs::canonicalize(dir.join("model")).unwrap());
     // The adapters moved away from their initialisation (B = 0 at first).
     let first = adapter(&dir, "a", 2);
     let last = adapter(&dir, "a", 4);

@@ -37,7 +37,7 @@ fn init(args: ModelInitArgs) -> anyhow::Result<ExitCode> {
     if let (Some(r), Some(dir)) = (args.lora_r, &args.lora_out) {
         let lora = LoraConfig { r, lora_alpha: 2.0 * r as f64, ..LoraConfig::default() };
         model.attach_lora(lora, args.seed)?;
-        model.save_lora(dir, Some(&args.out.display().to_string()))?;
+        model.save_lora(dir, Some(&crate::train::absolute(&args.out).display().to_string()))?;
         println!("LoRA adapters (r = {r}) written to {}", dir.display());
     }
     println!("{params} parameters written to {}", args.out.display());

@@ -314,7 +314,10 @@ impl TrainConfig {
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         let mut cfg: TrainConfig = toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Absolute, so that the run records (and a resume compares, and PEFT's adapter config
+        // names) the same paths whether the command was given `a.toml` or `/abs/a.toml`.
+        let base = std::path::absolute(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+            .with_context(|| format!("resolving the folder of {}", path.display()))?;
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
                 // Components drop `.` segments: `out_dir = "."` gives `base/name`, not `base/./name`.

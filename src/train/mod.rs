@@ -250,7 +250,9 @@ pub fn write_checkpoint(run_dir: &Path, base: &Path, model: &DreamModel, optimiz
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     match &model.lora {
-        Some(_) => model.save_lora(&tmp.join("adapter"), Some(&base.display().to_string()))?,
+        // An absolute base path: PEFT's AutoPeftModelForCausalLM resolves a relative one
+        // against the hub, not against the adapter's folder.
+        Some(_) => model.save_lora(&tmp.join("adapter"), Some(&absolute(base).display().to_string()))?,
         None => {
             let options = SaveOptions { kind: model.placement.param_kind, copy_from: Some(base.to_path_buf()), ..SaveOptions::default() };
             model.save_pretrained(&tmp.join("model"), &options)?;
@@ -261,6 +263,12 @@ pub fn write_checkpoint(run_dir: &Path, base: &Path, model: &DreamModel, optimiz
     let _ = std::fs::remove_dir_all(&final_dir);
     std::fs::rename(&tmp, &final_dir)?;
     Ok(final_dir)
+}
+
+/// `path` made absolute (canonical where it exists), for paths written into files that other
+/// programs read from elsewhere.
+pub(crate) fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).or_else(|_| std::path::absolute(path)).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// A step's one-line summary: reward, pass rate, update statistics, then seconds per stage.

@@ -95,7 +95,10 @@ impl SftConfig {
         if cfg.distributed.timeout_s == 0 {
             bail!("{}: distributed.timeout_s must be at least 1 (seconds)", path.display());
         }
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Absolute, so that the run records (and a resume compares, and PEFT's adapter config
+        // names) the same paths whether the command was given `a.toml` or `/abs/a.toml`.
+        let base = std::path::absolute(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+            .with_context(|| format!("resolving the folder of {}", path.display()))?;
         for p in std::iter::once(&mut cfg.model.path).chain(std::iter::once(&mut cfg.run.out_dir)).chain(cfg.data.train_files.iter_mut()) {
             if p.is_relative() {
                 *p = base.join(&*p).components().collect();
