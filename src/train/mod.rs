@@ -206,7 +206,19 @@ const RESUMABLE_KEYS: [&str; 3] = ["run.total_steps", "run.save_freq", "distribu
 fn refuse_changed_config(run_dir: &Path, cfg: &TrainConfig) -> anyhow::Result<()> {
     let saved_path = run_dir.join("config.toml");
     let text = std::fs::read_to_string(&saved_path).with_context(|| format!("reading the run's config {}", saved_path.display()))?;
-    let saved: TrainConfig = toml::from_str(&text).with_context(|| format!("{}: invalid config", saved_path.display()))?;
+    let mut saved: TrainConfig = toml::from_str(&text).with_context(|| format!("{}: invalid config", saved_path.display()))?;
+    // Runs started before paths were made absolute stored them relative to the folder they were
+    // started from; a resume is usually started from there too.
+    let absolutize = |p: &mut PathBuf| {
+        if p.is_relative() {
+            if let Ok(a) = std::path::absolute(&*p) {
+                *p = a.components().collect();
+            }
+        }
+    };
+    absolutize(&mut saved.model.path);
+    absolutize(&mut saved.run.out_dir);
+    saved.data.train_files.iter_mut().for_each(absolutize);
     let mut changed = Vec::new();
     changed_keys(&serde_json::to_value(&saved)?, &serde_json::to_value(cfg)?, "", &mut changed);
     changed.retain(|k| !RESUMABLE_KEYS.contains(&k.as_str()));
@@ -557,6 +569,22 @@ pub(crate) fn agree_on_checkpoint(world: &World, run_dir: &Path, mine: Option<(i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_stored_with_relative_paths_resumes_with_absolute_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[run]\nname = \"r\"\ntotal_steps = 3\n[model]\npath = \"m\"\n[data]\ntrain_files = [\"t.jsonl\"]\n";
+        std::fs::write(dir.path().join("config.toml"), text).unwrap();
+        let mut cfg: TrainConfig = toml::from_str(text).unwrap();
+        // What from_file now resolves them to (the saved ones were relative to the cwd).
+        cfg.model.path = std::path::absolute("m").unwrap();
+        cfg.data.train_files = vec![std::path::absolute("t.jsonl").unwrap()];
+        cfg.run.out_dir = std::path::absolute(&cfg.run.out_dir).unwrap().components().collect();
+        refuse_changed_config(dir.path(), &cfg).unwrap();
+        cfg.model.path = std::path::absolute("other").unwrap();
+        let err = refuse_changed_config(dir.path(), &cfg).unwrap_err().to_string();
+        assert!(err.contains("in: model.path."), "{err}");
+    }
 
     #[test]
     fn a_changed_config_is_named_key_by_key() {
