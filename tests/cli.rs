@@ -789,3 +789,18 @@ fn prompts_out_named_gz_is_gzip_compressed_and_the_next_step_reads_it() {
     let stats = dllm_rl().args(["prompts", "stats"]).arg(&gz).output().unwrap();
     assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
 }
+
+/// A `train` whose start fails (here: no model where the config says) says which path, and
+/// leaves no `runs/<name>/` folder behind; a later good start is then a plain fresh run.
+#[test]
+fn a_failed_start_leaves_no_run_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("t.jsonl");
+    let src = repo("tests/data/shared/sandboxfusion/code_eval_mbpp.jsonl");
+    assert!(dllm_rl().args(["-q", "prompts", "import", "--format", "sandboxfusion-mbpp", "--out"]).arg(&tasks).arg(&src).status().unwrap().success());
+    let cfg = write(dir.path(), "run.toml", "[run]\nname = \"r\"\nout_dir = \"runs\"\ntotal_steps = 1\n[model]\npath = \"no-model-here\"\n[data]\ntrain_files = [\"t.jsonl\"]\n");
+    let run = dllm_rl().args(["-q", "train", "--config"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && err.contains("no-model-here"), "{err}");
+    assert!(!dir.path().join("runs/r").exists(), "a failed start left {:?}", std::fs::read_dir(dir.path().join("runs/r")).map(|d| d.count()));
+}

@@ -305,7 +305,20 @@ impl Trainer {
     /// Under a launcher, `world` holds this rank: rank 0 decides where the run starts, writes
     /// the store and the checkpoints; every rank reads the checkpoint (a shared file system
     /// across nodes) and starts from rank 0's weights.
+    ///
+    /// A start that fails before the run existed leaves no folder behind (an empty
+    /// `runs/<name>/` with a lock and no checkpoint only misleads the next look).
     pub fn new(cfg: TrainConfig, resume: bool, world: World) -> anyhow::Result<Self> {
+        let run_dir = cfg.run_dir();
+        let fresh = world.is_main() && !run_dir.exists();
+        let trainer = Self::start(cfg, resume, world);
+        if trainer.is_err() && fresh {
+            let _ = std::fs::remove_dir_all(&run_dir);
+        }
+        trainer
+    }
+
+    fn start(cfg: TrainConfig, resume: bool, world: World) -> anyhow::Result<Self> {
         let run_dir = cfg.run_dir();
         let store_path = run_dir.join("store.sqlite");
         // Rank 0 writes the run: it holds the run's lock before it looks at (or resets) it.
