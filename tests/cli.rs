@@ -790,7 +790,7 @@ fn prompts_out_named_gz_is_gzip_compressed_and_the_next_step_reads_it() {
     assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
 }
 
-/// A `train` whose start fails (here: no model where the config says) says which path, and
+/// A `train` or `sft` whose start fails (here: no model where the config says) says which path, and
 /// leaves no `runs/<name>/` folder behind; a later good start is then a plain fresh run.
 #[test]
 fn a_failed_start_leaves_no_run_folder() {
@@ -803,4 +803,9 @@ fn a_failed_start_leaves_no_run_folder() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && err.contains("no-model-here"), "{err}");
     assert!(!dir.path().join("runs/r").exists(), "a failed start left {:?}", std::fs::read_dir(dir.path().join("runs/r")).map(|d| d.count()));
+    // The same for sft.
+    let run = dllm_rl().args(["-q", "sft", "--config"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && err.contains("no-model-here"), "{err}");
+    assert!(!dir.path().join("runs/r").exists(), "a failed sft start left its folder");
 }

@@ -130,7 +130,20 @@ struct Pair {
 /// ranks, so a step is one process's step up to the order of the sums. Rank 0 alone writes the
 /// store and the checkpoints. Unlike RL, nothing depends on the world size, so a run may
 /// resume on another one.
+///
+/// A start that fails before the run existed leaves no folder behind (as for RL runs).
 pub fn run_sft(cfg: &SftConfig, resume: bool, world: &World, on_step: &mut dyn FnMut(i64, &serde_json::Value)) -> anyhow::Result<PathBuf> {
+    let run_dir = cfg.run.out_dir.join(&cfg.run.name);
+    let fresh = world.is_main() && !run_dir.exists();
+    let outcome = sft_steps(cfg, resume, world, on_step);
+    // Only a run that never wrote a step is removed: a store with steps is worth keeping.
+    if outcome.is_err() && fresh && !run_dir.join("checkpoints").read_dir().is_ok_and(|mut d| d.next().is_some()) && !run_dir.join("store.sqlite").exists() {
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
+    outcome
+}
+
+fn sft_steps(cfg: &SftConfig, resume: bool, world: &World, on_step: &mut dyn FnMut(i64, &serde_json::Value)) -> anyhow::Result<PathBuf> {
     let run_dir = cfg.run.out_dir.join(&cfg.run.name);
     let store_path = run_dir.join("store.sqlite");
     // As for RL runs: the newest checkpoint, or afresh (also after a run that failed before its
