@@ -109,7 +109,12 @@ fn torchrun(dir: &Path, ranks: usize, args: &[&str]) -> std::process::Output {
 }
 
 fn adapter(dir: &Path, run: &str, step: i64) -> Vec<f32> {
-    let bytes = std::fs::read(dir.join(format!("runs/{run}/checkpoints/step-{step}/adapter/adapter_model.safetensors"))).unwrap();
+    weights(&dir.join(format!("runs/{run}/checkpoints/step-{step}/adapter/adapter_model.safetensors")))
+}
+
+/// Every fp32 tensor of a safetensors file, in name order, flattened.
+fn weights(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
     let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut names: Vec<String> = tensors.names().into_iter().map(String::from).collect();
     names.sort();
@@ -269,14 +274,6 @@ weight_decay = 0.0
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn weights(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap();
-    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut names: Vec<String> = tensors.names().into_iter().map(String::from).collect();
-    names.sort();
-    names.iter().flat_map(|n| tensors.tensor(n).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>()).collect()
 }
 
 fn sft_losses(dir: &Path, run: &str) -> Vec<f64> {

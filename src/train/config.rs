@@ -309,24 +309,25 @@ impl OptimSection {
     }
 }
 
+/// Makes the relative `paths` of the config file `path` absolute, taken from the file's folder:
+/// the run records (a resume compares, PEFT's adapter config names) the same paths whether the
+/// command was given `a.toml` or `/abs/a.toml`.
+pub(crate) fn resolve_paths<'a>(path: &Path, paths: impl Iterator<Item = &'a mut PathBuf>) -> anyhow::Result<()> {
+    let base = std::path::absolute(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+        .with_context(|| format!("resolving the folder of {}", path.display()))?;
+    for p in paths.filter(|p| p.is_relative()) {
+        // Components drop `.` segments: `out_dir = "."` gives `base/name`, not `base/./name`.
+        *p = base.join(&*p).components().collect();
+    }
+    Ok(())
+}
+
 impl TrainConfig {
     /// Reads and validates a config file; relative paths are taken from the file's folder.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         let mut cfg: TrainConfig = toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?;
-        // Absolute, so that the run records (and a resume compares, and PEFT's adapter config
-        // names) the same paths whether the command was given `a.toml` or `/abs/a.toml`.
-        let base = std::path::absolute(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
-            .with_context(|| format!("resolving the folder of {}", path.display()))?;
-        let resolve = |p: &mut PathBuf| {
-            if p.is_relative() {
-                // Components drop `.` segments: `out_dir = "."` gives `base/name`, not `base/./name`.
-                *p = base.join(&*p).components().collect();
-            }
-        };
-        resolve(&mut cfg.model.path);
-        resolve(&mut cfg.run.out_dir);
-        cfg.data.train_files.iter_mut().for_each(resolve);
+        resolve_paths(path, [&mut cfg.model.path, &mut cfg.run.out_dir].into_iter().chain(cfg.data.train_files.iter_mut()))?;
         cfg.validate().with_context(|| format!("{}: invalid config", path.display()))?;
         Ok(cfg)
     }

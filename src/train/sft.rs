@@ -95,15 +95,7 @@ impl SftConfig {
         if cfg.distributed.timeout_s == 0 {
             bail!("{}: distributed.timeout_s must be at least 1 (seconds)", path.display());
         }
-        // Absolute, so that the run records (and a resume compares, and PEFT's adapter config
-        // names) the same paths whether the command was given `a.toml` or `/abs/a.toml`.
-        let base = std::path::absolute(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
-            .with_context(|| format!("resolving the folder of {}", path.display()))?;
-        for p in std::iter::once(&mut cfg.model.path).chain(std::iter::once(&mut cfg.run.out_dir)).chain(cfg.data.train_files.iter_mut()) {
-            if p.is_relative() {
-                *p = base.join(&*p).components().collect();
-            }
-        }
+        super::config::resolve_paths(path, [&mut cfg.model.path, &mut cfg.run.out_dir].into_iter().chain(cfg.data.train_files.iter_mut()))?;
         Ok(cfg)
     }
 }
@@ -136,8 +128,8 @@ pub fn run_sft(cfg: &SftConfig, resume: bool, world: &World, on_step: &mut dyn F
     let run_dir = cfg.run.out_dir.join(&cfg.run.name);
     let fresh = world.is_main() && !run_dir.exists();
     let outcome = sft_steps(cfg, resume, world, on_step);
-    // Only a run that never wrote a step is removed: a store with steps is worth keeping.
-    if outcome.is_err() && fresh && !run_dir.join("checkpoints").read_dir().is_ok_and(|mut d| d.next().is_some()) && !run_dir.join("store.sqlite").exists() {
+    // Only a run that never made its store is removed (checkpoints come after the store).
+    if outcome.is_err() && fresh && !run_dir.join("store.sqlite").exists() {
         let _ = std::fs::remove_dir_all(&run_dir);
     }
     outcome
