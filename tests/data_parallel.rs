@@ -2,7 +2,8 @@
 //! two ranks under torchrun (`scripts/setup` puts torchrun in the venv) and with two torchrun
 //! "nodes" of one rank logs the same first rollouts and has the same adapters within float
 //! tolerance after an update; a killed rank ends the other with an error naming it; a resume
-//! needs the run's world size.
+//! needs the run's world size; ZeRO-2 full fine-tuning matches the unsharded optimizer and
+//! resumes from its per-rank shards.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -276,6 +277,18 @@ weight_decay = 0.0
     path
 }
 
+/// `a` and `b` (two runs from the weights `start`) agree within 1e-5 of the largest weight, and
+/// `a` moved at least `min_moved` from `start` (else the comparison would be empty).
+fn same_weights(what: &str, start: &[f32], a: &[f32], b: &[f32], min_moved: f32) {
+    assert_eq!(a.len(), b.len());
+    let moved = start.iter().zip(a).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(moved > min_moved, "{what}: the weights did not move ({moved}): the comparison would be empty");
+    let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    eprintln!("{what}: weights differ by up to {worst}, moved up to {moved}, largest weight {scale}");
+    assert!(worst <= 1e-5 * scale.max(1.0), "{what}: weights differ by up to {worst} (largest {scale})");
+}
+
 fn sft_losses(dir: &Path, run: &str) -> Vec<f64> {
     let db = rusqlite::Connection::open(dir.join(format!("runs/{run}/store.sqlite"))).unwrap();
     let mut q = db.prepare("SELECT metrics ->> '$.loss' FROM steps ORDER BY step").unwrap();
@@ -300,14 +313,57 @@ fn sft_on_two_ranks_is_sft_on_one_process() {
         assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "losses {a:?} and {b:?}");
     }
     let at = |run: &str| weights(&dir.join(format!("runs/{run}/checkpoints/step-3/model/model.safetensors")));
-    let (start, one, two) = (weights(&dir.join("model/model.safetensors")), at("sft-one"), at("sft-two"));
-    assert_eq!(one.len(), two.len());
-    let moved = start.iter().zip(&one).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(moved > 1e-3, "SFT did not move the weights ({moved}): the comparison would be empty");
-    let scale = one.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let worst = one.iter().zip(&two).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    eprintln!("sft: weights differ by up to {worst}, largest weight {scale}");
-    assert!(worst <= 1e-5 * scale.max(1.0), "weights differ by up to {worst} (largest {scale})");
+    same_weights("sft", &weights(&dir.join("model/model.safetensors")), &at("sft-one"), &at("sft-two"), 1e-3);
     run(dir, &["sft", "--resume", "--config", sft_config(dir, "sft-two", 4).to_str().unwrap()]);
     assert_eq!(sft_losses(dir, "sft-two").len(), 4);
+}
+
+/// The GRPO run of [`config`] as full fine-tuning (no adapters) at ZeRO stage `zero_stage`.
+fn full_config(dir: &Path, name: &str, steps: i64, zero_stage: u8) -> PathBuf {
+    let path = config(dir, name, steps);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace("[model.lora]\nr = 4\nlora_alpha = 8.0\nlora_dropout = 0.0\n", "");
+    let text = text.replace("[actor]\n", &format!("[actor]\nzero_stage = {zero_stage}\n")).replace("lr = 0.01", "lr = 0.001");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn model_weights(dir: &Path, run: &str, step: i64) -> Vec<f32> {
+    weights(&dir.join(format!("runs/{run}/checkpoints/step-{step}/model/model.safetensors")))
+}
+
+/// ZeRO-2 on two ranks against the whole optimizer in one process: the same first rollouts and,
+/// one update later, the same weights up to the order of the sums; each rank saved its half of
+/// the optimizer state (and no whole one exists); a run stopped after one step and resumed on
+/// its two ranks ends exactly where the uninterrupted one does.
+#[test]
+fn zero2_on_two_ranks_trains_as_unsharded_and_resumes_from_its_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir);
+    run(dir, &["train", "--config", full_config(dir, "one", 2, 0).to_str().unwrap()]);
+    let out = torchrun(dir, 2, &["train", "--config", full_config(dir, "zero", 2, 2).to_str().unwrap()]);
+    assert!(out.status.success(), "torchrun: {}", String::from_utf8_lossy(&out.stderr));
+
+    let (one, zero) = (rollouts(dir, "one"), rollouts(dir, "zero"));
+    let first = |r: &[(i64, String, i64, String, Option<f64>)]| r.iter().filter(|x| x.0 == 0).cloned().collect::<Vec<_>>();
+    assert_eq!(first(&one), first(&zero), "ZeRO-2 logged other rollouts than one process in its first step");
+    let a = model_weights(dir, "one", 1);
+    same_weights("zero-2 after one step", &weights(&dir.join("model/model.safetensors")), &a, &model_weights(dir, "zero", 1), 1e-5);
+
+    // Half of the state each: ceil(N / 2) elements of masters and of both moments.
+    let step1 = dir.join("runs/zero/checkpoints/step-1");
+    assert!(!step1.join("optimizer.safetensors").exists(), "a whole optimizer state was written");
+    for rank in 0..2 {
+        let shard = weights(&step1.join(format!("optimizer.rank{rank}-of-2.safetensors")));
+        assert_eq!(shard.len(), 3 * a.len().div_ceil(2), "rank {rank}'s shard");
+    }
+
+    // One step, stopped, resumed for the second on its two ranks: bit for bit the straight run.
+    let out = torchrun(dir, 2, &["train", "--config", full_config(dir, "halves", 1, 2).to_str().unwrap()]);
+    assert!(out.status.success(), "torchrun: {}", String::from_utf8_lossy(&out.stderr));
+    let out = torchrun(dir, 2, &["train", "--resume", "--config", full_config(dir, "halves", 2, 2).to_str().unwrap()]);
+    assert!(out.status.success(), "resume: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(rollouts(dir, "halves"), zero, "the resumed run sampled otherwise");
+    assert!(model_weights(dir, "halves", 2) == model_weights(dir, "zero", 2), "the resumed run ended elsewhere");
 }

@@ -56,6 +56,21 @@ pub fn first_slurm_host(list: &str) -> Option<String> {
 }
 
 impl Launch {
+    /// Rank `rank` of a job of `world_size` processes on this host, with the store at
+    /// `127.0.0.1:port` hosted by rank 0 (tests and benchmarks start ranks as threads this way).
+    pub fn loopback(rank: usize, world_size: usize, port: u16) -> Launch {
+        Launch {
+            rank,
+            world_size,
+            local_rank: rank,
+            local_world_size: world_size,
+            master_addr: "127.0.0.1".into(),
+            master_port: port,
+            agent_store: false,
+            launcher: "env",
+        }
+    }
+
     /// From the process environment; `None` when no launcher set a world size above 1.
     pub fn from_env() -> Result<Option<Launch>> {
         Launch::from_vars(&|k| std::env::var(k).ok())

@@ -10,19 +10,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn launch(rank: usize, world_size: usize, port: u16) -> Launch {
-    Launch {
-        rank,
-        world_size,
-        local_rank: rank,
-        local_world_size: world_size,
-        master_addr: "127.0.0.1".into(),
-        master_port: port,
-        agent_store: false,
-        launcher: "env",
-    }
-}
-
 /// Runs `body` on every rank of a fresh loopback group, one thread each; returns their results.
 fn on_ranks<T: Send>(world_size: usize, body: impl Fn(&World) -> T + Sync) -> Vec<T> {
     let port = free_port();
@@ -31,7 +18,7 @@ fn on_ranks<T: Send>(world_size: usize, body: impl Fn(&World) -> T + Sync) -> Ve
             .map(|rank| {
                 let body = &body;
                 scope.spawn(move || {
-                    let world = World::join(&launch(rank, world_size, port), BackendKind::Gloo, Duration::from_secs(30)).expect("join");
+                    let world = World::join(&Launch::loopback(rank, world_size, port), BackendKind::Gloo, Duration::from_secs(30)).expect("join");
                     let out = body(&world);
                     world.barrier().expect("barrier");
                     out
@@ -148,11 +135,11 @@ fn a_rank_that_leaves_is_named_by_the_others() {
     let started = Instant::now();
     let outcome = std::thread::scope(|scope| {
         let leaver = scope.spawn(|| {
-            let world = World::join(&launch(1, 2, port), BackendKind::Gloo, Duration::from_secs(10)).unwrap();
+            let world = World::join(&Launch::loopback(1, 2, port), BackendKind::Gloo, Duration::from_secs(10)).unwrap();
             drop(world);
         });
         let stayer = scope.spawn(|| {
-            let world = World::join(&launch(0, 2, port), BackendKind::Gloo, Duration::from_secs(10)).unwrap();
+            let world = World::join(&Launch::loopback(0, 2, port), BackendKind::Gloo, Duration::from_secs(10)).unwrap();
             std::thread::sleep(Duration::from_millis(300));
             let mut t = Tensor::ones([4], (Kind::Float, tch::Device::Cpu));
             world.all_reduce(&mut t, ReduceOp::Sum)
@@ -176,7 +163,7 @@ fn a_rank_that_leaves_is_named_by_the_others() {
 #[test]
 fn a_rank_that_never_comes_ends_the_start_after_the_time_out() {
     let started = Instant::now();
-    let err = match World::join(&launch(0, 2, free_port()), BackendKind::Gloo, Duration::from_secs(2)) {
+    let err = match World::join(&Launch::loopback(0, 2, free_port()), BackendKind::Gloo, Duration::from_secs(2)) {
         Ok(_) => panic!("joined a group of 2 alone"),
         Err(e) => e,
     };
@@ -190,7 +177,7 @@ fn nccl_without_a_gpu_fails_cleanly() {
     if tch::Cuda::is_available() {
         return;
     }
-    let err = match World::join(&launch(0, 1, free_port()), BackendKind::Nccl, Duration::from_secs(10)) {
+    let err = match World::join(&Launch::loopback(0, 1, free_port()), BackendKind::Nccl, Duration::from_secs(10)) {
         Ok(_) => panic!("NCCL started without a GPU"),
         Err(e) => e.to_string(),
     };

@@ -37,16 +37,7 @@ fn a_python_rank_computes_the_same_all_reduce() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the venv's python (scripts/setup makes it)");
-    let launch = Launch {
-        rank: 0,
-        world_size: 2,
-        local_rank: 0,
-        local_world_size: 2,
-        master_addr: "127.0.0.1".into(),
-        master_port: port,
-        agent_store: false,
-        launcher: "env",
-    };
+    let launch = Launch::loopback(0, 2, port);
     let world = World::join(&launch, BackendKind::Gloo, Duration::from_secs(60)).expect("join with the Python rank");
     let mut t = Tensor::from_slice(&[0.25f32, 1.0, -0.25, 2.0, 4.5]);
     world.all_reduce(&mut t, ReduceOp::Sum).unwrap();

@@ -30,6 +30,10 @@ pub enum PolicyError {
 
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+
+    /// A collective of the sharded optimizer failed.
+    #[error(transparent)]
+    Dist(#[from] dllm_dist::DistError),
 }
 
 pub type Result<T, E = PolicyError> = std::result::Result<T, E>;

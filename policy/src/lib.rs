@@ -14,6 +14,7 @@
 //! - [`grpo`]: the clip-higher PPO token loss of coupled GRPO.
 //! - [`optim`]: AdamW with fp32 moments and master weights whose state is saved; clipping; LR
 //!   schedules.
+//! - [`zero`]: AdamW across data-parallel ranks, replicated or ZeRO-2-sharded.
 //! - [`device`]: which libtorch is loaded and what accelerators it sees (`dllm-rl doctor`).
 //!
 //! Shape letters used in comments throughout: B batch, G samples per prompt, P prompt length,
@@ -33,6 +34,7 @@ pub mod model;
 pub mod optim;
 pub mod recompute;
 pub mod tokenizer;
+pub mod zero;
 
 pub use checkpoint::SaveOptions;
 pub use config::{ModelConfig, RopeScaling, SpecialTokens};
@@ -45,3 +47,4 @@ pub use model::{DreamModel, Init, Pass, Placement};
 pub use optim::{AdamW, AdamWConfig, LrSchedule};
 pub use recompute::BackwardOptions;
 pub use tokenizer::{chat_prompt, ChatMessage, ChatTokenizer};
+pub use zero::{ParallelAdamW, ZeroAdamW};

@@ -137,20 +137,13 @@ impl AdamW {
     pub fn step(&mut self) {
         let _guard = tch::no_grad_guard();
         self.step += 1;
-        let (b1, b2) = self.config.betas;
-        let (lr, eps) = (self.config.lr, self.config.eps);
-        let correction1 = 1.0 - b1.powi(self.step as i32);
-        let correction2 = 1.0 - b2.powi(self.step as i32);
+        let lr = self.config.lr;
         for s in &mut self.slots {
             let grad = s.param.grad();
             if !grad.defined() {
                 continue;
             }
-            let g = grad.to_kind(Kind::Float);
-            let _ = s.exp_avg.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
-            let _ = s.exp_avg_sq.g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
-            let denom = s.exp_avg_sq.sqrt() / correction2.sqrt() + eps;
-            let update = &s.exp_avg / denom * (lr / correction1);
+            let update = adam_update(&self.config, self.step, &mut s.exp_avg, &mut s.exp_avg_sq, &grad.to_kind(Kind::Float));
             match &mut s.master {
                 Some(master) => {
                     let _ = master.g_mul_scalar_(1.0 - lr * s.weight_decay).g_sub_(&update);
@@ -202,6 +195,19 @@ impl AdamW {
         self.step = step["step"].as_i64().ok_or_else(|| missing("step".into()))?;
         Ok(())
     }
+}
+
+/// Adam's part of a step: advances the fp32 moments by `grad` and returns the bias-corrected
+/// update `lr · m̂ / (√v̂ + eps)` for step `step` (1-based); decoupled weight decay is the
+/// caller's.
+pub(crate) fn adam_update(config: &AdamWConfig, step: i64, exp_avg: &mut Tensor, exp_avg_sq: &mut Tensor, grad: &Tensor) -> Tensor {
+    let (b1, b2) = config.betas;
+    let correction1 = 1.0 - b1.powi(step as i32);
+    let correction2 = 1.0 - b2.powi(step as i32);
+    let _ = exp_avg.g_mul_scalar_(b1).g_add_(&(grad * (1.0 - b1)));
+    let _ = exp_avg_sq.g_mul_scalar_(b2).g_add_(&(grad.square() * (1.0 - b2)));
+    let denom = exp_avg_sq.sqrt() / correction2.sqrt() + config.eps;
+    &*exp_avg / denom * (config.lr / correction1)
 }
 
 /// Learning rate by optimizer step: constant, or linear warm-up then cosine decay.

@@ -107,16 +107,7 @@ pub fn run(args: BenchDistArgs) -> anyhow::Result<ExitCode> {
 /// A group of one on a free loopback port.
 fn alone() -> anyhow::Result<Launch> {
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).context("finding a free loopback port")?.port();
-    Ok(Launch {
-        rank: 0,
-        world_size: 1,
-        local_rank: 0,
-        local_world_size: 1,
-        master_addr: "127.0.0.1".into(),
-        master_port: port,
-        agent_store: false,
-        launcher: "single",
-    })
+    Ok(Launch { launcher: "single", ..Launch::loopback(0, 1, port) })
 }
 
 /// Parameters in the shapes of `cfg`'s decoder (bf16 on a GPU, fp32 on a CPU), each with a

@@ -226,6 +226,11 @@ pub struct ActorSection {
     /// (adapters off, no extra memory), otherwise a frozen copy of the starting weights.
     pub use_kl_loss: bool,
     pub kl_loss_coef: f64,
+    /// DeepSpeed's / verl's ZeRO stage across data-parallel ranks: 0 keeps the whole optimizer
+    /// state on every rank; 2 shards the fp32 master weights, the Adam moments and the reduced
+    /// gradients (each rank keeps 1/world of them; what full fine-tuning of a 7B model needs to
+    /// fit 80 GB). One process has nothing to shard: 2 then runs as 0.
+    pub zero_stage: u8,
     /// Weight of an entropy bonus (verl's `entropy_coeff`; Dream-Coder: 0): the loss subtracts
     /// this times the token-mean entropy of the predicted distributions at the scored positions.
     pub entropy_coeff: f64,
@@ -246,6 +251,7 @@ impl Default for ActorSection {
             grad_clip: 1.0,
             use_kl_loss: false,
             kl_loss_coef: 0.001,
+            zero_stage: 0,
             entropy_coeff: 0.0,
         }
     }
@@ -381,6 +387,13 @@ impl TrainConfig {
         if !(self.actor.entropy_coeff >= 0.0 && self.actor.entropy_coeff.is_finite()) {
             bail!("actor.entropy_coeff {} must be a non-negative number", self.actor.entropy_coeff);
         }
+        if !matches!(self.actor.zero_stage, 0 | 2) {
+            bail!(
+                "actor.zero_stage = {}: 0 (no sharding) and 2 (optimizer state and gradients sharded) are the stages dllm-rl has; \
+                 1 would save less than 2 at the same cost, and 3 (sharded parameters) is not built",
+                self.actor.zero_stage
+            );
+        }
         if !(self.actor.grad_clip > 0.0 && self.optim.lr > 0.0) {
             bail!("actor.grad_clip and optim.lr must be positive");
         }
@@ -431,6 +444,8 @@ mod tests {
             let cfg = TrainConfig::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e:#}"));
             assert_eq!((cfg.rollout.n, cfg.data.train_batch_size), (16, 96), "{name}");
             assert_eq!(cfg.model.lora.is_some(), name.contains("lora"));
+            // Full fine-tuning of 7B fits 80 GB GPUs only with the optimizer state sharded.
+            assert_eq!(cfg.actor.zero_stage, if name.contains("full") { 2 } else { 0 }, "{name}");
         }
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/quickstart.toml");
         let cfg = TrainConfig::from_file(&path).unwrap_or_else(|e| panic!("quickstart.toml: {e:#}"));
@@ -451,6 +466,8 @@ mod tests {
         assert_eq!(cfg.actor.mask_sharing, MaskSharing::MicroBatch);
         let cfg: TrainConfig = toml::from_str(&format!("{MINIMAL}[actor]\ntoken_mean = \"micro_batch\"\n")).unwrap();
         assert_eq!(cfg.actor.token_mean, TokenMean::MicroBatch);
+        let cfg: TrainConfig = toml::from_str(&format!("{MINIMAL}[actor]\nzero_stage = 3\n")).unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("actor.zero_stage = 3"));
     }
 
     #[test]

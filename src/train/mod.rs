@@ -7,6 +7,7 @@
 //! leaves half of one; `--resume` continues from the newest complete one. Every random choice
 //! comes from the run seed and the step, so a resumed run repeats an uninterrupted one.
 
+mod checkpoint;
 pub mod config;
 pub mod run_lock;
 pub mod sft;
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context};
-use dllm_policy::{chat_prompt, AdamW, ChatMessage, ChatTokenizer, DreamModel, LoraConfig, Placement, SaveOptions};
+use dllm_policy::{chat_prompt, ChatMessage, ChatTokenizer, DreamModel, LoraConfig, ParallelAdamW, Placement};
 use dllm_dist::World;
 use dllm_rollout::SpecialIds;
 use dllm_prompts::Rendered;
@@ -26,6 +27,7 @@ use rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::store::RunStore;
+use checkpoint::write_checkpoint;
 use config::{BackendName, TrainConfig};
 
 /// What a checkpoint needs besides weights and optimizer: where the data order stands.
@@ -62,7 +64,7 @@ pub struct Trainer {
     pub prompts: Vec<Vec<i64>>,
     pub prepared: Vec<PreparedTask>,
     pub verifier: Verifier,
-    pub optimizer: AdamW,
+    pub optimizer: ParallelAdamW,
     pub store: RunStore,
     pub state: TrainerState,
     /// The KL reference when it is not the base under LoRA adapters: the starting weights, frozen.
@@ -252,31 +254,6 @@ fn changed_keys(old: &serde_json::Value, new: &serde_json::Value, prefix: &str, 
     }
 }
 
-/// Writes `run_dir/checkpoints/step-N/` (N = `state.step`): adapters (PEFT) or the model
-/// (Hugging Face, tokenizer copied from `base`), the optimizer state and `trainer.json`, into a
-/// temporary folder renamed at the end.
-pub fn write_checkpoint(run_dir: &Path, base: &Path, model: &DreamModel, optimizer: &AdamW, state: &TrainerState) -> anyhow::Result<PathBuf> {
-    let dir = run_dir.join("checkpoints");
-    let final_dir = dir.join(format!("step-{}", state.step));
-    let tmp = dir.join(format!("step-{}.tmp", state.step));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    match &model.lora {
-        // An absolute base path: PEFT's AutoPeftModelForCausalLM resolves a relative one
-        // against the hub, not against the adapter's folder.
-        Some(_) => model.save_lora(&tmp.join("adapter"), Some(&absolute(base).display().to_string()))?,
-        None => {
-            let options = SaveOptions { kind: model.placement.param_kind, copy_from: Some(base.to_path_buf()), ..SaveOptions::default() };
-            model.save_pretrained(&tmp.join("model"), &options)?;
-        }
-    }
-    optimizer.save(&tmp.join("optimizer.safetensors"))?;
-    std::fs::write(tmp.join("trainer.json"), serde_json::to_string_pretty(state)?)?;
-    let _ = std::fs::remove_dir_all(&final_dir);
-    std::fs::rename(&tmp, &final_dir)?;
-    Ok(final_dir)
-}
-
 /// `path` made absolute (canonical where it exists), for paths written into files that other
 /// programs read from elsewhere.
 pub(crate) fn absolute(path: &Path) -> PathBuf {
@@ -416,10 +393,12 @@ impl Trainer {
             Some(lora) => lora.vs.variables().into_iter().collect(),
             None => model.vs.variables().into_iter().collect(),
         };
-        let mut optimizer = AdamW::new(params, cfg.optim.adamw());
+        if cfg.actor.zero_stage >= 2 && world.size == 1 {
+            tracing::info!("actor.zero_stage = 2 with one process: nothing to shard across, the optimizer state stays whole");
+        }
+        let mut optimizer = ParallelAdamW::new(params, cfg.optim.adamw(), cfg.actor.zero_stage, &world);
         let (store, state) = match &checkpoint {
             Some((step, dir)) => {
-                optimizer.load(&dir.join("optimizer.safetensors"))?;
                 let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(dir.join("trainer.json"))?)?;
                 if state.world_size != world.size {
                     bail!(
@@ -431,6 +410,7 @@ impl Trainer {
                         state.world_size
                     );
                 }
+                optimizer.load(dir)?;
                 tracing::info!("resuming {} from step {step}", cfg.run.name);
                 let store = if world.is_main() { RunStore::resume(&store_path, &cfg.run.name, *step)? } else { RunStore::written_elsewhere(&store_path) };
                 (store, state)
@@ -461,18 +441,12 @@ impl Trainer {
     }
 
     /// Writes `checkpoints/step-N/` atomically (a temporary folder, then a rename).
-    /// Rank 0 writes; the others wait for it, so that none runs ahead of a checkpoint.
+    /// Every rank writes its part; none runs ahead of a checkpoint.
     pub fn checkpoint(&mut self) -> anyhow::Result<PathBuf> {
-        let run_dir = self.cfg.run_dir();
-        if !self.world.is_main() {
-            self.world.barrier()?;
-            return Ok(run_dir.join("checkpoints").join(format!("step-{}", self.state.step)));
+        let dir = write_checkpoint(&self.world, &self.cfg.run_dir(), &self.cfg.model.path, &self.model, &self.optimizer, &self.state)?;
+        if self.world.is_main() {
+            self.store.log_checkpoint(self.state.step, &dir)?;
         }
-        let dir = write_checkpoint(&run_dir, &self.cfg.model.path, &self.model, &self.optimizer, &self.state);
-        // The others are released whatever happened here (they learn of a failure when rank 0 exits).
-        self.world.barrier()?;
-        let dir = dir?;
-        self.store.log_checkpoint(self.state.step, &dir)?;
         Ok(dir)
     }
 

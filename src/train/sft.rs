@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use dllm_policy::estimator::token_weights;
-use dllm_policy::{mask_seed, AdamW, BackwardOptions, ChatTokenizer, DreamModel, Pass, Placement, ScoredBatch, TokenWeighting};
+use dllm_policy::{mask_seed, BackwardOptions, ChatTokenizer, DreamModel, ParallelAdamW, Pass, Placement, ScoredBatch, TokenWeighting};
 use dllm_prompts::RenderConfig;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
@@ -203,10 +203,10 @@ fn sft_steps(cfg: &SftConfig, resume: bool, world: &World, on_step: &mut dyn FnM
         Some(l) => l.vs.variables().into_iter().collect(),
         None => model.vs.variables().into_iter().collect(),
     };
-    let mut optimizer = AdamW::new(params, cfg.optim.adamw());
+    let mut optimizer = ParallelAdamW::new(params, cfg.optim.adamw(), 0, &world);
     let (store, mut state) = match &checkpoint {
         Some((step, dir)) => {
-            optimizer.load(&dir.join("optimizer.safetensors"))?;
+            optimizer.load(dir)?;
             let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(dir.join("trainer.json"))?)?;
             let store = if world.is_main() { RunStore::resume(&store_path, &cfg.run.name, *step)? } else { RunStore::written_elsewhere(&store_path) };
             (store, state)
@@ -289,31 +289,25 @@ fn sft_steps(cfg: &SftConfig, resume: bool, world: &World, on_step: &mut dyn FnM
                 let (_, loss) = model.backward_scored(batch, Pass::TRAIN, BackwardOptions { recompute: true, head_chunk: None }, &objective)?;
                 loss_sum += loss;
             }
-            world.all_reduce_gradients(&optimizer.parameters()).context("summing gradients across ranks")?;
+            let grad_norm = optimizer.reduce_and_clip(&world, cfg.sft.grad_clip).context("summing gradients across ranks")?;
             let mut losses = [loss_sum];
             world.sum_f64(&mut losses)?;
             let loss_sum = losses[0];
-            let grad_norm = optimizer.clip_grad_norm(cfg.sft.grad_clip);
-            let lr = cfg.optim.lr_schedule.lr(cfg.optim.lr, optimizer.step);
+            let lr = cfg.optim.lr_schedule.lr(cfg.optim.lr, optimizer.steps_taken());
             optimizer.set_lr(lr);
-            optimizer.step();
+            optimizer.step(&world)?;
             let metrics = serde_json::json!({"loss": loss_sum, "masked_tokens": masked, "grad_norm": grad_norm, "lr": lr,
                                              "seconds": {"total": started.elapsed().as_secs_f64()}});
             store.log_step(step, metrics.clone())?;
             on_step(step, &metrics);
             state.step += 1;
             if state.step % cfg.run.save_freq == 0 || state.step == cfg.run.total_steps {
-                // Rank 0 writes; the others wait for it, so that none runs ahead of a checkpoint.
+                // Every rank writes its part; none runs ahead of a checkpoint.
+                let dir = write_checkpoint(&world, &run_dir, &cfg.model.path, &model, &optimizer, &state)?;
                 if world.is_main() {
-                    let dir = write_checkpoint(&run_dir, &cfg.model.path, &model, &optimizer, &state);
-                    world.barrier()?;
-                    let dir = dir?;
                     store.log_checkpoint(state.step, &dir)?;
-                    last = Some(dir);
-                } else {
-                    world.barrier()?;
-                    last = Some(run_dir.join("checkpoints").join(format!("step-{}", state.step)));
                 }
+                last = Some(dir);
             }
         }
         Ok(last)

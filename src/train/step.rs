@@ -418,6 +418,8 @@ impl Trainer {
         }
         old_seconds += old_start.elapsed().as_secs_f64();
         let mut non_finite = 0;
+        // Reducing the gradients, clipping and stepping (the part ZeRO-2 changes).
+        let mut optimizer_seconds = 0.0;
         let mut kl_penalty_sum = 0.0;
         let mut entropy_sum = 0.0;
         for passes in &epochs_passes {
@@ -479,9 +481,12 @@ impl Trainer {
                 // k1 estimate of KL(old || new) over weighted tokens.
                 kl_sum += (&pass.old - &new).masked_select(&live).sum(Kind::Double).double_value(&[]);
             }
-            // Gradients and this epoch's statistics summed over ranks: every rank then clips and
-            // steps the same way.
-            self.world.all_reduce_gradients(&self.optimizer.parameters())?;
+            // Gradients (all-reduced, or reduce-scattered into each rank's shard under ZeRO-2)
+            // and this epoch's statistics summed over ranks: every rank then clips and steps the
+            // same way.
+            let optimizer_start = std::time::Instant::now();
+            grad_norm = self.optimizer.reduce_and_clip(&self.world, actor.grad_clip)?;
+            optimizer_seconds += optimizer_start.elapsed().as_secs_f64();
             if self.world.size > 1 {
                 let mut epoch = [epoch_loss, (clipped - before.0) as f64, (scored - before.1) as f64, kl_sum - before.2, kl_penalty_sum - before.3, entropy_sum - before.4];
                 self.world.sum_f64(&mut epoch)?;
@@ -492,7 +497,6 @@ impl Trainer {
                 kl_penalty_sum = before.3 + epoch[4];
                 entropy_sum = before.4 + epoch[5];
             }
-            grad_norm = self.optimizer.clip_grad_norm(actor.grad_clip);
             // A non-finite loss or gradient would poison every weight: skip that update.
             if !epoch_loss.is_finite() || !grad_norm.is_finite() {
                 non_finite += 1;
@@ -504,7 +508,9 @@ impl Trainer {
             // Per RL step, not per optimizer step: verl steps its scheduler once per update.
             let lr = self.cfg.optim.lr_schedule.lr(self.cfg.optim.lr, step);
             self.optimizer.set_lr(lr);
-            self.optimizer.step();
+            let optimizer_start = std::time::Instant::now();
+            self.optimizer.step(&self.world)?;
+            optimizer_seconds += optimizer_start.elapsed().as_secs_f64();
             metrics["lr"] = lr.into();
         }
         if actor.use_kl_loss {
@@ -523,7 +529,7 @@ impl Trainer {
         metrics["grad_norm"] = grad_norm.into();
         metrics["seconds"] = serde_json::json!({
             "rollout": rollout_seconds, "verify": verify_seconds, "old_logprob": old_seconds,
-            "update": update_seconds, "total": started.elapsed().as_secs_f64(),
+            "update": update_seconds, "optimizer": optimizer_seconds, "total": started.elapsed().as_secs_f64(),
         });
         Ok(metrics)
     }
